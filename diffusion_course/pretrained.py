@@ -1,0 +1,129 @@
+"""Small checkpoints the project trained itself, loaded by name — and trained on demand if absent.
+
+    model, schedule = pretrained.load("fmnist-ddpm")       # class-conditional ε-model, cosine T=1000
+    classifier = pretrained.load("fmnist-classifier")      # the metric network behind our FID
+
+Each checkpoint is ``data/checkpoints/<name>.pt`` (a ``state_dict``, EMA weights) beside
+``<name>.json`` (recipe, steps, wall time, device, metrics, sha256). ``python -m
+diffusion_course.train <name>`` re-runs the recipe that produced it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import checkpoints
+from .config import get_device, is_quick
+from .metrics import FashionClassifier
+from .nn import UNet
+from .schedules import NoiseSchedule, get_schedule
+from .training import TrainConfig
+
+CHECKPOINT_DIR = Path(os.environ.get("DIFFUSION_COURSE_CHECKPOINTS",
+                                     Path(__file__).resolve().parent.parent / "data" / "checkpoints"))
+
+
+@dataclass
+class DiffusionRecipe:
+    """Everything needed to rebuild and retrain a diffusion checkpoint."""
+    model: dict
+    train: dict
+    schedule: str = "cosine"
+    T: int = 1000
+    data: str = "fashion-mnist"
+    conditional: bool = True
+    quick_steps: int = 30
+    description: str = ""
+
+
+@dataclass
+class ClassifierRecipe:
+    steps: int = 2000
+    batch_size: int = 128
+    seed: int = 0
+    quick_steps: int = 30
+    description: str = ""
+    model: dict = field(default_factory=lambda: {"feature_dim": 128})
+
+
+RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
+    "fmnist-ddpm": DiffusionRecipe(
+        model=dict(in_channels=1, channels=(64, 128), blocks=1, attention_levels=(1,), num_classes=10,
+                   patch=2, dropout=0.0, heads=4, objective="eps"),
+        train=asdict(TrainConfig(steps=4000, batch_size=128, lr=1.5e-3, warmup=200, lr_decay="cosine",
+                                 ema_decay=0.999, objective="eps", p_uncond=0.1, seed=0,
+                                 checkpoint_every=200)),
+        description="class-conditional Fashion-MNIST ε-model with 10% label dropout (so cond=None "
+                    "samples unconditionally); cosine schedule, T=1000; EMA weights.",
+    ),
+    "fmnist-classifier": ClassifierRecipe(
+        description="Fashion-MNIST CNN classifier whose 128-d features define the course's FID.",
+    ),
+}
+
+
+def names() -> list[str]:
+    return sorted(RECIPES)
+
+
+def _recipe(name: str):
+    if name not in RECIPES:
+        raise ValueError(f"unknown checkpoint {name!r}; available: {names()}")
+    return RECIPES[name]
+
+
+def path_for(name: str) -> Path:
+    return CHECKPOINT_DIR / f"{name}.pt"
+
+
+def build(name: str) -> torch.nn.Module:
+    """A freshly initialised network with the recipe's architecture."""
+    recipe = _recipe(name)
+    if isinstance(recipe, ClassifierRecipe):
+        return FashionClassifier(**recipe.model)
+    return UNet(**recipe.model)
+
+
+def schedule_for(name: str) -> NoiseSchedule:
+    recipe = _recipe(name)
+    if not isinstance(recipe, DiffusionRecipe):
+        raise ValueError(f"{name!r} is not a diffusion model")
+    return get_schedule(recipe.schedule, recipe.T)
+
+
+def manifest(name: str) -> dict:
+    """The JSON manifest of a shipped checkpoint (empty if it is missing)."""
+    return checkpoints.read_manifest(path_for(name))
+
+
+def load(name: str, device: torch.device | str | None = None, train_if_missing: bool = True):
+    """Load a checkpoint by name (sha256-checked, ``weights_only=True``).
+
+    Diffusion models return ``(model, schedule)`` in eval mode; the classifier returns the model.
+    If the file is missing and ``train_if_missing``, the recipe is trained now (with a progress
+    bar; in quick mode only a few steps, and nothing is saved).
+    """
+    recipe = _recipe(name)
+    dev = torch.device(device) if device is not None else get_device()
+    path = path_for(name)
+    if path.exists():
+        model = build(name)
+        state = checkpoints.load(path)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    elif not train_if_missing:
+        raise FileNotFoundError(f"checkpoint {path} is missing; run `python -m diffusion_course.train {name}` "
+                                "or call load(..., train_if_missing=True)")
+    else:
+        print(f"{path.name} not found: training {name!r} now"
+              + (" (quick mode: a few steps, not saved)" if is_quick() else f" (saved to {path})"))
+        from .train import run_recipe
+
+        model = run_recipe(name, steps=recipe.quick_steps if is_quick() else None, save=not is_quick(),
+                           device=dev)
+    model = model.to(dev).eval()
+    if isinstance(recipe, ClassifierRecipe):
+        return model
+    return model, schedule_for(name)
