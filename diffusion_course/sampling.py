@@ -2,6 +2,11 @@
 
 * ``ddpm_step`` — ancestral sampling from p(x_{t'}|x_t) = q(x_{t'}|x_t, x̂₀)  (DDPM Algorithm 2, Eqs. 6–7)
 * ``ddim_step`` — the non-Markovian DDIM update with stochasticity η  (Song et al. 2021, Eq. 12)
+* ``dpm_solver_2m_step`` — DPM-Solver++(2M), a second-order multistep solver of the probability-flow
+  ODE in data-prediction form  (Lu et al. 2022, "DPM-Solver++", Algorithm 2)
+* ``ddim_invert_step`` — deterministic DDIM run backwards, image → noise  (Song et al. 2021, Sec. 4.3)
+* ``heun_sample`` — Heun's second-order method on the same ODE  (Karras et al. 2022, Algorithm 1)
+* ``slerp`` — spherical interpolation between noise tensors, for latent interpolation
 
 A model is any callable ``model(x, t) -> prediction`` (or ``model(x, t, cond)``) with t an integer
 tensor (B,). Its output is ε unless it has an ``objective`` attribute of "x0" or "v".
@@ -49,7 +54,11 @@ def _as_t(t, x: torch.Tensor) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         if t.dtype.is_floating_point:
             raise TypeError(f"timesteps must be integers, got dtype {t.dtype}")
-        return t.reshape(-1).expand(x.shape[0]).to(x.device) if t.numel() == 1 else t.to(x.device)
+        if t.numel() == 1:
+            return t.reshape(-1).expand(x.shape[0]).to(x.device)
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"timesteps must be a scalar or have shape (B,)=({x.shape[0]},), got {tuple(t.shape)}")
+        return t.to(x.device)
     if isinstance(t, (int, np.integer)):
         return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
     raise TypeError(f"timesteps must be an int or an integer tensor, got {type(t).__name__}")
@@ -210,6 +219,8 @@ def ddim_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 
                 spacing: str = "trailing", generator: torch.Generator | None = None, clip_denoised: bool = False,
                 cond: torch.Tensor | None = None, progress: bool = True, return_trajectory: bool = False):
     """DDIM sampling (Song et al. 2021) with ``steps`` model calls; deterministic when ``eta == 0``."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
     ts = timesteps(schedule.T, steps, spacing)
 
     def update(x, eps, x0, t, t_prev, i):
@@ -218,3 +229,195 @@ def ddim_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 
 
     return sample_loop(model, x_T, schedule, ts, update, cond, clip_denoised, progress, return_trajectory,
                        desc=f"DDIM-{steps}")
+
+
+# --------------------------------------------------------------------------- DPM-Solver++(2M)
+def _alpha_sigma_lambda(schedule: NoiseSchedule, t: torch.Tensor):
+    """α = √ᾱ_t, σ = √(1−ᾱ_t) and the half-log-SNR λ = log(α/σ) (+∞ at the clean end t = −1), shape (B,)."""
+    ab = schedule.alpha_bar_at(t)
+    alpha, sigma = ab.sqrt(), (1 - ab).sqrt()
+    return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+
+def dpm_solver_2m_step(x_t: torch.Tensor, x0_pred: torch.Tensor, t, t_prev, schedule: NoiseSchedule,
+                       x0_pred_last: torch.Tensor | None = None, t_last=None) -> torch.Tensor:
+    """One DPM-Solver++(2M) step x_t → x_{t_prev}  (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
+
+    In λ = log(α/σ), α = √ᾱ, σ = √(1−ᾱ), with h = λ_{t'} − λ_t and x̂₀ the model's data prediction:
+        first order (= DDIM):  x_{t'} = (σ_{t'}/σ_t) x_t − α_{t'} (e^{−h} − 1) x̂₀(x_t)
+        second order:          the same with x̂₀ replaced by
+                               D = (1 + 1/(2r)) x̂₀(x_t) − 1/(2r) x̂₀(x_{t_last}),  r = (λ_t − λ_{t_last}) / h,
+    where ``t_last`` > t is the previous (noisier) step and ``x0_pred_last`` its prediction.
+    Without them the step is first order. The step to the clean end (t' = −1: σ = 0, h = ∞) is always
+    first order and returns x̂₀ exactly (diffusers' ``final_sigmas_type="zero"``).
+    """
+    if x0_pred.shape != x_t.shape:
+        raise ValueError(f"x0_pred has shape {tuple(x0_pred.shape)} but x_t has {tuple(x_t.shape)}")
+    if (x0_pred_last is None) != (t_last is None):
+        raise ValueError("pass both x0_pred_last and t_last for a second-order step, or neither")
+    t, t_prev = _as_t(t, x_t), _as_t(t_prev, x_t)
+    _alpha_bars(schedule, t, t_prev, x_t)  # validates the range and order of t, t_prev
+    alpha_s, sigma_s, lam_s = _alpha_sigma_lambda(schedule, t)
+    alpha_t, sigma_t, lam_t = _alpha_sigma_lambda(schedule, t_prev)
+    h = lam_t - lam_s
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+
+    def cast(v):
+        return v.to(x_t.device, x_t.dtype).reshape(shape)
+
+    d = x0_pred
+    if x0_pred_last is not None:
+        if x0_pred_last.shape != x_t.shape:
+            raise ValueError(f"x0_pred_last has shape {tuple(x0_pred_last.shape)} but x_t has {tuple(x_t.shape)}")
+        t_last = _as_t(t_last, x_t)
+        if int(t_last.max()) >= schedule.T or bool((t_last <= t).any()):
+            raise ValueError(f"t_last must satisfy t < t_last < T={schedule.T}")
+        _, _, lam_last = _alpha_sigma_lambda(schedule, t_last)
+        r = (lam_s - lam_last) / h
+        # 1/(2r) where the step is second order; 0 (first order) on the step to the clean end.
+        half_inv_r = torch.where(t_prev.to(r.device) >= 0, 0.5 / r, torch.zeros_like(r))
+        d = x0_pred + cast(half_inv_r) * (x0_pred - x0_pred_last)
+    return cast(sigma_t / sigma_s) * x_t - cast(alpha_t * torch.expm1(-h)) * d
+
+
+def dpm_solver_2m_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 20,
+                         spacing: str = "trailing", cond: torch.Tensor | None = None, clip_denoised: bool = False,
+                         progress: bool = True, return_trajectory: bool = False):
+    """Deterministic DPM-Solver++(2M) sampling with ``steps`` model calls (Lu et al. 2022, Algorithm 2).
+
+    First order on the first step (no previous prediction yet) and on the last (to the clean end);
+    second order in between. Equivalent to diffusers' ``DPMSolverMultistepScheduler(algorithm_type=
+    "dpmsolver++", solver_order=2, final_sigmas_type="zero")`` run on the same timesteps. About as good
+    at 20 steps as DDIM at 50–100 on most models.
+    """
+    ts = timesteps(schedule.T, steps, spacing)
+    last = {"x0": None, "t": None}  # the previous step's x̂₀ and timestep: the "multistep" memory
+
+    def update(x, eps, x0, t, t_prev, i):
+        x_prev = dpm_solver_2m_step(x, x0, t, t_prev, schedule, last["x0"], last["t"])
+        last["x0"], last["t"] = x0, t
+        return x_prev
+
+    return sample_loop(model, x_T, schedule, ts, update, cond, clip_denoised, progress, return_trajectory,
+                       desc=f"DPM-Solver++(2M)-{steps}")
+
+
+# --------------------------------------------------------------------------- Heun (probability-flow ODE)
+def heun_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 10, spacing: str = "trailing",
+                cond: torch.Tensor | None = None, clip_denoised: bool = False, progress: bool = True,
+                return_trajectory: bool = False):
+    """Heun's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn).
+
+    In x̄ = x/√ᾱ and σ = √((1−ᾱ)/ᾱ) the ODE is dx̄/dσ = ε(x, t), and a DDIM step (η = 0) is exactly
+    its Euler step. Heun corrects it with the slope at the end point:
+        x' = DDIM step with ε̂(x_t, t);   x_{t'} = DDIM step from x_t with (ε̂(x_t, t) + ε̂(x', t'))/2.
+    The last step (to σ = 0, where ε is undefined) stays Euler. 2·steps − 1 model calls.
+    """
+    ts = timesteps(schedule.T, steps, spacing)
+
+    def update(x, eps, x0, t, t_prev, i):
+        x_euler = ddim_step(x, eps, t, t_prev, schedule, 0.0, clip_denoised=clip_denoised)
+        if int(t_prev[0]) < 0:
+            return x_euler
+        eps_end, _ = predict_eps_x0(model, x_euler, t_prev, schedule, cond, clip_denoised)
+        return ddim_step(x, (eps + eps_end) / 2, t, t_prev, schedule, 0.0)
+
+    return sample_loop(model, x_T, schedule, ts, update, cond, clip_denoised, progress, return_trajectory,
+                       desc=f"Heun-{steps}")
+
+
+# --------------------------------------------------------------------------- DDIM inversion
+def ddim_invert_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_next, schedule: NoiseSchedule) -> torch.Tensor:
+    """One deterministic DDIM step *up* the noise levels, x_t → x_{t_next} with t_next > t (t = −1: clean).
+
+        x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t,   x_{t_next} = √ᾱ_{t_next} x̂₀ + √(1−ᾱ_{t_next}) ε̂
+    — the η = 0 DDIM update (Song et al. 2021, Eq. 12) with the roles of the two levels swapped.
+    """
+    if eps.shape != x_t.shape:
+        raise ValueError(f"eps has shape {tuple(eps.shape)} but x_t has {tuple(x_t.shape)}")
+    t, t_next = _as_t(t, x_t), _as_t(t_next, x_t)
+    if int(t.min()) < -1 or int(t_next.max()) >= schedule.T or bool((t_next <= t).any()):
+        raise ValueError(f"need -1 <= t < t_next <= T-1={schedule.T - 1} (inversion goes up the noise levels)")
+    ab_next, ab = _alpha_bars(schedule, t_next, t, x_t)
+    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+
+
+def ddim_invert(model, x0: torch.Tensor, schedule: NoiseSchedule, steps: int = 50, spacing: str = "trailing",
+                cond: torch.Tensor | None = None, progress: bool = True, return_trajectory: bool = False):
+    """Map clean data to the noise that deterministic DDIM (η = 0) would turn back into it.
+
+    Visits ``timesteps(T, steps, spacing)`` in ascending order, −1 → t₁ → … → t_S, so that
+    ``ddim_sample(model, ddim_invert(model, x0, s, n), s, n)`` (same steps and spacing) ≈ x0.
+
+    The approximation: sampling goes x_{t_{k+1}} → x_{t_k} with ε̂(x_{t_{k+1}}, t_{k+1}); inverting it
+    exactly needs ε̂ at the point we are solving for. Like everyone (and diffusers'
+    ``DDIMInverseScheduler``) we use ε̂(x_{t_k}, t_{k+1}) — the current point, the next level's
+    timestep — so each step errs by O(‖x_{t_{k+1}} − x_{t_k}‖ · ‖∂ε̂/∂x‖). The error shrinks with more
+    steps and grows where ε̂ varies fast (sharp data, strong guidance).
+
+    With ``return_trajectory`` also returns ``{"t", "x_t", "x0_pred"}`` of the states before each step
+    (``t[0] = −1`` is the input; x0_pred is x̂₀ of each step).
+    """
+    ts = timesteps(schedule.T, steps, spacing).flip(0)  # ascending
+    sources = [-1] + ts[:-1].tolist()                   # the level each step starts from
+    traj = {"t": [], "x_t": [], "x0_pred": []}
+
+    def update(x, eps, x0_unused, t, t_prev_unused, i):
+        t_src = torch.full_like(t, sources[i])
+        if return_trajectory:
+            ab = schedule.alpha_bar_at(t_src).to(x.device, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+            traj["t"].append(sources[i])
+            traj["x_t"].append(x.detach().float().cpu())
+            traj["x0_pred"].append(((x - (1 - ab).sqrt() * eps) / ab.sqrt()).detach().float().cpu())
+        return ddim_invert_step(x, eps, t_src, t, schedule)
+
+    # sample_loop calls the model at each ts[i] (the level we move *to*) on the current x: exactly the
+    # approximation above. Its own t_prev (the next entry of the ascending list) is not used.
+    x_T = sample_loop(model, x0, schedule, ts, update, cond, False, progress, False, desc=f"DDIM-invert-{steps}")
+    if return_trajectory:
+        return x_T, {"t": torch.tensor(traj["t"]), "x_t": torch.stack(traj["x_t"]),
+                     "x0_pred": torch.stack(traj["x0_pred"])}
+    return x_T
+
+
+# --------------------------------------------------------------------------- interpolation
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha, per_item: bool = True) -> torch.Tensor:
+    """Spherical linear interpolation (Shoemake 1985) between noise tensors ``a`` and ``b``.
+
+        θ = arccos(⟨a, b⟩ / (‖a‖‖b‖)),   slerp = sin((1−α)θ)/sin θ · a + sin(αθ)/sin θ · b
+    Gaussian noise in high dimension lives near the sphere of radius √d; a straight line between two
+    such points cuts through the low-norm interior (x_T no sampler has seen), slerp stays on it: for
+    ‖a‖ = ‖b‖ the norm is preserved exactly. With ``per_item`` each batch item (dim 0) is its own
+    vector and ``alpha`` may be a float or a (B,) tensor; otherwise the whole tensor is one vector.
+    Nearly parallel (or antiparallel) inputs, where sin θ ≈ 0, fall back to linear interpolation.
+    """
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError("a and b must be torch.Tensors")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if per_item and a.ndim < 1:
+        raise ValueError("per_item=True needs a batched tensor (B, ...)")
+    if not a.dtype.is_floating_point:
+        raise TypeError(f"a and b must be floating point, got {a.dtype}")
+    n = a.shape[0] if per_item else 1
+    fa, fb = a.reshape(n, -1).double(), b.reshape(n, -1).to(a.device).double()
+    alpha_t = torch.as_tensor(alpha, dtype=torch.float64, device=a.device)
+    if alpha_t.ndim == 0:
+        alpha_t = alpha_t.expand(n)
+    if alpha_t.shape != (n,):
+        raise ValueError(f"alpha must be a number or a tensor of shape ({n},), got {tuple(alpha_t.shape)}")
+    if not torch.isfinite(alpha_t).all() or (alpha_t < 0).any() or (alpha_t > 1).any():
+        raise ValueError("alpha must lie in [0, 1]")
+    na, nb = fa.norm(dim=1), fb.norm(dim=1)
+    if (na == 0).any() or (nb == 0).any():
+        raise ValueError("slerp needs non-zero a and b")
+    cos = ((fa * fb).sum(1) / (na * nb)).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    near = sin < 1e-6
+    safe_sin = torch.where(near, torch.ones_like(sin), sin)
+    wa = torch.where(near, 1 - alpha_t, torch.sin((1 - alpha_t) * theta) / safe_sin)
+    wb = torch.where(near, alpha_t, torch.sin(alpha_t * theta) / safe_sin)
+    out = wa[:, None] * fa + wb[:, None] * fb
+    return out.reshape(a.shape).to(a.dtype)

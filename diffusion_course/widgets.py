@@ -1,0 +1,152 @@
+"""Interactive explorers built with ipywidgets (they work in JupyterLab, Notebook 7 and Colab).
+
+``ForwardExplorer`` is the course's opening picture: a t slider with Forward / Reverse play buttons
+that walk an image between clean and pure noise, and three panels — the clean image x₀, what the
+model sees x_t, and what a *perfect denoiser* predicts, E[x₀ | x_t] over the whole training set.
+"""
+from __future__ import annotations
+
+import math
+
+import ipywidgets as W
+import matplotlib.pyplot as plt
+import torch
+
+from . import forward
+from .schedules import NoiseSchedule
+from .viz import png_bytes, to_numpy_image
+
+
+class ForwardExplorer:
+    """The forward-process explorer.
+
+    Args:
+        images: the images to choose from, ``{name: (1, H, W) tensor}`` in [−1, 1]; use images
+            *outside* ``data`` (e.g. test images) to see the perfect denoiser snap to a neighbour.
+        data: the training set (N, 1, H, W) the perfect denoiser averages over.
+        schedules: ``{name: NoiseSchedule}``; the first is selected (the course uses cosine first).
+        seed: the seed of the fixed noise ε for each image, so sliding t is continuous.
+        frames: how many ticks a Forward / Reverse run takes from one end to the other.
+    """
+
+    def __init__(self, images: dict[str, torch.Tensor], data: torch.Tensor, schedules: dict[str, NoiseSchedule],
+                 seed: int = 0, frames: int = 40, scale: int = 6):
+        if not images:
+            raise ValueError("images must be a non-empty dict {name: (C, H, W) tensor}")
+        if not schedules:
+            raise ValueError("schedules must be a non-empty dict {name: NoiseSchedule}")
+        Ts = {s.T for s in schedules.values()}
+        if len(Ts) != 1:
+            raise ValueError(f"all schedules must have the same T, got {sorted(Ts)}")
+        for name, img in images.items():
+            if img.shape != data.shape[1:]:
+                raise ValueError(f"image {name!r} has shape {tuple(img.shape)}, data items have {tuple(data.shape[1:])}")
+        self.images, self.data, self.schedules = images, data, schedules
+        self.T = Ts.pop()
+        self.scale = scale
+        self.direction = 0
+        self.delta = max(1, math.ceil(self.T / frames))
+        self._noise = {name: torch.randn(img.shape, generator=torch.Generator().manual_seed(seed + i))
+                       for i, (name, img) in enumerate(images.items())}
+
+        self.t_slider = W.IntSlider(value=0, min=0, max=self.T - 1, description="t", continuous_update=True,
+                                    layout=W.Layout(width="480px"))
+        self.image_menu = W.Dropdown(options=list(images), description="image")
+        self.schedule_menu = W.Dropdown(options=list(schedules), description="schedule")
+        self.forward_button = W.Button(description="Forward ▶", tooltip="add noise: walk t up to T−1")
+        self.reverse_button = W.Button(description="◀ Reverse", tooltip="remove noise: walk t down to 0")
+        self.clock = W.Play(value=0, min=0, max=10 * frames, step=1, interval=80, show_repeat=False,
+                            description="clock")
+        self.panels = [W.Image(format="png") for _ in range(3)]
+        self.captions = [W.HTML() for _ in range(3)]
+        self.equation = W.HTML()
+
+        self.t_slider.observe(lambda _: self.update(), names="value")
+        self.image_menu.observe(lambda _: self.update(), names="value")
+        self.schedule_menu.observe(lambda _: self.update(), names="value")
+        self.forward_button.on_click(lambda _: self.play(+1))
+        self.reverse_button.on_click(lambda _: self.play(-1))
+        self.clock.observe(self._tick, names="value")
+
+        columns = [W.VBox([p, c], layout=W.Layout(align_items="center")) for p, c in zip(self.panels, self.captions)]
+        self.widget = W.VBox([
+            W.HBox([self.image_menu, self.schedule_menu]),
+            W.HBox([self.reverse_button, self.forward_button, self.t_slider]),
+            W.HBox(columns),
+            self.equation,
+            W.HBox([self.clock], layout=W.Layout(display="none")),  # the timer behind the buttons
+        ])
+        self.update()
+
+    # ------------------------------------------------------------------ playback
+    def play(self, direction: int) -> None:
+        """Start walking t up (+1, Forward) or down (−1, Reverse) one tick at a time."""
+        if direction not in (-1, 1):
+            raise ValueError("direction must be +1 (forward) or -1 (reverse)")
+        self.direction = direction
+        if (direction > 0 and self.t_slider.value >= self.T - 1) or (direction < 0 and self.t_slider.value <= 0):
+            self.t_slider.value = 0 if direction > 0 else self.T - 1  # restart from the far end
+        self.clock.playing = False
+        self.clock.value = 0
+        self.clock.playing = True
+
+    def _tick(self, change) -> None:
+        if change["new"] == 0 or self.direction == 0:
+            return
+        t = min(self.T - 1, max(0, self.t_slider.value + self.direction * self.delta))
+        self.t_slider.value = t
+        if t in (0, self.T - 1):
+            self.clock.playing = False
+            self.direction = 0
+
+    # ------------------------------------------------------------------ drawing
+    def state(self) -> dict:
+        """The current numbers and tensors (what the panels show)."""
+        name, sname = self.image_menu.value, self.schedule_menu.value
+        s, x0, eps = self.schedules[sname], self.images[name], self._noise[name]
+        t = torch.tensor([self.t_slider.value])
+        x_t = forward.q_sample(x0[None], t, s, eps[None])
+        x0_hat, weights, idx = forward.ideal_denoiser(x_t, t, self.data, s, return_weights=True)
+        ab = float(s.alpha_bar[t])
+        return {"t": int(t), "alpha_bar": ab, "x0": x0, "x_t": x_t[0], "x0_hat": x0_hat[0],
+                "top_weight": float(weights[0, 0]), "top_index": int(idx[0, 0]),
+                "mse": float((x0_hat[0] - x0).pow(2).mean())}
+
+    def update(self) -> None:
+        st = self.state()
+        for panel, img in zip(self.panels, (st["x0"], st["x_t"], st["x0_hat"])):
+            panel.value = png_bytes(to_numpy_image(img), self.scale)
+        self.captions[0].value = "<b>x₀</b> (clean)"
+        self.captions[1].value = "<b>x<sub>t</sub></b> (what the model sees)"
+        self.captions[2].value = (f"<b>E[x₀ | x<sub>t</sub>]</b> (perfect denoiser)<br>"
+                                  f"top training image weight {st['top_weight']:.2f}")
+        ab = st["alpha_bar"]
+        self.equation.value = (
+            f"<span style='font-size:1.1em'>t = {st['t']}: &nbsp; x<sub>t</sub> = √ᾱ·x₀ + √(1−ᾱ)·ε "
+            f"= <b>{math.sqrt(ab):.3f}</b>·x₀ + <b>{math.sqrt(1 - ab):.3f}</b>·ε &nbsp; "
+            f"(ᾱ = {ab:.4f}, SNR = {ab / max(1 - ab, 1e-12):.3g})</span>")
+
+    def strip(self, ts=(0, 100, 250, 400, 550, 700, 850, 999), figsize_per=1.3):
+        """A static figure of the three panels at several t (for readers who cannot run widgets)."""
+        keep = self.t_slider.value
+        fig, axes = plt.subplots(3, len(ts), figsize=(figsize_per * len(ts), figsize_per * 3.3))
+        try:
+            for j, t in enumerate(ts):
+                self.t_slider.value = min(int(t), self.T - 1)
+                st = self.state()
+                for i, key in enumerate(("x0", "x_t", "x0_hat")):
+                    axes[i, j].imshow(to_numpy_image(st[key]), cmap="gray", vmin=0, vmax=1)
+                    axes[i, j].set_xticks([])
+                    axes[i, j].set_yticks([])
+                axes[0, j].set_title(f"t={st['t']}\nᾱ={st['alpha_bar']:.3f}", fontsize=8)
+            for i, lab in enumerate(("x₀", "x_t", "E[x₀|x_t]")):
+                axes[i, 0].set_ylabel(lab)
+        finally:
+            self.t_slider.value = keep
+        fig.tight_layout()
+        return fig
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

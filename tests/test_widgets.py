@@ -1,0 +1,77 @@
+"""The forward-process explorer, built headless: slider moves change the panels; buttons play."""
+import pytest
+import torch
+
+from diffusion_course import schedules
+from diffusion_course.widgets import ForwardExplorer
+
+
+@pytest.fixture
+def explorer():
+    g = torch.Generator().manual_seed(0)
+    data = torch.rand(200, 1, 28, 28, generator=g) * 2 - 1
+    images = {"a": data[3].clone(), "b": torch.rand(1, 28, 28, generator=g) * 2 - 1}
+    return ForwardExplorer(images, data, {"cosine": schedules.NoiseSchedule.cosine(),
+                                          "linear": schedules.NoiseSchedule.linear()}, frames=10)
+
+
+def test_slider_changes_panels_and_equation(explorer):
+    before = [bytes(p.value) for p in explorer.panels]
+    explorer.t_slider.value = 999
+    after = [bytes(p.value) for p in explorer.panels]
+    assert before[0] == after[0]            # x0 panel unchanged
+    assert before[1] != after[1]            # x_t changed
+    assert before[2] != after[2]            # the perfect denoiser's guess changed
+    explorer.t_slider.value = 600
+    st = explorer.state()
+    ab = schedules.NoiseSchedule.cosine().alpha_bar[600].item()
+    assert st["alpha_bar"] == pytest.approx(ab)
+    assert f"{ab ** 0.5:.3f}" in explorer.equation.value and "t = 600" in explorer.equation.value
+
+
+def test_perfect_denoiser_snaps_to_training_image_at_small_t(explorer):
+    explorer.image_menu.value = "a"  # a training image
+    explorer.t_slider.value = 5
+    st = explorer.state()
+    assert st["top_index"] == 3 and st["top_weight"] > 0.99 and st["mse"] < 1e-4
+    explorer.t_slider.value = 999   # no information left: close to the data mean, far from x0
+    assert explorer.state()["top_weight"] < 0.2
+
+
+def test_schedule_menu(explorer):
+    explorer.t_slider.value = 300
+    cos = explorer.state()["alpha_bar"]
+    explorer.schedule_menu.value = "linear"
+    assert explorer.state()["alpha_bar"] == pytest.approx(schedules.NoiseSchedule.linear().alpha_bar[300].item())
+    assert explorer.state()["alpha_bar"] != cos
+
+
+def test_forward_and_reverse_buttons(explorer):
+    explorer.forward_button.click()
+    assert explorer.clock.playing and explorer.direction == 1
+    for tick in range(1, 30):  # the front end advances the Play widget; we do it by hand
+        explorer.clock.value = tick
+    assert explorer.t_slider.value == 999 and not explorer.clock.playing
+    explorer.reverse_button.click()
+    explorer.clock.value = 1
+    assert explorer.t_slider.value == 999 - explorer.delta
+    for tick in range(2, 30):
+        explorer.clock.value = tick
+    assert explorer.t_slider.value == 0
+
+
+def test_static_strip(explorer):
+    fig = explorer.strip(ts=(0, 500, 999))
+    assert len(fig.axes) == 9
+    assert explorer.t_slider.value == 0  # restored
+
+
+def test_bad_input():
+    data = torch.zeros(5, 1, 4, 4)
+    with pytest.raises(ValueError, match="shape"):
+        ForwardExplorer({"x": torch.zeros(1, 5, 5)}, data, {"c": schedules.NoiseSchedule.cosine(10)})
+    with pytest.raises(ValueError, match="same T"):
+        ForwardExplorer({"x": torch.zeros(1, 4, 4)}, data,
+                        {"a": schedules.NoiseSchedule.cosine(10), "b": schedules.NoiseSchedule.cosine(20)})
+    with pytest.raises(ValueError):
+        ForwardExplorer({}, data, {"c": schedules.NoiseSchedule.cosine(10)})
