@@ -53,7 +53,7 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
     "fmnist-ddpm": DiffusionRecipe(
         model=dict(in_channels=1, channels=(64, 128), blocks=1, attention_levels=(1,), num_classes=10,
                    patch=2, dropout=0.0, heads=4, objective="eps"),
-        train=asdict(TrainConfig(steps=4000, batch_size=128, lr=1.5e-3, warmup=200, lr_decay="cosine",
+        train=asdict(TrainConfig(steps=3000, batch_size=128, lr=1.5e-3, warmup=200, lr_decay="cosine",
                                  ema_decay=0.999, objective="eps", p_uncond=0.1, seed=0,
                                  checkpoint_every=200)),
         description="class-conditional Fashion-MNIST ε-model with 10% label dropout (so cond=None "

@@ -5,7 +5,6 @@
 * ``dpm_solver_2m_step`` — DPM-Solver++(2M), a second-order multistep solver of the probability-flow
   ODE in data-prediction form  (Lu et al. 2022, "DPM-Solver++", Algorithm 2)
 * ``ddim_invert_step`` — deterministic DDIM run backwards, image → noise  (Song et al. 2021, Sec. 4.3)
-* ``heun_sample`` — Heun's second-order method on the same ODE  (Karras et al. 2022, Algorithm 1)
 * ``slerp`` — spherical interpolation between noise tensors, for latent interpolation
 
 A model is any callable ``model(x, t) -> prediction`` (or ``model(x, t, cond)``) with t an integer
@@ -300,30 +299,6 @@ def dpm_solver_2m_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, step
 
     return sample_loop(model, x_T, schedule, ts, update, cond, clip_denoised, progress, return_trajectory,
                        desc=f"DPM-Solver++(2M)-{steps}")
-
-
-# --------------------------------------------------------------------------- Heun (probability-flow ODE)
-def heun_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 10, spacing: str = "trailing",
-                cond: torch.Tensor | None = None, clip_denoised: bool = False, progress: bool = True,
-                return_trajectory: bool = False):
-    """Heun's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn).
-
-    In x̄ = x/√ᾱ and σ = √((1−ᾱ)/ᾱ) the ODE is dx̄/dσ = ε(x, t), and a DDIM step (η = 0) is exactly
-    its Euler step. Heun corrects it with the slope at the end point:
-        x' = DDIM step with ε̂(x_t, t);   x_{t'} = DDIM step from x_t with (ε̂(x_t, t) + ε̂(x', t'))/2.
-    The last step (to σ = 0, where ε is undefined) stays Euler. 2·steps − 1 model calls.
-    """
-    ts = timesteps(schedule.T, steps, spacing)
-
-    def update(x, eps, x0, t, t_prev, i):
-        x_euler = ddim_step(x, eps, t, t_prev, schedule, 0.0, clip_denoised=clip_denoised)
-        if int(t_prev[0]) < 0:
-            return x_euler
-        eps_end, _ = predict_eps_x0(model, x_euler, t_prev, schedule, cond, clip_denoised)
-        return ddim_step(x, (eps + eps_end) / 2, t, t_prev, schedule, 0.0)
-
-    return sample_loop(model, x_T, schedule, ts, update, cond, clip_denoised, progress, return_trajectory,
-                       desc=f"Heun-{steps}")
 
 
 # --------------------------------------------------------------------------- DDIM inversion

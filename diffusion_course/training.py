@@ -168,9 +168,12 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not progress, mininterval=0.5)
     interrupted = False
+    step_start_rng = (gen.get_state(), torch.get_rng_state())
     start = time.perf_counter() - history.wall_time
     try:
         while step < cfg.steps:
+            # RNG states at the start of the step: an interrupted step is rolled back to here.
+            step_start_rng = (gen.get_state(), torch.get_rng_state())
             idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen).to(dev)
             x0 = images_dev[idx]
             if cfg.channels_last and x0.ndim == 4:
@@ -207,6 +210,9 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
                 save_checkpoint()
     except KeyboardInterrupt:
         interrupted = True
+        if len(history.loss) == step:  # the weights were not touched by the unfinished step
+            gen.set_state(step_start_rng[0])
+            torch.set_rng_state(step_start_rng[1])
         save_checkpoint()
         where = f"; checkpoint saved to {ckpt}" if ckpt is not None else ""
         print(f"interrupted at step {step}{where}. Returning the model trained so far.")

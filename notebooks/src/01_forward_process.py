@@ -1,0 +1,338 @@
+# %% [markdown]
+# # Chapter 1 — The forward process: turning images into noise, on purpose
+#
+# **Learning goals.** By the end of this chapter you can
+# 1. write the noising process $q(x_t \mid x_{t-1})$ and its closed form $q(x_t \mid x_0)$, and show numerically that they agree;
+# 2. read a noise schedule ($\beta_t$, $\bar\alpha_t$, log-SNR) and say how fast it destroys an image — and what "pure noise" means in numbers;
+# 3. explain what a *perfect* denoiser $\mathbb{E}[x_0 \mid x_t]$ would predict, compute it exactly over 60,000 real images, and see why a network that generalises must be something else.
+#
+# Time: about 2 minutes to run on a laptop CPU, well under a minute on a GPU.
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+import diffusion_course as dc
+from diffusion_course import forward, schedules
+
+print(dc.config.describe())
+
+# %% [markdown]
+# ## 1. The key idea
+#
+# Take a real image and add a little Gaussian noise. Then a little more, and more, until nothing of the image is left.
+# That direction needs no learning: **we** choose the noise. Diffusion models learn the other direction — given a noisy image and
+# how noisy it is, say what noise was added — and then generate by starting from pure noise and removing it step by step.
+#
+# This chapter is about the direction we control. Here are real Fashion-MNIST garments walking towards noise:
+
+# %%
+x_train, y_train = dc.data.load_fashion_mnist("train")
+x_test, y_test = dc.data.load_fashion_mnist("test")
+print(f"train {tuple(x_train.shape)}, test {tuple(x_test.shape)}, pixel range [{x_train.min():.0f}, {x_train.max():.0f}]")
+
+cosine = schedules.NoiseSchedule.cosine(1000)
+linear = schedules.NoiseSchedule.linear(1000)
+g = torch.Generator().manual_seed(0)
+picks = x_test[[0, 1, 2, 3]]
+ts = [0, 100, 200, 300, 400, 500, 600, 700, 800, 999]
+rows = [forward.q_sample(picks, torch.full((4,), t), cosine, generator=g) for t in ts]
+grid = torch.stack(rows, 1).reshape(-1, 1, 28, 28)  # image-major: one row per garment
+ax = dc.viz.show_images(grid, nrow=len(ts), size=3.2)
+ax.set_title("x_t for t = " + ", ".join(map(str, ts)) + "   (cosine schedule)", fontsize=9);
+
+# %% [markdown]
+# ## 2. One step at a time, or all at once
+#
+# DDPM (Ho et al., 2020) defines the forward process as a Markov chain. Each step shrinks the image a little and adds a
+# little noise of variance $\beta_t$:
+#
+# $$q(x_t \mid x_{t-1}) = \mathcal{N}\!\left(\sqrt{1-\beta_t}\,x_{t-1},\; \beta_t I\right).$$
+#
+# Shrinking by $\sqrt{1-\beta_t}$ is what keeps the total variance at 1 instead of letting it grow. Because a sum of
+# Gaussians is Gaussian, $t$ steps collapse into one jump. With $\alpha_t = 1-\beta_t$ and $\bar\alpha_t = \prod_{s\le t}\alpha_s$:
+#
+# $$q(x_t \mid x_0) = \mathcal{N}\!\left(\sqrt{\bar\alpha_t}\,x_0,\; (1-\bar\alpha_t) I\right)
+# \quad\Longleftrightarrow\quad x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ \ \varepsilon\sim\mathcal{N}(0, I).$$
+#
+# Here are both, exactly as the package implements them:
+
+# %%
+import inspect
+from IPython.display import Markdown, display
+
+
+def show_source(fn):
+    """Display a package function's source, so what you read is what runs (and is tested)."""
+    display(Markdown(f"```python\n{inspect.getsource(fn)}```"))
+
+
+show_source(forward.q_step)
+show_source(forward.q_sample)
+
+# %% [markdown]
+# Do they really agree? Take one image, copy it many times, run the chain step by step up to $t$, and separately jump
+# straight to $t$ with the closed form. If the algebra is right, the two clouds of noisy images have the same mean and
+# variance at every pixel — and the mean is $\sqrt{\bar\alpha_t}\,x_0$.
+
+# %%
+n_copies = dc.config.budget(quick=500, cpu=4000, gpu=20000)
+x0 = x_test[0:1].expand(n_copies, -1, -1, -1)
+g = torch.Generator().manual_seed(1)
+checkpoints_t = [50, 200, 500, 800]
+x = x0.clone()
+chain, jump = {}, {}
+for t in range(max(checkpoints_t) + 1):
+    x = forward.q_step(x, torch.full((n_copies,), t), cosine, generator=g)
+    if t in checkpoints_t:
+        chain[t] = x.clone()
+        jump[t] = forward.q_sample(x0, torch.full((n_copies,), t), cosine, generator=g)
+
+print(f"{n_copies} copies of one image; per-pixel statistics, averaged over the 784 pixels")
+print(f"{'t':>4} {'ᾱ_t':>8} | {'max |mean_chain − mean_jump|':>28} {'mean var chain':>15} {'mean var jump':>14} {'1−ᾱ_t':>8}")
+for t in checkpoints_t:
+    ab = cosine.alpha_bar[t].item()
+    gap = (chain[t].mean(0) - jump[t].mean(0)).abs().max().item()
+    print(f"{t:>4} {ab:8.4f} | {gap:28.4f} {chain[t].var(0).mean().item():15.4f} "
+          f"{jump[t].var(0).mean().item():14.4f} {1 - ab:8.4f}")
+print(f"(a gap of order 3·sd/√n = {3 / math.sqrt(n_copies):.3f} is sampling noise)")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+t = 200
+for ax, img, title in zip(axes, [chain[t].mean(0), jump[t].mean(0), math.sqrt(cosine.alpha_bar[t]) * x0[0]],
+                          ["mean of the chain", "mean of the jump", r"$\sqrt{\bar\alpha_t}\,x_0$"]):
+    ax.imshow(img[0], cmap="gray", vmin=-1, vmax=1)
+    ax.set_title(f"{title}\n(t={t})")
+    ax.axis("off")
+
+# %% [markdown]
+# **Why the closed form matters.** Training (chapter 2) needs $x_t$ at a *random* $t$ for every image in every batch.
+# With the chain that costs $t$ steps — on average 500 — per example; with the closed form it costs one multiply-add:
+
+# %%
+batch = x_train[:256]
+t_batch = torch.full((256,), 499)
+start = time.perf_counter()
+forward.q_sample(batch, t_batch, cosine)
+one_jump = time.perf_counter() - start
+start = time.perf_counter()
+x = batch
+for t in range(500):
+    x = forward.q_step(x, torch.full((256,), t), cosine)
+chain_time = time.perf_counter() - start
+print(f"x_499 for 256 images: closed form {one_jump * 1e3:.2f} ms, chain {chain_time * 1e3:.0f} ms "
+      f"({chain_time / one_jump:.0f}× slower)")
+
+# %% [markdown]
+# ## 3. Noise schedules: how fast is the image destroyed?
+#
+# The schedule $\beta_1,\dots,\beta_T$ decides how quickly the signal fades. Two classics:
+#
+# * **linear** (DDPM): $\beta_t$ rises linearly from $10^{-4}$ to $0.02$ over $T=1000$ steps;
+# * **cosine** (Nichol & Dhariwal, 2021): defined through $\bar\alpha_t = f(t)/f(0)$ with
+#   $f(t) = \cos^2\!\left(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\right)$, $s = 0.008$, and $\beta_t$ capped at 0.999.
+#
+# The most useful single number is the **signal-to-noise ratio** $\mathrm{SNR}_t = \bar\alpha_t/(1-\bar\alpha_t)$: the
+# ratio of the image's variance to the noise's in $x_t$. Plotted on a log scale it shows where each schedule spends its steps.
+
+# %%
+show_source(schedules.NoiseSchedule.cosine)
+dc.viz.plot_schedules({"linear": linear, "cosine": cosine});
+
+# %% [markdown]
+# The linear schedule drives $\bar\alpha_t$ to almost zero by $t\approx 600$: the last 40% of its steps see nearly pure
+# noise and teach the model little. The cosine schedule declines gently and keeps a useful SNR for longer.
+# The same image, at the same $t$, under each:
+
+# %%
+img = x_test[7:8]
+ts_strip = [0, 100, 200, 300, 400, 500, 600, 700, 850, 999]
+eps = torch.randn(img.shape, generator=torch.Generator().manual_seed(3))
+fig, axes = plt.subplots(2, len(ts_strip), figsize=(1.3 * len(ts_strip), 3.2))
+for row, (name, s) in enumerate([("linear", linear), ("cosine", cosine)]):
+    for j, t in enumerate(ts_strip):
+        xt = forward.q_sample(img, torch.tensor([t]), s, eps)
+        axes[row, j].imshow(xt[0, 0], cmap="gray", vmin=-1, vmax=1)
+        axes[row, j].set_xticks([]), axes[row, j].set_yticks([])
+        axes[row, j].set_title(f"t={t}\nSNR={s.snr[t].item():.2g}", fontsize=7)
+    axes[row, 0].set_ylabel(name)
+fig.tight_layout()
+
+# %% [markdown]
+# **What does "pure noise" mean, numerically?** At $t = T-1$ the image still contributes $\sqrt{\bar\alpha_T}\,x_0$. For both
+# schedules that coefficient is tiny but *not zero* — a known flaw (Lin et al., 2024): the model trains on $x_T$ that still
+# carries a trace of the image, but at generation time starts from noise that carries none. The zero-terminal-SNR rescale
+# fixes it by shifting $\sqrt{\bar\alpha}$ so that it ends exactly at 0.
+
+# %%
+zsnr = cosine.rescale_zero_terminal_snr()
+print(f"{'schedule':<16} {'ᾱ_T':>10} {'√ᾱ_T (signal left)':>20} {'SNR_T':>10} {'σ_T = √((1−ᾱ)/ᾱ)':>20}")
+for name, s in [("linear", linear), ("cosine", cosine), ("cosine + zero-SNR", zsnr)]:
+    ab = s.alpha_bar[-1].item()
+    sigma = s.sigma[-1].item()
+    print(f"{name:<16} {ab:10.2e} {math.sqrt(ab):20.4f} {s.snr[-1].item():10.2e} {sigma:20.3g}")
+
+# A direct check: how correlated is x_T with x_0 across many images?
+x0s = x_test[:2000].flatten(1)
+for name, s in [("linear", linear), ("cosine", cosine)]:
+    xT = forward.q_sample(x_test[:2000], torch.full((2000,), 999), s, generator=torch.Generator().manual_seed(4)).flatten(1)
+    c = torch.corrcoef(torch.stack([x0s.flatten() - x0s.mean(), xT.flatten()]))[0, 1].item()
+    print(f"{name}: correlation between x_0 and x_T pixels = {c:.4f}")
+
+# %% [markdown]
+# ## 4. The explorer: watch an image walk to noise and back
+#
+# Drag the **t** slider, or press **Forward ▶** / **◀ Reverse** to walk along the cosine schedule. Three panels:
+#
+# * **x₀** — the clean image (from the *test* set, so it is not among the training images);
+# * **x_t** — what a diffusion model is given at step $t$;
+# * **E[x₀ | x_t]** — what a **perfect denoiser** would predict: the exact posterior mean of $x_0$ given $x_t$ when the data are
+#   the 60,000 training images. Under the panels the forward formula is written out with the current numbers.
+#
+# If $x_0$ is one of $N$ equally likely training images $x^{(1)},\dots,x^{(N)}$, Bayes' rule gives
+#
+# $$\mathbb{E}[x_0 \mid x_t] = \sum_i w_i\, x^{(i)}, \qquad
+# w_i = \operatorname{softmax}_i\!\left(-\frac{\lVert x_t - \sqrt{\bar\alpha_t}\,x^{(i)}\rVert^2}{2(1-\bar\alpha_t)}\right),$$
+#
+# a softmax over the whole training set — which the package computes in chunks in a few tens of milliseconds:
+
+# %%
+show_source(forward.ideal_denoiser)
+
+# %%
+examples = {}
+for c, name in enumerate(dc.data.FASHION_CLASSES):
+    examples[f"{c}: {name}"] = x_test[(y_test == c).nonzero()[0, 0]]
+explorer = dc.widgets.ForwardExplorer(examples, x_train, {"cosine": cosine, "linear": linear})
+start = time.perf_counter()
+explorer.t_slider.value = 500
+print(f"one update (q_sample + perfect denoiser over {len(x_train):,} images + drawing): "
+      f"{(time.perf_counter() - start) * 1e3:.0f} ms")
+explorer.t_slider.value = 0
+explorer
+
+# %% [markdown]
+# For readers on GitHub (where widgets do not run), the same three panels at several $t$:
+
+# %%
+explorer.image_menu.value = "0: T-shirt/top"
+explorer.strip(ts=(0, 200, 350, 450, 550, 650, 750, 999));
+
+# %% [markdown]
+# ## 5. What the perfect denoiser teaches
+#
+# Move the slider back towards $t=0$ and watch the right panel. At large $t$ it shows a blurry average of many garments
+# (the noise hides which one it was). As $t$ falls it sharpens — and then **snaps to a single training image**, which is
+# *not* the test image on the left. The perfect denoiser on a finite training set memorises: it can only ever output
+# (averages of) images it has seen. A model that minimised the training loss perfectly would therefore only regenerate
+# the training set.
+#
+# Let us measure it: for 100 test images, the weight of the most likely training image and the error of the perfect denoiser, as $t$ varies.
+
+# %%
+n_eval = dc.config.budget(quick=20, cpu=100, gpu=200)
+sweep_ts = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
+x0s = x_test[:n_eval]
+top_w, mse = [], []
+for t in sweep_ts:
+    tt = torch.full((n_eval,), t)
+    xt = forward.q_sample(x0s, tt, cosine, generator=torch.Generator().manual_seed(5))
+    x0_hat, w, _ = forward.ideal_denoiser(xt, tt, x_train, cosine, return_weights=True)
+    top_w.append(w[:, 0].mean().item())
+    mse.append((x0_hat - x0s).pow(2).mean().item())
+
+nearest = torch.cdist(x0s.flatten(1), x_train.flatten(1)).min(1).values.pow(2).mean().item() / 784
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+axes[0].plot(sweep_ts, top_w, "o-")
+axes[0].set(xlabel="t", ylabel="weight of the top training image", title="how decided the perfect denoiser is")
+axes[1].plot(sweep_ts, mse, "o-", label="perfect denoiser vs the true test image")
+axes[1].axhline(nearest, color="C3", ls="--", label="nearest training image vs test image")
+axes[1].set(xlabel="t", ylabel="MSE per pixel", title="error of E[x₀|x_t] on test images")
+for ax in axes:
+    ax.grid(alpha=0.3)
+axes[1].legend(fontsize=8);
+print(f"at t={sweep_ts[1]}: top weight {top_w[1]:.3f}, MSE {mse[1]:.4f}; "
+      f"nearest-neighbour MSE {nearest:.4f}")
+
+# %% [markdown]
+# For $t \lesssim 300$ the top weight is ≈ 1: the "perfect" denoiser has committed to one training image, and its error
+# on an unseen test image is exactly the distance to that nearest neighbour — it cannot do better, because it only knows
+# the training set. A trained network is a *smoothed* version of this function: it cannot represent 60,000 sharp basins,
+# so it interpolates between them — which is precisely why it can generate new garments. (Kadkhodaie et al., 2024, show
+# this transition from memorisation to generalisation as the training set grows.)
+#
+# ## 6. Pixel histograms go to $\mathcal{N}(0, 1)$
+#
+# The whole point of the forward process is that its end is a distribution we can sample without knowing anything
+# about the data. Fashion-MNIST's pixel histogram is far from Gaussian (most pixels are background at $-1$); by $t=T-1$ it
+# is indistinguishable from a standard normal:
+
+# %%
+pix = x_train[:2000]
+grid_x = torch.linspace(-4, 4, 200)
+normal_pdf = torch.exp(-grid_x**2 / 2) / math.sqrt(2 * math.pi)
+fig, axes = plt.subplots(1, 5, figsize=(15, 2.8), sharey=True)
+for ax, t in zip(axes, [0, 250, 500, 750, 999]):
+    xt = forward.q_sample(pix, torch.full((pix.shape[0],), t), cosine, generator=torch.Generator().manual_seed(6))
+    ax.hist(xt.flatten().numpy(), bins=120, range=(-4, 4), density=True, alpha=0.7)
+    ax.plot(grid_x, normal_pdf, "r", lw=1)
+    ax.set_title(f"t={t}: mean {xt.mean():.2f}, sd {xt.std():.2f}", fontsize=9)
+    ax.set_ylim(0, 1.2)
+axes[0].set_ylabel("density");
+
+# %% [markdown]
+# ## 7. Exercise: write `q_sample` yourself
+#
+# Implement $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ for a batch. `schedule.alpha_bar` is a 1-D float64
+# tensor of length $T$; `t` is an integer tensor of shape `(B,)`; `x0` and `noise` have shape `(B, C, H, W)`.
+# Replace the body and run the check: it compares your function with the package's on seeded inputs and tells you what differs.
+
+# %%
+def my_q_sample(x0, t, schedule, noise):
+    # TODO: your code here. (This placeholder returns x0 unchanged, so the check below fails until you fill it in.)
+    return x0
+
+
+dc.exercises.check(my_q_sample, "q_sample");
+
+# %% [markdown]
+# <details><summary><b>Solution</b> (try first!)</summary>
+#
+# The two traps are broadcasting (ᾱ has shape `(B,)`; it must become `(B, 1, 1, 1)`) and dtype (the schedule is float64).
+#
+# </details>
+
+# %%
+def solution_q_sample(x0, t, schedule, noise):
+    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+dc.exercises.check(solution_q_sample, "q_sample");
+
+# %% [markdown]
+# ## Summary
+#
+# * The forward process adds Gaussian noise on a schedule we choose; its $t$-step marginal has the closed form
+#   $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\varepsilon$ — checked above against the step-by-step chain.
+# * A schedule is best read through its log-SNR. Cosine keeps useful signal longer than linear; neither reaches exactly zero
+#   SNR at $T$, which the zero-terminal-SNR rescale fixes.
+# * The perfect denoiser $\mathbb{E}[x_0 \mid x_t]$ over a finite training set is a softmax-weighted average of training images; at
+#   small $t$ it memorises. Training a network to approximate it (chapter 2) — imperfectly, smoothly — is what makes generation possible.
+#
+# **More exercises.**
+# 1. Using `forward.q_step`, show that running the chain with the *linear* schedule also matches `q_sample` at $t = 700$.
+# 2. Find the $t$ at which each schedule's SNR crosses 1 (equal signal and noise). Where is it for cosine? For linear?
+# 3. Use `explorer.state()` at several $t$ on a *training* image (`x_train[0]`): at which $t$ does the perfect denoiser stop
+#    returning it exactly?
+#
+# **References.**
+# * J. Ho, A. Jain, P. Abbeel. *Denoising Diffusion Probabilistic Models.* NeurIPS 2020 (Eqs. 2, 4; the linear schedule).
+# * A. Nichol, P. Dhariwal. *Improved Denoising Diffusion Probabilistic Models.* ICML 2021 (the cosine schedule, Eq. 17).
+# * D. Kingma, T. Salimans, B. Poole, J. Ho. *Variational Diffusion Models.* NeurIPS 2021 (SNR view).
+# * S. Lin, B. Liu, J. Li, X. Yang. *Common Diffusion Noise Schedules and Sample Steps Are Flawed.* WACV 2024.
+# * Z. Kadkhodaie, F. Guth, E. Simoncelli, S. Mallat. *Generalization in diffusion models arises from geometry-adaptive harmonic representations.* ICLR 2024.
