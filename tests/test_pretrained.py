@@ -1,0 +1,58 @@
+"""Shipped checkpoints: they load by name, are sha256-checked, and the recipe is recorded."""
+import shutil
+
+import pytest
+import torch
+
+from diffusion_course import pretrained, sampling
+
+ddpm_shipped = pretrained.path_for("fmnist-ddpm").exists()
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="available"):
+        pretrained.load("sd-xl")
+
+
+def test_classifier_manifest():
+    man = pretrained.manifest("fmnist-classifier")
+    assert man["reproduce"] == "python -m diffusion_course.train fmnist-classifier"
+    assert len(man["sha256"]) == 64 and man["metrics"]["test_accuracy"] > 0.9
+
+
+def test_tampered_checkpoint_is_refused(tmp_path, monkeypatch):
+    for suffix in (".pt", ".json"):
+        shutil.copy(pretrained.path_for("fmnist-classifier").with_suffix(suffix),
+                    tmp_path / f"fmnist-classifier{suffix}")
+    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+    assert pretrained.load("fmnist-classifier", device="cpu") is not None
+    p = tmp_path / "fmnist-classifier.pt"
+    raw = bytearray(p.read_bytes())
+    raw[-100] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="sha256"):
+        pretrained.load("fmnist-classifier", device="cpu")
+
+
+def test_missing_checkpoint_trains_on_demand_in_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setitem(pretrained.RECIPES, "fmnist-ddpm",
+                        pretrained.RECIPES["fmnist-ddpm"].__class__(**{**pretrained.RECIPES["fmnist-ddpm"].__dict__,
+                                                                       "quick_steps": 2}))
+    with pytest.raises(FileNotFoundError, match="python -m diffusion_course.train"):
+        pretrained.load("fmnist-ddpm", device="cpu", train_if_missing=False)
+    model, schedule = pretrained.load("fmnist-ddpm", device="cpu")  # quick mode: 2 steps, not saved
+    assert schedule.T == 1000 and not any(tmp_path.iterdir())
+    x = model(torch.randn(2, 1, 28, 28), torch.tensor([5, 900]))
+    assert x.shape == (2, 1, 28, 28)
+
+
+@pytest.mark.skipif(not ddpm_shipped, reason="fmnist-ddpm checkpoint not trained yet")
+def test_fmnist_ddpm_loads_and_samples():
+    model, schedule = pretrained.load("fmnist-ddpm", device="cpu")
+    man = pretrained.manifest("fmnist-ddpm")
+    assert man["recipe"]["schedule"] == "cosine" and man["recipe"]["T"] == 1000
+    assert model.num_classes == 10 and model.objective == "eps"
+    x = sampling.ddim_sample(model, torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)),
+                             schedule, steps=5, cond=torch.tensor([0, 1, 2, 3]), progress=False)
+    assert x.shape == (4, 1, 28, 28) and torch.isfinite(x).all()
