@@ -53,6 +53,8 @@ CHECKS: dict[str, tuple[Callable, Callable, str]] = {
                  "q_sample(x0, t, schedule, noise) -> x_t"),
     "ddim_step": (lambda x_t, eps, t, t_prev, schedule: sampling.ddim_step(x_t, eps, t, t_prev, schedule),
                   _cases_step, "ddim_step(x_t, eps, t, t_prev, schedule) -> x_prev   (eta = 0; t_prev = -1 means ᾱ = 1)"),
+    "v_target": (lambda x0, t, schedule, noise: forward.v_target(x0, noise, t, schedule), _cases_forward,
+                 "v_target(x0, t, schedule, noise) -> v = √ᾱ·noise − √(1−ᾱ)·x0"),
     "cfg": (_cfg_reference, _cases_cfg, "cfg(eps_uncond, eps_cond, scale) -> guided eps"),
 }
 

@@ -92,13 +92,15 @@ for t in range(max(checkpoints_t) + 1):
         jump[t] = forward.q_sample(x0, torch.full((n_copies,), t), cosine, generator=g)
 
 print(f"{n_copies} copies of one image; per-pixel statistics, averaged over the 784 pixels")
-print(f"{'t':>4} {'ᾱ_t':>8} | {'max |mean_chain − mean_jump|':>28} {'mean var chain':>15} {'mean var jump':>14} {'1−ᾱ_t':>8}")
+print(f"{'t':>4} {'ᾱ_t':>7} | {'mean |mean_chain − mean_jump|':>30} {'expected from noise':>20} | "
+      f"{'var chain':>9} {'var jump':>9} {'1−ᾱ_t':>7}")
 for t in checkpoints_t:
     ab = cosine.alpha_bar[t].item()
-    gap = (chain[t].mean(0) - jump[t].mean(0)).abs().max().item()
-    print(f"{t:>4} {ab:8.4f} | {gap:28.4f} {chain[t].var(0).mean().item():15.4f} "
-          f"{jump[t].var(0).mean().item():14.4f} {1 - ab:8.4f}")
-print(f"(a gap of order 3·sd/√n = {3 / math.sqrt(n_copies):.3f} is sampling noise)")
+    gap = (chain[t].mean(0) - jump[t].mean(0)).abs().mean().item()
+    # two independent means of n draws with variance 1−ᾱ differ by |N(0, 2(1−ᾱ)/n)|, whose mean is √(2/π)·sd
+    expected = math.sqrt(2 / math.pi) * math.sqrt(2 * (1 - ab) / n_copies)
+    print(f"{t:>4} {ab:7.4f} | {gap:30.4f} {expected:20.4f} | "
+          f"{chain[t].var(0).mean().item():9.4f} {jump[t].var(0).mean().item():9.4f} {1 - ab:7.4f}")
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(9, 3))
@@ -170,11 +172,11 @@ fig.tight_layout()
 
 # %%
 zsnr = cosine.rescale_zero_terminal_snr()
-print(f"{'schedule':<16} {'ᾱ_T':>10} {'√ᾱ_T (signal left)':>20} {'SNR_T':>10} {'σ_T = √((1−ᾱ)/ᾱ)':>20}")
+print(f"{'schedule':<18} {'ᾱ_T':>10} {'√ᾱ_T (signal left)':>20} {'SNR_T':>10} {'σ_T = √((1−ᾱ)/ᾱ)':>20}")
 for name, s in [("linear", linear), ("cosine", cosine), ("cosine + zero-SNR", zsnr)]:
     ab = s.alpha_bar[-1].item()
     sigma = s.sigma[-1].item()
-    print(f"{name:<16} {ab:10.2e} {math.sqrt(ab):20.4f} {s.snr[-1].item():10.2e} {sigma:20.3g}")
+    print(f"{name:<18} {ab:10.2e} {math.sqrt(ab):20.2e} {s.snr[-1].item():10.2e} {sigma:20.3g}")
 
 # A direct check: how correlated is x_T with x_0 across many images?
 x0s = x_test[:2000].flatten(1)
@@ -259,8 +261,8 @@ print(f"at t={sweep_ts[1]}: top weight {top_w[1]:.3f}, MSE {mse[1]:.4f}; "
       f"nearest-neighbour MSE {nearest:.4f}")
 
 # %% [markdown]
-# For $t \lesssim 300$ the top weight is ≈ 1: the "perfect" denoiser has committed to one training image, and its error
-# on an unseen test image is exactly the distance to that nearest neighbour — it cannot do better, because it only knows
+# At small $t$ the top weight is ≈ 1 (printed above for $t=100$): the "perfect" denoiser has committed to one training
+# image, and its error on an unseen test image equals the distance to that nearest neighbour (the dashed line) — it cannot do better, because it only knows
 # the training set. A trained network is a *smoothed* version of this function: it cannot represent 60,000 sharp basins,
 # so it interpolates between them — which is precisely why it can generate new garments. (Kadkhodaie et al., 2024, show
 # this transition from memorisation to generalisation as the training set grows.)
