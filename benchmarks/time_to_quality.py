@@ -1,0 +1,63 @@
+"""Time-to-quality: FID after a fixed wall-clock training budget from scratch, ours vs a peer.
+
+    python benchmarks/time_to_quality.py --minutes 15 [--n 500]
+
+Each model trains class-unconditionally on Fashion-MNIST for the same number of wall-clock minutes
+(batch 128, AdamW, EMA 0.999, the course's trainer), then draws ``n`` samples with 50 DDIM steps;
+FID is in the course's classifier features, printed with the real-vs-real floor at the same n.
+"""
+import argparse
+import time
+
+import torch
+
+from diffusion_course import data, metrics, pretrained, sampling, schedules, training
+from diffusion_course.nn import UNet, count_parameters
+
+from unet_throughput import _Wrap, hf_course_unet
+
+
+class _TimeBudget(torch.nn.Module):
+    """Wraps a model; raises KeyboardInterrupt once the wall-clock budget is spent (the trainer then
+    stops cleanly and returns what it has)."""
+
+    def __init__(self, net, seconds):
+        super().__init__()
+        self.net, self.deadline = net, time.perf_counter() + seconds
+
+    def forward(self, x, t, cond=None):
+        if self.training and time.perf_counter() > self.deadline:
+            raise KeyboardInterrupt
+        return self.net(x, t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=15)
+    ap.add_argument("--n", type=int, default=500)
+    args = ap.parse_args()
+    x, _ = data.load_fashion_mnist("train")
+    s = schedules.NoiseSchedule.cosine(1000)
+    clf = pretrained.load("fmnist-classifier", device="cpu")
+    ref = metrics.reference_images(args.n)
+    floor = metrics.fid_floor(clf, args.n)
+    cfg = training.TrainConfig(steps=10**6, batch_size=128, lr=1e-3, warmup=100, lr_decay="constant",
+                               ema_decay=0.999, seed=0)
+    ours = UNet(**{**pretrained.RECIPES["fmnist-ddpm"].model, "num_classes": 0})
+    print(f"budget {args.minutes} min per model, n={args.n}, FID floor {floor:.2f}, threads {torch.get_num_threads()}")
+    for name, net in [("course U-Net", ours), ("diffusers UNet2DModel (HF course)", _Wrap(hf_course_unet()))]:
+        wrapped = _TimeBudget(net, args.minutes * 60)
+        res = training.train(wrapped, s, x, config=cfg, device="cpu", progress=False)
+        ema = res.ema.net.eval()
+        start = time.perf_counter()
+        g = torch.Generator().manual_seed(0)
+        xs = torch.cat([sampling.ddim_sample(ema, torch.randn(min(250, args.n - i), 1, 28, 28, generator=g), s,
+                                             steps=50, progress=False) for i in range(0, args.n, 250)])
+        sample_s = time.perf_counter() - start
+        fid = metrics.fid(clf, xs.clamp(-1, 1), ref)
+        print(f"{name:<36} {count_parameters(net) / 1e6:5.2f} M params | {res.step:5d} steps in {args.minutes} min | "
+              f"FID {fid:7.2f} (floor {floor:.2f}, ratio {fid / floor:6.1f}) | sampling {args.n} took {sample_s:5.0f} s")
+
+
+if __name__ == "__main__":
+    main()

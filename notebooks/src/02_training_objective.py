@@ -1,0 +1,362 @@
+# %% [markdown]
+# # Chapter 2 — The training objective: teaching a network to predict the noise
+#
+# **Learning goals.** By the end of this chapter you can
+# 1. write DDPM's training loop (Algorithm 1) and say why "regress the noise" is a sensible objective;
+# 2. train a denoiser on 2-D data in seconds and *see* what it learned (the denoising direction field);
+# 3. read the course's U-Net: the timestep embedding, a residual block, where attention sits, what costs what;
+# 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
+# 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
+#
+# Time: about 5 minutes on a laptop CPU (the Fashion-MNIST training demo is the long cell); about a minute on a GPU.
+
+# %%
+import inspect
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import Markdown, display
+
+import diffusion_course as dc
+from diffusion_course import forward, losses, sampling, schedules, training
+from diffusion_course.nn import MLPDenoiser, UNet, count_parameters, timestep_embedding
+
+print(dc.config.describe())
+device = dc.config.get_device()
+
+
+def show_source(fn):
+    """Display a package function's source: what you read is what runs (and is tested)."""
+    display(Markdown(f"```python\n{inspect.getsource(fn)}```"))
+
+# %% [markdown]
+# ## 1. Algorithm 1, in one function
+#
+# Chapter 1 gave us $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ in one jump. DDPM's training step is then:
+#
+# 1. take a clean batch $x_0$; 2. draw $t \sim \mathcal{U}\{0,\dots,T-1\}$ and $\varepsilon \sim \mathcal{N}(0, I)$ per example;
+# 3. make $x_t$; 4. ask the network for $\hat\varepsilon_\theta(x_t, t)$; 5. minimise
+#
+# $$L_\text{simple} = \mathbb{E}_{x_0, t, \varepsilon}\,\big\lVert \varepsilon - \hat\varepsilon_\theta(x_t, t)\big\rVert^2 .$$
+#
+# Ho et al. derive this from the variational bound and then drop its per-$t$ weights; it is also *denoising score matching*:
+# the optimal $\hat\varepsilon$ is $-\sqrt{1-\bar\alpha_t}\,\nabla_{x}\log q_t(x)$ (chapter 6). Here it is — with the x₀ and v targets
+# and min-SNR weighting that section 4 uses:
+
+# %%
+show_source(losses.diffusion_loss)
+
+# %% [markdown]
+# ## 2. A denoiser on 2-D data, in seconds
+#
+# Points on two interleaved moons are our "images". The network is a small MLP that takes $(x_t, t)$ and returns
+# $\hat\varepsilon$; the trainer is the same one that trains the U-Net later (AdamW, warm-up, EMA, progress bar).
+
+# %%
+toy_schedule = schedules.NoiseSchedule.cosine(200)          # fewer steps suffice in 2-D
+points = dc.data.toy_2d("moons", 20_000, generator=torch.Generator().manual_seed(0))
+toy_model = MLPDenoiser(dim=2, hidden=128, depth=3)
+toy_steps = dc.config.budget(quick=300, cpu=3000, gpu=3000)
+toy_cfg = training.TrainConfig(steps=toy_steps, batch_size=512, lr=2e-3, warmup=100, ema_decay=0.995,
+                               channels_last=False, seed=0)
+start = time.perf_counter()
+toy = training.train(toy_model, toy_schedule, points, config=toy_cfg, device="cpu")
+print(f"{toy_steps} steps in {time.perf_counter() - start:.1f} s; final loss {sum(toy.history.loss[-100:]) / 100:.3f}")
+
+# %%
+x_T = torch.randn(3000, 2, generator=torch.Generator().manual_seed(1))
+toy_samples = sampling.ddpm_sample(toy.ema, x_T, toy_schedule, generator=torch.Generator().manual_seed(2))
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+dc.viz.plot_loss(toy.history, ax=axes[0])
+dc.viz.plot_points(points[:3000], ax=axes[1], title="data (two moons)")
+dc.viz.plot_points(toy_samples, ax=axes[2], title=f"DDPM samples ({toy_schedule.T} steps)", color="C1")
+print("MMD² between samples and fresh data:",
+      f"{dc.metrics.mmd_rbf(toy_samples[:1500], dc.data.toy_2d('moons', 1500, torch.Generator().manual_seed(3))):.4f}",
+      "| between pure noise and data:",
+      f"{dc.metrics.mmd_rbf(x_T[:1500], dc.data.toy_2d('moons', 1500, torch.Generator().manual_seed(3))):.4f}")
+
+# %% [markdown]
+# **What did it learn?** Predicting $\varepsilon$ from $x_t$ is the same as knowing which way to move $x_t$ to make it
+# cleaner: $-\hat\varepsilon$ points from the noisy point towards where the data were. The arrows below are
+# $-\hat\varepsilon_\theta(x, t)$ on a grid, at three noise levels. At large $t$ they point to the middle (the data mean); at
+# small $t$ they snap onto the moons.
+
+# %%
+grid = torch.stack(torch.meshgrid(torch.linspace(-2.5, 2.5, 21), torch.linspace(-2.5, 2.5, 21), indexing="xy"), -1)
+grid = grid.reshape(-1, 2)
+fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+with torch.no_grad():
+    for ax, t in zip(axes, [150, 60, 10]):
+        eps = toy.ema(grid, torch.full((grid.shape[0],), t))
+        ax.scatter(points[:2000, 0], points[:2000, 1], s=1, alpha=0.3, color="gray")
+        ax.quiver(grid[:, 0], grid[:, 1], -eps[:, 0], -eps[:, 1], color="C3", angles="xy")
+        ax.set(title=f"−ε̂(x, t) at t={t} (SNR={toy_schedule.snr[t].item():.2g})", xlim=(-2.6, 2.6), ylim=(-2.6, 2.6),
+               aspect="equal")
+
+# %% [markdown]
+# ## 3. Inside the U-Net
+#
+# Images need a network that sees at several scales. The course's U-Net (`dc.nn.UNet`) is DDPM's design trimmed for a CPU:
+#
+# * **Timestep embedding.** $t$ enters as sinusoids of geometrically spaced frequencies (as in Transformers), then a small MLP.
+#   Low channels vary fast with $t$ and separate neighbouring steps; high channels vary slowly.
+
+# %%
+emb = timestep_embedding(torch.arange(1000), 64)
+fig, ax = plt.subplots(figsize=(10, 2.6))
+ax.imshow(emb.T, aspect="auto", cmap="RdBu", interpolation="nearest")
+ax.set(xlabel="timestep t", ylabel="embedding channel", title="sinusoidal timestep embedding (64 channels)");
+
+# %% [markdown]
+# * **Residual blocks** inject the embedding as a per-channel scale and shift after a GroupNorm (FiLM / "AdaGN", Dhariwal &
+#   Nichol 2021). The last conv of each block starts at zero, so every block starts as the identity — stable from step one.
+
+# %%
+show_source(dc.nn.ResBlock)
+
+# %% [markdown]
+# * **Where attention sits.** Self-attention costs $O((HW)^2)$, so it only runs at the lowest resolution (7×7 = 49 positions).
+# * **The patch stem.** The first layer folds each 2×2 block of pixels into 4 channels (pixel-unshuffle), so the expensive
+#   convolutions run at 14×14 instead of 28×28 — the largest single speed-up on a CPU — and the last layer unfolds them.
+# * **A class embedding with a null label**: labels 0–9 plus label 10 = "no label". Trained with label dropout, one network
+#   is both conditional and unconditional — what classifier-free guidance (chapter 4) needs.
+#
+# The configuration of the course's pretrained model, level by level:
+
+# %%
+unet = dc.pretrained.build("fmnist-ddpm")
+print(unet.config)
+print(f"total parameters: {count_parameters(unet):,}")
+for name, child in [("time + class embedding", [unet.time_embed, unet.class_embed]), ("stem", [unet.stem]),
+                    ("down path", [unet.down]), ("middle (with attention)", [unet.mid]), ("up path", [unet.up]),
+                    ("output", [unet.out])]:
+    print(f"  {name:<26} {sum(count_parameters(c) for c in child):>10,}")
+x = torch.randn(1, 1, 28, 28)
+shapes = []
+hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.append((n, type(mod).__name__, tuple(o.shape[1:]))))
+         for n, m in unet.named_children() for m in ([m] if not isinstance(m, torch.nn.ModuleList) else m)]
+with torch.no_grad():
+    unet(x, torch.tensor([500]))
+for h in hooks:
+    h.remove()
+for name, kind, shape in shapes:
+    print(f"  {name:<12} {kind:<14} -> {shape}")
+
+# %% [markdown]
+# ## 4. Training the U-Net on Fashion-MNIST: a short run that visibly learns
+#
+# A smaller U-Net, a few hundred steps. The loss is noisy (every batch has different $t$), so we plot a moving average.
+
+# %%
+x_train, y_train = dc.data.load_fashion_mnist("train")
+x_test, y_test = dc.data.load_fashion_mnist("test")
+schedule = schedules.NoiseSchedule.cosine(1000)
+demo_steps = dc.config.budget(quick=8, cpu=300, gpu=3000)
+demo = UNet(channels=(32, 64), attention_levels=(1,), patch=2, num_classes=10)
+print(f"demo U-Net: {count_parameters(demo):,} parameters, {demo_steps} steps (about "
+      f"{dc.config.budget(quick='seconds', cpu='2-4 minutes on a laptop CPU', gpu='1 minute')})")
+demo_cfg = training.TrainConfig(steps=demo_steps, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.99, seed=0)
+run = training.train(demo, schedule, x_train, y_train, config=demo_cfg, device=device)
+
+# %% [markdown]
+# ## 5. "Is my model learning?"
+#
+# Four checks that catch almost every broken run.
+#
+# **(a) The loss curve** falls fast at first, then slowly. **(b) The loss per timestep bucket**: for ε-prediction the loss is
+# largest at small $t$ (tiny noise is hard to see) and near zero at large $t$ (when $x_t$ is almost pure noise, $\varepsilon \approx x_t$).
+# A model that has learned nothing scores 1.0 everywhere (predicting 0 for unit-variance noise).
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+dc.viz.plot_loss(run.history, window=25, ax=axes[0])
+buckets = run.history.bucket_means()
+centres = [(i + 0.5) * schedule.T / len(buckets) for i in range(len(buckets))]
+axes[1].bar(centres, buckets, width=schedule.T / len(buckets) * 0.9)
+axes[1].axhline(1.0, color="C3", ls="--", label="predicting ε̂ = 0")
+axes[1].set(xlabel="t", ylabel="mean ε-MSE", title="loss per timestep bucket")
+axes[1].legend();
+
+# %% [markdown]
+# **(c) Denoise a held-out image** at several $t$: the model's $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
+# should look like the test image at small and medium $t$, and like a plausible garment at large $t$.
+
+# %%
+def denoise_row(model, img, label, ts):
+    x0 = img[None].to(device)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for t in ts:
+            tt = torch.tensor([t], device=device)
+            xt = forward.q_sample(x0, tt, schedule, torch.randn(x0.shape, generator=g).to(device))
+            _, x0_hat = sampling.predict_eps_x0(model, xt, tt, schedule, torch.tensor([label], device=device))
+            rows += [xt[0].cpu(), x0_hat[0].clamp(-1, 1).cpu()]
+    return torch.stack(rows)
+
+
+ts_denoise = [100, 300, 500, 700, 900]
+fig, ax = plt.subplots(figsize=(12, 2.6))
+dc.viz.show_images(denoise_row(run.ema, x_test[0], int(y_test[0]), ts_denoise), nrow=10, ax=ax)
+ax.set_title("pairs (x_t, model's x̂₀) at t = " + ", ".join(map(str, ts_denoise)) + "  — demo model (EMA)");
+
+# %% [markdown]
+# **(d) Samples from EMA vs raw weights.** The exponential moving average of the weights,
+# $\theta_\text{EMA} \leftarrow 0.99\,\theta_\text{EMA} + 0.01\,\theta$, averages out the noise of the last steps; early in training, and
+# at high learning rates, its samples are visibly cleaner. Same noise, same labels, 50 DDIM steps (chapter 3 explains DDIM):
+
+# %%
+n_show = 20
+labels = torch.arange(n_show, device=device) % 10
+x_T = torch.randn(n_show, 1, 28, 28, generator=torch.Generator().manual_seed(4)).to(device)
+fig, axes = plt.subplots(1, 2, figsize=(11, 3))
+for ax, (name, net) in zip(axes, [("raw weights", run.model), ("EMA weights", run.ema)]):
+    xs = sampling.ddim_sample(net, x_T, schedule, steps=50, cond=labels)
+    dc.viz.show_images(xs.cpu(), nrow=10, ax=ax, title=f"demo model after {run.step} steps — {name}")
+
+# %% [markdown]
+# After a few CPU minutes the samples are garment-shaped blobs: the model is learning, and more steps is all it needs.
+# Training that takes about an hour on a 2-core CPU produced the course's pretrained model (section 7).
+#
+# ## 6. ε, x₀ or v: what should the network predict?
+#
+# All three carry the same information — given $x_t$ and $t$, any one determines the others:
+#
+# | target | formula | at small $t$ | at large $t$ |
+# |---|---|---|---|
+# | ε (DDPM) | $\varepsilon$ | hard: find tiny noise | easy: $\varepsilon\approx x_t$ |
+# | x₀ | $x_0$ | easy: $x_0 \approx x_t$ | hard: guess the image from noise |
+# | v (Salimans & Ho 2022) | $\sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ | ≈ ε | ≈ −x₀ |
+#
+# The loss scale per $t$ is very different, which changes what training pays attention to. On the moons, train one model per
+# target and compare the error *in the same units* (the implied $\hat x_0$) per timestep, and the samples:
+
+# %%
+obj_results = {}
+for objective in ["eps", "x0", "v"]:
+    m = MLPDenoiser(dim=2, hidden=128, depth=3, objective=objective)
+    cfg = training.TrainConfig(steps=toy_steps, batch_size=512, lr=2e-3, warmup=100, ema_decay=0.995,
+                               objective=objective, channels_last=False, seed=0)
+    obj_results[objective] = training.train(m, toy_schedule, points, config=cfg, device="cpu", progress=False).ema
+
+test_pts = dc.data.toy_2d("moons", 4000, generator=torch.Generator().manual_seed(5))
+fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+for k, (objective, m) in enumerate(obj_results.items()):
+    errs = []
+    ts_eval = list(range(0, toy_schedule.T, 10))
+    with torch.no_grad():
+        for t in ts_eval:
+            tt = torch.full((test_pts.shape[0],), t)
+            xt = forward.q_sample(test_pts, tt, toy_schedule, generator=torch.Generator().manual_seed(t))
+            _, x0_hat = sampling.predict_eps_x0(m, xt, tt, toy_schedule)
+            errs.append((x0_hat - test_pts).pow(2).mean().item())
+    axes[0].plot(ts_eval, errs, label=objective)
+    s = sampling.ddim_sample(m, torch.randn(2000, 2, generator=torch.Generator().manual_seed(6)), toy_schedule,
+                             steps=50, progress=False)
+    dc.viz.plot_points(s, ax=axes[k + 1], title=f"{objective}-prediction, DDIM-50", color=f"C{k}")
+axes[0].set(xlabel="t", ylabel="MSE of implied x̂₀", yscale="log", title="x₀ error per timestep")
+axes[0].legend();
+
+# %% [markdown]
+# On this easy data all three work; the differences are in *where* each is accurate. ε-prediction is poor at recovering
+# $x_0$ near $t=T$ (it divides by $\sqrt{\bar\alpha_t}\to 0$); x₀-prediction is the opposite; v interpolates. **Min-SNR-γ**
+# weighting (Hang et al. 2023) is the other lever: it caps the weight of the easy, high-SNR steps,
+# $w(t) = \min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$ for ε, and speeds up convergence on images.
+#
+# ## 7. The pretrained model
+#
+# `dc.pretrained.load("fmnist-ddpm")` returns the course's class-conditional ε-model (cosine schedule, T = 1000, EMA weights),
+# trained by `python -m diffusion_course.train fmnist-ddpm` — the recipe is stored in its manifest, with the wall time and the
+# metrics measured when it was made:
+
+# %%
+model, schedule = dc.pretrained.load("fmnist-ddpm", device=device)
+manifest = dc.pretrained.manifest("fmnist-ddpm")
+print(f"{manifest.get('steps')} steps on {manifest.get('device')}, "
+      f"{manifest.get('metrics', {}).get('train_wall_seconds', float('nan')) / 60:.0f} min of training")
+for key in ["n", "sampler", "floor", "fid_uncond", "fid_cond", "class_accuracy_cond"]:
+    if key in manifest.get("metrics", {}):
+        print(f"  {key:<20} {manifest['metrics'][key]}")
+
+# %% [markdown]
+# Samples of every class (rows), 50 DDIM steps:
+
+# %%
+per_class = dc.config.budget(quick=2, cpu=8, gpu=12)
+labels = torch.arange(10).repeat_interleave(per_class).to(device)
+x_T = torch.randn(len(labels), 1, 28, 28, generator=torch.Generator().manual_seed(7)).to(device)
+start = time.perf_counter()
+samples = sampling.ddim_sample(model, x_T, schedule, steps=50, cond=labels)
+print(f"{len(labels)} samples in {time.perf_counter() - start:.1f} s")
+fig, ax = plt.subplots(figsize=(per_class * 0.9 + 1, 9.5))
+dc.viz.show_images(samples.cpu(), nrow=per_class, ax=ax)
+for c, name in enumerate(dc.data.FASHION_CLASSES):
+    ax.text(-2, (c + 0.5) * 29, name, ha="right", va="center", fontsize=9)
+
+# %% [markdown]
+# **How good is that, in numbers?** FID compares the statistics of features of generated and real images. The course uses the
+# 128-d features of its own Fashion-MNIST classifier (92 % test accuracy; `dc.metrics`), which is cheap on a CPU. FID is biased
+# upwards at small sample sizes, so it is always reported next to its **floor**: the FID between two disjoint sets of real
+# test images of the same size. A perfect generator scores the floor.
+
+# %%
+clf = dc.pretrained.load("fmnist-classifier", device=device)
+n_fid = dc.config.budget(quick=100, cpu=500, gpu=2000)
+g = torch.Generator().manual_seed(8)
+cond = (torch.arange(n_fid) % 10).to(device)
+start = time.perf_counter()
+gen = torch.cat([sampling.ddim_sample(model, torch.randn(min(500, n_fid - i), 1, 28, 28, generator=g).to(device),
+                                      schedule, steps=50, cond=cond[i:i + 500]) for i in range(0, n_fid, 500)])
+secs = time.perf_counter() - start
+fid = dc.metrics.fid(clf, gen.cpu(), dc.metrics.reference_images(n_fid))
+floor = dc.metrics.fid_floor(clf, n_fid)
+acc = dc.metrics.class_accuracy(clf, gen.cpu(), cond.cpu())
+print(f"n = {n_fid}: FID {fid:.2f} vs floor {floor:.2f} (ratio {fid / floor:.2f}); "
+      f"class accuracy {acc:.1%}; sampling took {secs:.0f} s")
+
+# %% [markdown]
+# ## 8. Exercise: the v target
+#
+# Write $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for a batch, then run the check.
+
+# %%
+def my_v_target(x0, t, schedule, noise):
+    # TODO: your code here (this placeholder is wrong on purpose, so the check fails until you fill it in)
+    return noise
+
+
+dc.exercises.check(my_v_target, "v_target");
+
+# %%
+def solution_v_target(x0, t, schedule, noise):
+    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
+    return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+
+dc.exercises.check(solution_v_target, "v_target");
+
+# %% [markdown]
+# ## Summary
+#
+# * DDPM's training step: sample $x_0$, $t$, $\varepsilon$; make $x_t$ in one jump; regress $\varepsilon$. That's all.
+# * A network that predicts the noise has learned the direction back to the data at every noise level — visible as the
+#   arrow field on 2-D data.
+# * The U-Net: timestep embedding → FiLM in residual blocks; attention only at low resolution; a null label so one
+#   network is conditional and unconditional.
+# * ε, x₀ and v are interchangeable targets with different per-$t$ difficulty; min-SNR weighting rebalances them.
+# * Diagnose runs with the loss per timestep, denoising a held-out image, and EMA samples; measure with FID next to its floor.
+#
+# **More exercises.**
+# 1. Train the 2-D model on `"checkerboard"` or `"swiss_roll"`. Which takes more steps, and why?
+# 2. Re-run the demo with `min_snr_gamma=5.0` in `TrainConfig` and compare the loss per bucket.
+# 3. Remove the EMA (set `ema_decay=0.0`) and compare samples at the same step count.
+#
+# **References.**
+# * J. Ho, A. Jain, P. Abbeel. *Denoising Diffusion Probabilistic Models.* NeurIPS 2020 (Algorithm 1, Eq. 14).
+# * A. Nichol, P. Dhariwal. *Improved Denoising Diffusion Probabilistic Models.* ICML 2021.
+# * P. Dhariwal, A. Nichol. *Diffusion Models Beat GANs on Image Synthesis.* NeurIPS 2021 (AdaGN, architecture ablations).
+# * T. Salimans, J. Ho. *Progressive Distillation for Fast Sampling of Diffusion Models.* ICLR 2022 (v-prediction).
+# * T. Hang et al. *Efficient Diffusion Training via Min-SNR Weighting Strategy.* ICCV 2023.
+# * M. Heusel et al. *GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium.* NeurIPS 2017 (FID).
