@@ -11,7 +11,7 @@ import importlib
 from . import config, data, exercises, forward, sampling, schedules, viz
 
 __version__ = "0.1.0"
-_LAZY = {"nn", "losses", "training", "checkpoints", "metrics", "pretrained", "widgets", "gmm", "guidance",
+_LAZY = {"nn", "losses", "training", "checkpoints", "metrics", "pretrained", "widgets", "gmm", "guidance", "evaluation",
          "train"}
 __all__ = ["config", "data", "exercises", "forward", "sampling", "schedules", "viz", *sorted(_LAZY)]
 

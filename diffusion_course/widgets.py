@@ -150,3 +150,64 @@ class ForwardExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+class SamplerExplorer:
+    """Resample a grid live while you change the sampler's steps, η, timestep spacing and seed.
+
+    Args:
+        model: a (conditional) denoiser ``model(x, t, cond)``; ``schedule`` its noise schedule.
+        n: images in the grid; ``class_names``: optional labels for a class picker ("any" = unconditional).
+        image_shape: (C, H, W) of one sample.
+    """
+
+    def __init__(self, model, schedule: NoiseSchedule, n: int = 16, class_names: list[str] | None = None,
+                 image_shape: tuple[int, int, int] = (1, 28, 28), max_steps: int = 100, scale: int = 3):
+        from . import sampling
+        from .viz import make_grid
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self._sampling, self._make_grid = sampling, make_grid
+        self.model, self.schedule, self.n, self.shape, self.scale = model, schedule, n, image_shape, scale
+        self.steps = W.IntSlider(value=20, min=1, max=min(max_steps, schedule.T), description="steps",
+                                 continuous_update=False)
+        self.eta = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="η", continuous_update=False)
+        self.spacing = W.Dropdown(options=list(sampling.SPACINGS), value="trailing", description="spacing")
+        self.seed = W.IntText(value=0, description="seed", layout=W.Layout(width="160px"))
+        options = ["any (unconditional)"] + list(class_names or [])
+        self.label = W.Dropdown(options=options, value=options[0], description="class",
+                                disabled=class_names is None)
+        self.image = W.Image(format="png")
+        self.info = W.HTML()
+        for control in (self.steps, self.eta, self.spacing, self.seed, self.label):
+            control.observe(lambda _: self.update(), names="value")
+        self.widget = W.VBox([W.HBox([self.steps, self.eta]), W.HBox([self.spacing, self.seed, self.label]),
+                              self.image, self.info])
+        self.last = None
+        self.update()
+
+    def update(self) -> None:
+        import time
+
+        device = next(self.model.parameters()).device if hasattr(self.model, "parameters") else torch.device("cpu")
+        g = torch.Generator().manual_seed(int(self.seed.value))
+        x_T = torch.randn((self.n, *self.shape), generator=g).to(device)
+        cond = None
+        if self.label.index and self.label.index > 0:
+            cond = torch.full((self.n,), self.label.index - 1, dtype=torch.long, device=device)
+        start = time.perf_counter()
+        self.last = self._sampling.ddim_sample(self.model, x_T, self.schedule, steps=int(self.steps.value),
+                                               eta=float(self.eta.value), spacing=self.spacing.value,
+                                               generator=g, cond=cond, progress=False).cpu()
+        secs = time.perf_counter() - start
+        ts = self._sampling.timesteps(self.schedule.T, int(self.steps.value), self.spacing.value)
+        self.image.value = png_bytes(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.scale)
+        shown = ", ".join(map(str, ts[:6].tolist())) + (", …" if len(ts) > 6 else "")
+        self.info.value = (f"DDIM, {int(self.steps.value)} steps, η = {float(self.eta.value):.1f}, "
+                           f"{self.spacing.value} timesteps [{shown}] — {secs:.2f} s")
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -75,3 +75,35 @@ def test_bad_input():
                         {"a": schedules.NoiseSchedule.cosine(10), "b": schedules.NoiseSchedule.cosine(20)})
     with pytest.raises(ValueError):
         ForwardExplorer({}, data, {"c": schedules.NoiseSchedule.cosine(10)})
+
+
+def test_sampler_explorer_resamples_on_every_control():
+    from diffusion_course import gmm
+    from diffusion_course.widgets import SamplerExplorer
+
+    s = schedules.NoiseSchedule.cosine(100)
+
+    class Net(torch.nn.Module):  # an exact oracle for images drawn around two grey levels
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            means = torch.stack([torch.full((16,), -0.5), torch.full((16,), 0.5)])
+            self.oracle = gmm.GaussianMixture(means, torch.tensor([0.1, 0.1])).oracle_model(s)
+
+        def forward(self, x, t, cond=None):
+            return self.oracle(x.flatten(1), t).reshape(x.shape).float()
+
+    ex = SamplerExplorer(Net(), s, n=4, class_names=["a", "b"], image_shape=(1, 4, 4), max_steps=50)
+    first = ex.last.clone()
+    ex.seed.value = 1
+    assert not torch.equal(first, ex.last)
+    ex.seed.value = 0
+    assert torch.equal(first, ex.last)  # η = 0: same seed, same images
+    ex.eta.value = 1.0
+    assert not torch.equal(first, ex.last)
+    ex.spacing.value = "leading"
+    assert "leading" in ex.info.value and "steps" in ex.info.value
+    ex.steps.value = 5
+    assert "5 steps" in ex.info.value
+    with pytest.raises(ValueError):
+        SamplerExplorer(Net(), s, n=0)
