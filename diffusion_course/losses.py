@@ -26,7 +26,8 @@ class LossDetails:
 def min_snr_weight(snr: torch.Tensor, gamma: float, objective: str) -> torch.Tensor:
     """min(SNR, γ) expressed for each target: /SNR for ε, ·1 for x₀, /(SNR+1) for v."""
     clipped = torch.clamp(snr, max=gamma)
-    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[objective]
+    # for ε, min(SNR, γ)/SNR written as min(γ/SNR, 1) so that SNR = 0 (zero terminal SNR) gives 1, not NaN
+    return {"eps": (gamma / snr).clamp(max=1.0), "x0": clipped, "v": clipped / (snr + 1)}[objective]
 
 
 def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: str = "eps",

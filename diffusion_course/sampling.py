@@ -107,14 +107,16 @@ def predict_eps_x0(model, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSched
 # --------------------------------------------------------------------------- step functions
 def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSchedule,
               noise: torch.Tensor | None = None, variance: str = "beta_tilde",
-              clip_denoised: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+              clip_denoised: bool = False, generator: torch.Generator | None = None,
+              x0: torch.Tensor | None = None) -> torch.Tensor:
     """One ancestral step x_t → x_{t_prev} (DDPM Algorithm 2, generalised to any t_prev < t).
 
     With β' = 1 − ᾱ_t/ᾱ_{t'} (β_t when t' = t−1):
         x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t
         μ = √ᾱ_{t'} β'/(1−ᾱ_t) · x̂₀ + √(ᾱ_t/ᾱ_{t'}) (1−ᾱ_{t'})/(1−ᾱ_t) · x_t
         x_{t'} = μ + σ z,  σ² = β̃ = (1−ᾱ_{t'})/(1−ᾱ_t) β' ("beta_tilde") or β' ("beta");
-    no noise is added on the last step (t' = −1).
+    no noise is added on the last step (t' = −1). Pass the model's ``x0`` when it predicts x₀ or v:
+    at ᾱ_t = 0 (zero terminal SNR) x̂₀ cannot be recovered from ε̂.
     """
     if variance not in {"beta_tilde", "beta"}:
         raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
@@ -123,7 +125,8 @@ def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
     t, t_prev = _as_t(t, x_t), _as_t(t_prev, x_t)
     ab, ab_prev = _alpha_bars(schedule, t, t_prev, x_t)
     beta = 1 - ab / ab_prev
-    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    if x0 is None:
+        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
     mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x_t
@@ -136,13 +139,15 @@ def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
 
 def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSchedule, eta: float = 0.0,
               noise: torch.Tensor | None = None, clip_denoised: bool = False,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, x0: torch.Tensor | None = None) -> torch.Tensor:
     """One DDIM step x_t → x_{t_prev} (Song et al. 2021, Eqs. 12 and 16).
 
         x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t
         σ = η √((1−ᾱ_{t'})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t'})
         x_{t'} = √ᾱ_{t'} x̂₀ + √(1−ᾱ_{t'}−σ²) ε̂ + σ z
     η = 0 is deterministic (the same x_T always gives the same image); η = 1 matches DDPM's β̃.
+    Pass the model's ``x0`` when it predicts x₀ or v: at ᾱ_t = 0 (zero terminal SNR) x̂₀ cannot be
+    recovered from ε̂, while ε̂ = (x_t − √ᾱ x̂₀)/√(1−ᾱ) stays well defined.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -150,7 +155,8 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
         raise ValueError(f"eps has shape {tuple(eps.shape)} but x_t has {tuple(x_t.shape)}")
     t, t_prev = _as_t(t, x_t), _as_t(t_prev, x_t)
     ab, ab_prev = _alpha_bars(schedule, t, t_prev, x_t)
-    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    if x0 is None:
+        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
         eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
@@ -203,12 +209,13 @@ def sample_loop(model, x_T: torch.Tensor, schedule: NoiseSchedule, ts: torch.Ten
 
 def ddpm_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator | None = None,
                 clip_denoised: bool = False, cond: torch.Tensor | None = None, steps: int | None = None,
-                variance: str = "beta_tilde", progress: bool = True, return_trajectory: bool = False):
+                variance: str = "beta_tilde", progress: bool = True, return_trajectory: bool = False,
+                spacing: str = "trailing"):
     """Ancestral DDPM sampling (Algorithm 2) from x_T, over all T steps (or ``steps`` strided ones)."""
-    ts = timesteps(schedule.T, steps or schedule.T, "leading" if steps else "trailing")
+    ts = timesteps(schedule.T, steps or schedule.T, spacing)
 
     def update(x, eps, x0, t, t_prev, i):
-        return ddpm_step(x, eps, t, t_prev, schedule, _noise_like(x, generator), variance, clip_denoised)
+        return ddpm_step(x, eps, t, t_prev, schedule, _noise_like(x, generator), variance, clip_denoised, x0=x0)
 
     return sample_loop(model, x_T, schedule, ts, update, cond, clip_denoised, progress, return_trajectory,
                        desc="DDPM")
@@ -224,7 +231,7 @@ def ddim_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 
 
     def update(x, eps, x0, t, t_prev, i):
         noise = _noise_like(x, generator) if eta > 0 else None
-        return ddim_step(x, eps, t, t_prev, schedule, eta, noise, clip_denoised)
+        return ddim_step(x, eps, t, t_prev, schedule, eta, noise, clip_denoised, x0=x0)
 
     return sample_loop(model, x_T, schedule, ts, update, cond, clip_denoised, progress, return_trajectory,
                        desc=f"DDIM-{steps}")

@@ -37,7 +37,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_path: str | None = None
     checkpoint_every: int = 500
-    amp: bool = True                  # bf16 autocast, CUDA only
+    amp: bool = True                  # CUDA only: bf16 autocast where supported (Ampere+), else fp16 + GradScaler
     compile: bool = False             # torch.compile, CUDA only
     channels_last: bool = True
     buckets: int = 10                 # timestep buckets for the loss-per-t history
@@ -160,6 +160,9 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
     images_dev = images.to(dev)
     labels_dev = labels.to(dev) if labels is not None else None
     use_amp = cfg.amp and cuda
+    # bf16 needs compute capability 8 (A100, H100, RTX 30xx+); Colab's T4 gets fp16 with loss scaling.
+    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported(including_emulation=False)) else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     def save_checkpoint():
         if ckpt is not None:
@@ -181,7 +184,7 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
             y = labels_dev[idx] if labels_dev is not None else None
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
                 out = diffusion_loss(net, x0, schedule, cfg.objective, cond=y,
                                      p_uncond=cfg.p_uncond if y is not None else 0.0,
                                      min_snr_gamma=cfg.min_snr_gamma, generator=gen, return_details=True)
@@ -191,10 +194,12 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
                     f"the loss became {loss_value} at step {step}; the weights were not updated. "
                     f"Lower the learning rate (lr={cfg.lr}) or check the data for NaNs.")
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            scaler.scale(out.loss).backward()
             if cfg.grad_clip:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             ema_update(ema, model, ema_decay_at(step, cfg.ema_decay))
             history.loss.append(loss_value)
             buckets = (out.t.cpu() * cfg.buckets // schedule.T).tolist()

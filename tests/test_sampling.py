@@ -167,7 +167,9 @@ def test_strided_ddpm_sample_matches_diffusers_loop(name):
     ours, beta_schedule = SCHEDULES[name]
     model = GMM.oracle_model(ours)
     x_T = torch.randn(64, 2, generator=_gen(1))
-    got = sampling.ddpm_sample(model, x_T, ours, generator=_gen(5), steps=10, progress=False)
+    # diffusers adds noise at every t > 0, so on a "trailing" list its last step differs from
+    # Algorithm 2's; on "leading" (ending at t = 0) both agree.
+    got = sampling.ddpm_sample(model, x_T, ours, generator=_gen(5), steps=10, spacing="leading", progress=False)
     ref = DDPMScheduler(num_train_timesteps=T, beta_schedule=beta_schedule, clip_sample=False)
     ref.set_timesteps(10)  # "leading": 900, 800, ..., 0 — what ddpm_sample(steps=10) uses
     x, g = x_T.clone(), _gen(5)
@@ -176,7 +178,7 @@ def test_strided_ddpm_sample_matches_diffusers_loop(name):
     assert got.dtype == torch.float32
     # float32 samples on both sides; ~5e-6 observed.
     assert torch.allclose(got, x, atol=5e-5, rtol=0), (got - x).abs().max()
-    other = sampling.ddpm_sample(model, x_T, ours, generator=_gen(6), steps=10, progress=False)
+    other = sampling.ddpm_sample(model, x_T, ours, generator=_gen(6), steps=10, spacing="leading", progress=False)
     assert not torch.allclose(other, x, atol=1e-2)
 
 
@@ -505,3 +507,32 @@ def test_dpm_solver_trajectory_and_cond():
     clipped = sampling.dpm_solver_2m_sample(model, x_T, s, 6, clip_denoised=True, progress=False)
     assert clipped.abs().max() <= 1 + 1e-6 and x.abs().max() > 1.2
     assert math.isfinite(float(clipped.sum()))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_zero_terminal_snr_with_v_prediction_is_finite(sampler):
+    """At ᾱ_T = 0 x̂₀ cannot come from ε̂; the samplers must use the model's own x̂₀ (v-prediction)."""
+    from diffusion_course.schedules import NoiseSchedule
+
+    s = NoiseSchedule.cosine(1000).rescale_zero_terminal_snr()
+    assert s.alpha_bar[-1].item() == 0.0
+    mix = GMM
+
+    class VModel:
+        objective = "v"
+
+        def __call__(self, x, t, cond=None):
+            ab = s.alpha_bar[t].reshape(-1, 1)
+            x0 = mix.posterior_mean_x0(x.double(), t, s)
+            eps = mix.eps_t(x.double(), t, s) if ab.min() > 0 else torch.zeros_like(x0)
+            eps = torch.where(ab > 0, eps, x.double())  # at ᾱ = 0, x_t is pure noise: ε = x_t
+            return (ab.sqrt() * eps - (1 - ab).sqrt() * x0).to(x.dtype)
+
+    x_T = torch.randn(2000, 2, generator=_gen(11), dtype=torch.float64)
+    if sampler == "ddim":
+        out = sampling.ddim_sample(VModel(), x_T, s, steps=50, progress=False)
+    else:
+        out = sampling.ddpm_sample(VModel(), x_T, s, steps=100, generator=_gen(12), progress=False)
+    assert torch.isfinite(out).all()
+    truth, _ = mix.sample(2000, generator=_gen(13))
+    assert (out.mean(0) - truth.mean(0)).abs().max() < 0.15

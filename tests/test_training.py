@@ -54,6 +54,7 @@ def test_min_snr_weights():
     assert torch.allclose(losses.min_snr_weight(snr, 5.0, "eps"), torch.tensor([1.0, 1.0, 1.0, 0.1]))
     assert torch.allclose(losses.min_snr_weight(snr, 5.0, "x0"), torch.tensor([0.1, 1.0, 5.0, 5.0]))
     assert torch.allclose(losses.min_snr_weight(snr, 5.0, "v"), torch.tensor([0.1 / 1.1, 0.5, 5 / 6, 5 / 51]))
+    assert losses.min_snr_weight(torch.tensor([0.0]), 5.0, "eps").item() == 1.0  # zero terminal SNR: no NaN
 
 
 def test_label_dropout():

@@ -52,7 +52,8 @@ ax.set_title("x_t for t = " + ", ".join(map(str, ts)) + "   (cosine schedule)", 
 #
 # $$q(x_t \mid x_{t-1}) = \mathcal{N}\!\left(\sqrt{1-\beta_t}\,x_{t-1},\; \beta_t I\right).$$
 #
-# Shrinking by $\sqrt{1-\beta_t}$ is what keeps the total variance at 1 instead of letting it grow. Because a sum of
+# Shrinking by $\sqrt{1-\beta_t}$ keeps a unit-variance input at unit variance (and pulls any other variance towards 1)
+# instead of letting it grow. Because a sum of
 # Gaussians is Gaussian, $t$ steps collapse into one jump. With $\alpha_t = 1-\beta_t$ and $\bar\alpha_t = \prod_{s\le t}\alpha_s$:
 #
 # $$q(x_t \mid x_0) = \mathcal{N}\!\left(\sqrt{\bar\alpha_t}\,x_0,\; (1-\bar\alpha_t) I\right)
@@ -139,15 +140,15 @@ print(f"x_499 for 256 images: closed form {one_jump * 1e3:.2f} ms, chain {chain_
 #   $f(t) = \cos^2\!\left(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\right)$, $s = 0.008$, and $\beta_t$ capped at 0.999.
 #
 # The most useful single number is the **signal-to-noise ratio** $\mathrm{SNR}_t = \bar\alpha_t/(1-\bar\alpha_t)$: the
-# ratio of the image's variance to the noise's in $x_t$. Plotted on a log scale it shows where each schedule spends its steps.
+# ratio of the signal's weight to the noise's in $x_t$ (for unit-variance data, the ratio of their variances). Plotted on a log scale it shows where each schedule spends its steps.
 
 # %%
 show_source(schedules.NoiseSchedule.cosine)
 dc.viz.plot_schedules({"linear": linear, "cosine": cosine});
 
 # %% [markdown]
-# The linear schedule drives $\bar\alpha_t$ to almost zero by $t\approx 600$: the last 40% of its steps see nearly pure
-# noise and teach the model little. The cosine schedule declines gently and keeps a useful SNR for longer.
+# The linear schedule drives $\bar\alpha_t$ below 3% by $t\approx 600$ and below 1% by $t\approx 670$: its last third of
+# steps see nearly pure noise and teach the model little. The cosine schedule declines gently and keeps a useful SNR for longer.
 # The same image, at the same $t$, under each:
 
 # %%
@@ -233,7 +234,7 @@ explorer.strip(ts=(0, 200, 350, 450, 550, 650, 750, 999));
 # (averages of) images it has seen. A model that minimised the training loss perfectly would therefore only regenerate
 # the training set.
 #
-# Let us measure it: for 100 test images, the weight of the most likely training image and the error of the perfect denoiser, as $t$ varies.
+# Let us measure it: for `n_eval` test images (100 on a CPU), the weight of the most likely training image and the error of the perfect denoiser, as $t$ varies.
 
 # %%
 n_eval = dc.config.budget(quick=20, cpu=100, gpu=200)
@@ -329,8 +330,8 @@ dc.exercises.check(solution_q_sample, "q_sample");
 # **More exercises.**
 # 1. Using `forward.q_step`, show that running the chain with the *linear* schedule also matches `q_sample` at $t = 700$.
 # 2. Find the $t$ at which each schedule's SNR crosses 1 (equal signal and noise). Where is it for cosine? For linear?
-# 3. Use `explorer.state()` at several $t$ on a *training* image (`x_train[0]`): at which $t$ does the perfect denoiser stop
-#    returning it exactly?
+# 3. Build `dc.widgets.ForwardExplorer({"train 0": x_train[0]}, x_train, {"cosine": cosine})`, set its `t_slider.value` and
+#    read `.state()["top_index"]` and `["top_weight"]`: up to which $t$ does the perfect denoiser return that training image?
 #
 # **References.**
 # * J. Ho, A. Jain, P. Abbeel. *Denoising Diffusion Probabilistic Models.* NeurIPS 2020 (Eqs. 2, 4; the linear schedule).

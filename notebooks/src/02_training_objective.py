@@ -8,7 +8,8 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: about 5 minutes on a laptop CPU (the Fashion-MNIST training demo is the long cell); about a minute on a GPU.
+# Time: about 5 minutes on a 2-core CPU (the Fashion-MNIST training demo is the long cell); the toy models always train on
+# the CPU (they are too small to gain from a GPU).
 
 # %%
 import inspect
@@ -101,7 +102,8 @@ with torch.no_grad():
 # Images need a network that sees at several scales. The course's U-Net (`dc.nn.UNet`) is DDPM's design trimmed for a CPU:
 #
 # * **Timestep embedding.** $t$ enters as sinusoids of geometrically spaced frequencies (as in Transformers), then a small MLP.
-#   Low channels vary fast with $t$ and separate neighbouring steps; high channels vary slowly.
+#   Channels 0–31 are cosines and 32–63 sines of the same frequencies; within each half, low indices vary fast with $t$
+#   (they separate neighbouring steps) and high indices vary slowly.
 
 # %%
 emb = timestep_embedding(torch.arange(1000), 64)
@@ -111,7 +113,8 @@ ax.set(xlabel="timestep t", ylabel="embedding channel", title="sinusoidal timest
 
 # %% [markdown]
 # * **Residual blocks** inject the embedding as a per-channel scale and shift after a GroupNorm (FiLM / "AdaGN", Dhariwal &
-#   Nichol 2021). The last conv of each block starts at zero, so every block starts as the identity — stable from step one.
+#   Nichol 2021). The last conv of each block starts at zero, so every block starts as its skip path (the identity, or a
+#   1×1 projection where the width changes) — stable from step one.
 
 # %%
 show_source(dc.nn.ResBlock)
@@ -204,8 +207,8 @@ ax.set_title("pairs (x_t, model's x̂₀) at t = " + ", ".join(map(str, ts_denoi
 
 # %% [markdown]
 # **(d) Samples from EMA vs raw weights.** The exponential moving average of the weights,
-# $\theta_\text{EMA} \leftarrow 0.99\,\theta_\text{EMA} + 0.01\,\theta$, averages out the noise of the last steps; early in training, and
-# at high learning rates, its samples are visibly cleaner. Same noise, same labels, 50 DDIM steps (chapter 3 explains DDIM):
+# $\theta_\text{EMA} \leftarrow 0.99\,\theta_\text{EMA} + 0.01\,\theta$, averages out the noise of the last steps, which usually
+# makes samples cleaner once training has run a while. Same noise, same labels, 50 DDIM steps (chapter 3 explains DDIM):
 
 # %%
 n_show = 20
@@ -217,8 +220,8 @@ for ax, (name, net) in zip(axes, [("raw weights", run.model), ("EMA weights", ru
     dc.viz.show_images(xs.cpu(), nrow=10, ax=ax, title=f"demo model after {run.step} steps — {name}")
 
 # %% [markdown]
-# After a few CPU minutes the samples are garment-shaped blobs: the model is learning, and more steps is all it needs.
-# Training that takes about an hour on a 2-core CPU produced the course's pretrained model (section 7).
+# A few CPU minutes give rough garment shapes at best: the model is learning, and more steps is what it needs. The
+# course's pretrained model (section 7) is the same recipe run much longer; its manifest says how long.
 #
 # ## 6. ε, x₀ or v: what should the network predict?
 #
@@ -256,12 +259,14 @@ for k, (objective, m) in enumerate(obj_results.items()):
     s = sampling.ddim_sample(m, torch.randn(2000, 2, generator=torch.Generator().manual_seed(6)), toy_schedule,
                              steps=50, progress=False)
     dc.viz.plot_points(s, ax=axes[k + 1], title=f"{objective}-prediction, DDIM-50", color=f"C{k}")
+    print(f"{objective:>3}: x̂₀ error at t={ts_eval[1]}: {errs[1]:.2e}, at t={ts_eval[-1]}: {errs[-1]:.3f}")
 axes[0].set(xlabel="t", ylabel="MSE of implied x̂₀", yscale="log", title="x₀ error per timestep")
 axes[0].legend();
 
 # %% [markdown]
-# On this easy data all three work; the differences are in *where* each is accurate. ε-prediction is poor at recovering
-# $x_0$ near $t=T$ (it divides by $\sqrt{\bar\alpha_t}\to 0$); x₀-prediction is the opposite; v interpolates. **Min-SNR-γ**
+# On this easy data all three work; the differences are in *where* each is accurate (printed above). Recovering $x_0$
+# from an ε-prediction near $t=T$ divides by $\sqrt{\bar\alpha_t}\to 0$ and amplifies any error; predicting $x_0$ directly
+# avoids that, and v behaves like ε at small $t$ and like x₀ at large $t$. **Min-SNR-γ**
 # weighting (Hang et al. 2023) is the other lever: it caps the weight of the easy, high-SNR steps,
 # $w(t) = \min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$ for ε, and speeds up convergence on images.
 #
