@@ -52,7 +52,7 @@ def main():
         start = time.perf_counter()
         g = torch.Generator().manual_seed(0)
         xs = torch.cat([sampling.ddim_sample(ema, torch.randn(min(250, args.n - i), 1, 28, 28, generator=g), s,
-                                             steps=50, progress=False) for i in range(0, args.n, 250)])
+                                             steps=50, clip_denoised=True, progress=False) for i in range(0, args.n, 250)])
         sample_s = time.perf_counter() - start
         fid = metrics.fid(clf, xs.clamp(-1, 1), ref)
         print(f"{name:<36} {count_parameters(net) / 1e6:5.2f} M params | {res.step:5d} steps in {args.minutes} min | "

@@ -77,6 +77,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", veri
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def update_manifest(path: str | os.PathLike, **fields) -> dict:
+    """Merge ``fields`` into an existing manifest (atomically); the checksum is recomputed from the file."""
+    path = Path(path)
+    manifest = {**read_manifest(path), **fields, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    _atomic_write_bytes(manifest_path(path), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return manifest
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
     mpath = manifest_path(path)
     return json.loads(mpath.read_text()) if mpath.exists() else {}

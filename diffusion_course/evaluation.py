@@ -19,19 +19,24 @@ class SamplerSpec:
     run: Callable = field(repr=False)
 
 
-def standard_specs(ddim_steps=(10, 20, 50, 100), dpm_steps=(10, 20), etas=(0.0, 1.0), ddpm: bool = True):
-    """DDPM-1000, DDIM at several step counts and η, DPM-Solver++(2M): the chapter-3 line-up."""
+def standard_specs(ddim_steps=(10, 20, 50, 100), dpm_steps=(10, 20), etas=(0.0, 1.0), ddpm: bool = True,
+                   clip_denoised: bool = True):
+    """DDPM-1000, DDIM at several step counts and η, DPM-Solver++(2M): the chapter-3 line-up.
+
+    ``clip_denoised`` (default on, as for any model of images in [−1, 1]) clamps x̂₀ at every step.
+    """
+    clip = clip_denoised
     specs = []
     if ddpm:
         specs.append(SamplerSpec("DDPM-1000", 1000, lambda m, x, s, c, g: sampling.ddpm_sample(
-            m, x, s, generator=g, cond=c, progress=False)))
+            m, x, s, generator=g, cond=c, progress=False, clip_denoised=clip)))
     for eta in etas:
         for k in ddim_steps:
             specs.append(SamplerSpec(f"DDIM-{k} (η={eta:g})", k, lambda m, x, s, c, g, k=k, eta=eta: sampling.ddim_sample(
-                m, x, s, steps=k, eta=eta, generator=g, cond=c, progress=False)))
+                m, x, s, steps=k, eta=eta, generator=g, cond=c, progress=False, clip_denoised=clip)))
     for k in dpm_steps:
         specs.append(SamplerSpec(f"DPM-Solver++(2M)-{k}", k, lambda m, x, s, c, g, k=k: sampling.dpm_solver_2m_sample(
-            m, x, s, steps=k, cond=c, progress=False)))
+            m, x, s, steps=k, cond=c, progress=False, clip_denoised=clip)))
     return specs
 
 

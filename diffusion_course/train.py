@@ -38,13 +38,24 @@ def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: in
         t0 = time.perf_counter()
         x_T = torch.randn((n, 1, 28, 28), generator=g).to(dev)
         xs = torch.cat([sampling.ddim_sample(model, x_T[i:i + 500], schedule, steps=steps,
-                                             cond=None if cond is None else cond[i:i + 500], progress=False)
+                                             cond=None if cond is None else cond[i:i + 500], progress=False,
+                                             clip_denoised=True)
                         for i in range(0, n, 500)]).clamp(-1, 1).cpu()
         out[f"fid_{name}"] = metrics.fid(clf, xs, ref)
         out[f"sample_seconds_{name}"] = time.perf_counter() - t0
         if cond is not None:
             out["class_accuracy_cond"] = metrics.class_accuracy(clf, xs, labels)
     return out
+
+
+def evaluate_existing(name: str, device=None) -> dict:
+    """Measure a shipped diffusion checkpoint and merge the numbers into its manifest."""
+    model, schedule = pretrained.load(name, device=device, train_if_missing=False)
+    path = pretrained.path_for(name)
+    metrics_now = {**pretrained.manifest(name).get("metrics", {}), **evaluate_diffusion(model, schedule)}
+    checkpoints.update_manifest(path, metrics=metrics_now, evaluated=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics_now.items()})
+    return metrics_now
 
 
 def run_recipe(name: str, steps: int | None = None, save: bool = True, device=None, fresh: bool = False,
@@ -101,7 +112,12 @@ def main(argv=None) -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-eval", action="store_true", help="skip the FID evaluation after training")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="measure the existing checkpoint and record the metrics in its manifest")
     args = parser.parse_args(argv)
+    if args.eval_only:
+        evaluate_existing(args.name, device=args.device)
+        return
     run_recipe(args.name, steps=args.steps, device=args.device, fresh=args.fresh, evaluate=not args.no_eval)
 
 

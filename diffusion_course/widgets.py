@@ -162,7 +162,8 @@ class SamplerExplorer:
     """
 
     def __init__(self, model, schedule: NoiseSchedule, n: int = 16, class_names: list[str] | None = None,
-                 image_shape: tuple[int, int, int] = (1, 28, 28), max_steps: int = 100, scale: int = 3):
+                 image_shape: tuple[int, int, int] = (1, 28, 28), max_steps: int = 100, scale: int = 3,
+                 clip_denoised: bool = True):
         from . import sampling
         from .viz import make_grid
 
@@ -170,6 +171,7 @@ class SamplerExplorer:
             raise ValueError(f"n must be >= 1, got {n}")
         self._sampling, self._make_grid = sampling, make_grid
         self.model, self.schedule, self.n, self.shape, self.scale = model, schedule, n, image_shape, scale
+        self.clip_denoised = clip_denoised
         self.steps = W.IntSlider(value=20, min=1, max=min(max_steps, schedule.T), description="steps",
                                  continuous_update=False)
         self.eta = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="η", continuous_update=False)
@@ -199,7 +201,8 @@ class SamplerExplorer:
         start = time.perf_counter()
         self.last = self._sampling.ddim_sample(self.model, x_T, self.schedule, steps=int(self.steps.value),
                                                eta=float(self.eta.value), spacing=self.spacing.value,
-                                               generator=g, cond=cond, progress=False).cpu()
+                                               generator=g, cond=cond, progress=False,
+                                               clip_denoised=self.clip_denoised).cpu()
         secs = time.perf_counter() - start
         ts = self._sampling.timesteps(self.schedule.T, int(self.steps.value), self.spacing.value)
         self.image.value = png_bytes(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.scale)

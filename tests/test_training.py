@@ -205,3 +205,11 @@ def test_cuda_path_amp_channels_last():
                 config=TrainConfig(steps=5, batch_size=16, amp=True, channels_last=True), progress=False,
                 device="cuda")
     assert next(res.ema.parameters()).is_cuda and all(v == v for v in res.history.loss)
+
+
+def test_update_manifest_keeps_checksum_true(tmp_path):
+    path = tmp_path / "m.pt"
+    checkpoints.save({"w": torch.ones(2)}, path, manifest={"metrics": {"a": 1}})
+    man = checkpoints.update_manifest(path, metrics={"a": 1, "fid": 3.5})
+    assert man["metrics"]["fid"] == 3.5 and man["sha256"] == checkpoints.sha256_file(path)
+    assert checkpoints.load(path)["w"].sum() == 2  # still verifies

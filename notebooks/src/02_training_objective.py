@@ -216,7 +216,7 @@ labels = torch.arange(n_show, device=device) % 10
 x_T = torch.randn(n_show, 1, 28, 28, generator=torch.Generator().manual_seed(4)).to(device)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3))
 for ax, (name, net) in zip(axes, [("raw weights", run.model), ("EMA weights", run.ema)]):
-    xs = sampling.ddim_sample(net, x_T, schedule, steps=50, cond=labels)
+    xs = sampling.ddim_sample(net, x_T, schedule, steps=50, cond=labels, clip_denoised=True)
     dc.viz.show_images(xs.cpu(), nrow=10, ax=ax, title=f"demo model after {run.step} steps — {name}")
 
 # %% [markdown]
@@ -293,7 +293,7 @@ per_class = dc.config.budget(quick=2, cpu=8, gpu=12)
 labels = torch.arange(10).repeat_interleave(per_class).to(device)
 x_T = torch.randn(len(labels), 1, 28, 28, generator=torch.Generator().manual_seed(7)).to(device)
 start = time.perf_counter()
-samples = sampling.ddim_sample(model, x_T, schedule, steps=50, cond=labels)
+samples = sampling.ddim_sample(model, x_T, schedule, steps=50, cond=labels, clip_denoised=True)
 print(f"{len(labels)} samples in {time.perf_counter() - start:.1f} s")
 fig, ax = plt.subplots(figsize=(per_class * 0.9 + 1, 9.5))
 dc.viz.show_images(samples.cpu(), nrow=per_class, ax=ax)
@@ -313,7 +313,8 @@ g = torch.Generator().manual_seed(8)
 cond = (torch.arange(n_fid) % 10).to(device)
 start = time.perf_counter()
 gen = torch.cat([sampling.ddim_sample(model, torch.randn(min(500, n_fid - i), 1, 28, 28, generator=g).to(device),
-                                      schedule, steps=50, cond=cond[i:i + 500]) for i in range(0, n_fid, 500)])
+                                      schedule, steps=50, cond=cond[i:i + 500], clip_denoised=True)
+                 for i in range(0, n_fid, 500)])
 secs = time.perf_counter() - start
 fid = dc.metrics.fid(clf, gen.cpu(), dc.metrics.reference_images(n_fid))
 floor = dc.metrics.fid_floor(clf, n_fid)

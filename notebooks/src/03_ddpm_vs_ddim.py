@@ -156,6 +156,28 @@ for name, pts in candidates.items():
 # %%
 model, schedule = dc.pretrained.load("fmnist-ddpm", device=device)
 clf = dc.pretrained.load("fmnist-classifier", device=device)
+
+# %% [markdown]
+# **First, one practical detail: clipping $\hat x_0$.** The cosine schedule ends at $\bar\alpha_{999} \approx 2\cdot10^{-9}$, so on the
+# first step $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ multiplies the network's tiny error in $\hat\varepsilon$ by
+# $1/\sqrt{\bar\alpha_{999}} \approx 2\cdot 10^4$. Images live in $[-1, 1]$, so every sampler here clamps $\hat x_0$ to that range
+# (`clip_denoised=True`, as DDPM's original code and diffusers' default do). Without it, the first step of a "trailing"
+# schedule throws the sample far off:
+
+# %%
+ab_T = schedule.alpha_bar[-1].item()
+print(f"ᾱ_999 = {ab_T:.2e}: an error of 0.01 in ε̂ becomes {0.01 / math.sqrt(ab_T):.0f} in x̂₀")
+x_T = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(9)).to(device)
+labels = torch.arange(10, device=device)
+fig, axes = plt.subplots(2, 1, figsize=(9, 2.6))
+for ax, clip in zip(axes, [False, True]):
+    out = sampling.ddim_sample(model, x_T, schedule, steps=25, cond=labels, clip_denoised=clip, progress=False)
+    dc.viz.show_images(out.cpu(), nrow=10, ax=ax)
+    ax.set_title(f"DDIM-25, trailing, clip_denoised={clip}: values in [{out.min().item():.1f}, {out.max().item():.1f}]",
+                 fontsize=9)
+fig.tight_layout()
+
+# %%
 n_fid = dc.config.budget(quick=20, cpu=128, gpu=1000)
 specs = dc.evaluation.standard_specs(ddim_steps=(10, 20, 50, 100), dpm_steps=(10, 20))
 if dc.config.is_quick():  # quick mode: the cheapest few, to check the code runs
@@ -229,11 +251,15 @@ else:
 # %%
 x_T = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(10)).to(device)
 labels = torch.arange(8, device=device)
-ddim_a = sampling.ddim_sample(model, x_T, schedule, steps=50, cond=labels, generator=torch.Generator().manual_seed(1))
-ddim_b = sampling.ddim_sample(model, x_T, schedule, steps=50, cond=labels, generator=torch.Generator().manual_seed(2))
+ddim_a = sampling.ddim_sample(model, x_T, schedule, steps=50, cond=labels, generator=torch.Generator().manual_seed(1),
+                              clip_denoised=True)
+ddim_b = sampling.ddim_sample(model, x_T, schedule, steps=50, cond=labels, generator=torch.Generator().manual_seed(2),
+                              clip_denoised=True)
 ddpm_steps = dc.config.budget(quick=50, cpu=1000, gpu=1000)
-ddpm_a = sampling.ddpm_sample(model, x_T, schedule, cond=labels, generator=torch.Generator().manual_seed(1), steps=ddpm_steps)
-ddpm_b = sampling.ddpm_sample(model, x_T, schedule, cond=labels, generator=torch.Generator().manual_seed(2), steps=ddpm_steps)
+ddpm_a = sampling.ddpm_sample(model, x_T, schedule, cond=labels, generator=torch.Generator().manual_seed(1), steps=ddpm_steps,
+                              clip_denoised=True)
+ddpm_b = sampling.ddpm_sample(model, x_T, schedule, cond=labels, generator=torch.Generator().manual_seed(2), steps=ddpm_steps,
+                              clip_denoised=True)
 print(f"DDIM: max |run1 − run2| = {(ddim_a - ddim_b).abs().max().item():.1e};  "
       f"DDPM: max |run1 − run2| = {(ddpm_a - ddpm_b).abs().max().item():.2f}")
 fig, ax = plt.subplots(figsize=(10, 5))
@@ -254,7 +280,8 @@ x_T = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(11)).to
 labels = torch.arange(10, device=device)
 fig, axes = plt.subplots(3, 1, figsize=(9, 3.6))
 for ax, spacing in zip(axes, sampling.SPACINGS):
-    out = sampling.ddim_sample(model, x_T, schedule, steps=10, spacing=spacing, cond=labels, progress=False)
+    out = sampling.ddim_sample(model, x_T, schedule, steps=10, spacing=spacing, cond=labels, progress=False,
+                               clip_denoised=True)
     dc.viz.show_images(out.cpu(), nrow=10, ax=ax)
     ax.set_title(f"DDIM-10, {spacing}", fontsize=9)
 fig.tight_layout()
@@ -275,7 +302,7 @@ real = x_test[:8].to(device)
 cond = y_test[:8].to(device)
 inv_steps = dc.config.budget(quick=10, cpu=50, gpu=100)
 noise = sampling.ddim_invert(model, real, schedule, steps=inv_steps, cond=cond)
-recon = sampling.ddim_sample(model, noise, schedule, steps=inv_steps, cond=cond)
+recon = sampling.ddim_sample(model, noise, schedule, steps=inv_steps, cond=cond, clip_denoised=True)
 print(f"inverted noise: mean {noise.mean().item():+.2f}, sd {noise.std().item():.2f} (N(0,1) would be 0, 1); "
       f"reconstruction MSE per pixel {(recon - real).pow(2).mean().item():.4f} "
       f"(vs {real.var().item():.3f} for predicting the mean)")
@@ -301,7 +328,8 @@ print("norms along slerp:", [f"{v:.1f}" for v in path_slerp.flatten(1).norm(dim=
 label = torch.full((9,), 7, device=device)  # sneakers
 fig, axes = plt.subplots(2, 1, figsize=(10, 2.8))
 for ax, (name, path) in zip(axes, [("slerp", path_slerp), ("lerp", path_lerp)]):
-    dc.viz.show_images(sampling.ddim_sample(model, path, schedule, steps=50, cond=label, progress=False).cpu(),
+    dc.viz.show_images(sampling.ddim_sample(model, path, schedule, steps=50, cond=label, progress=False,
+                                            clip_denoised=True).cpu(),
                        nrow=9, ax=ax)
     ax.set_title(name, fontsize=9)
 fig.tight_layout()
@@ -315,7 +343,7 @@ fig.tight_layout()
 # %%
 x_T = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(13)).to(device)
 out, traj = sampling.ddim_sample(model, x_T, schedule, steps=20, cond=torch.tensor([9], device=device),
-                                 return_trajectory=True, progress=False)
+                                 return_trajectory=True, progress=False, clip_denoised=True)
 pick = [0, 3, 6, 9, 12, 15, 18, 19]
 fig, ax = plt.subplots(figsize=(10, 2.8))
 dc.viz.show_images(torch.cat([traj["x_t"][pick, 0], traj["x0_pred"][pick, 0].clamp(-1, 1)]), nrow=len(pick), ax=ax,
