@@ -50,7 +50,8 @@ def compare_samplers(model, schedule, specs: list[SamplerSpec], n: int, classifi
     """
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    tensors = [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) else []
+    device = tensors[0].device if tensors else torch.device("cpu")
     ref = metrics.reference_images(n)
     floor = metrics.fid_floor(classifier, n)
     x_T = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
