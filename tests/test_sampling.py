@@ -109,6 +109,16 @@ def test_ddpm_step_matches_diffusers(name, variance, variance_type):
             assert torch.allclose(got, expected, **tol), (native, t, t_prev, (got - expected).abs().max())
 
 
+def _ddim_reference(beta_schedule, spacing, steps, ours=None):
+    """diffusers' DDIMScheduler in our convention (ᾱ_{-1} = 1); given ``ours``, on our float64 ᾱ."""
+    ref = DDIMScheduler(num_train_timesteps=T, beta_schedule=beta_schedule, set_alpha_to_one=True,
+                        steps_offset=0, timestep_spacing=spacing, clip_sample=False)
+    if ours is not None:
+        _f64(ref, ours)
+    ref.set_timesteps(steps)
+    return ref
+
+
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -116,11 +126,7 @@ def test_ddim_step_matches_diffusers(name, eta, spacing):
     ours, beta_schedule = SCHEDULES[name]
     steps, shape = 30, (2, 3, 2, 2)
     for native in (False, True):
-        ref = DDIMScheduler(num_train_timesteps=T, beta_schedule=beta_schedule, set_alpha_to_one=True,
-                            steps_offset=0, timestep_spacing=spacing, clip_sample=False)
-        if not native:
-            _f64(ref, ours)
-        ref.set_timesteps(steps)
+        ref = _ddim_reference(beta_schedule, spacing, steps, ours if not native else None)
         for i, t in enumerate(ref.timesteps.tolist()[::3] + [int(ref.timesteps[-1])]):
             # diffusers' DDIMScheduler always steps to t − T//steps (a fixed stride), whatever the spacing;
             # the step *function* is compared at exactly that pair. (Whole loops: see below.)
@@ -147,11 +153,7 @@ def test_ddim_sample_matches_diffusers_loop(name, spacing, steps):
     x_T = torch.randn(64, 2, generator=_gen(1), dtype=torch.float64)
     got = sampling.ddim_sample(model, x_T, ours, steps, spacing=spacing, progress=False)
     for native in (False, True):
-        ref = DDIMScheduler(num_train_timesteps=T, beta_schedule=beta_schedule, set_alpha_to_one=True,
-                            steps_offset=0, timestep_spacing=spacing, clip_sample=False)
-        if not native:
-            _f64(ref, ours)
-        ref.set_timesteps(steps)
+        ref = _ddim_reference(beta_schedule, spacing, steps, ours if not native else None)
         x = x_T.clone()
         for t in ref.timesteps.tolist():
             x = ref.step(model(x, torch.full((x.shape[0],), t)), t, x).prev_sample
