@@ -74,6 +74,7 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
     cfg_dict = dict(recipe.train)
     if steps is not None:
         cfg_dict["steps"] = steps
+        cfg_dict["lr_cycle_ends"] = tuple(e for e in cfg_dict.get("lr_cycle_ends", ()) if e < steps)
     state_path = path.with_suffix(".train.pt")
     if fresh and state_path.exists():
         state_path.unlink()

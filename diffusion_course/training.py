@@ -28,6 +28,11 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 100
     lr_decay: str = "cosine"          # "cosine" (to 10% at the end) or "constant"
+    # Warm restarts (SGDR, Loshchilov & Hutter 2017): each listed step ends a cosine cycle; the next
+    # cycle starts at lr·restart_lr_scale and decays to 10% of that by its own end. This lets a recipe
+    # be extended ("train longer") while its first cycles stay bit-identical to the shorter run.
+    lr_cycle_ends: tuple[int, ...] = ()
+    restart_lr_scale: float = 1.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -50,6 +55,11 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.lr_cycle_ends = tuple(int(s) for s in self.lr_cycle_ends)
+        if list(self.lr_cycle_ends) != sorted(set(self.lr_cycle_ends)) or any(
+                not self.warmup < s < self.steps for s in self.lr_cycle_ends):
+            raise ValueError("lr_cycle_ends must be increasing steps between warmup and steps, "
+                             f"got {self.lr_cycle_ends}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -100,8 +110,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.lr_decay == "constant":
         return cfg.lr
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    starts = [cfg.warmup, *cfg.lr_cycle_ends]
+    ends = [*cfg.lr_cycle_ends, cfg.steps]
+    cycle = sum(step >= e for e in cfg.lr_cycle_ends)
+    peak = cfg.lr * cfg.restart_lr_scale ** min(cycle, 1)
+    progress = (step - starts[cycle]) / max(1, ends[cycle] - starts[cycle])
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _state(model, ema, opt, gen, step, history, cfg) -> dict:

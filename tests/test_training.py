@@ -195,6 +195,23 @@ def test_train_config_validation():
         TrainConfig(steps=0)
     with pytest.raises(ValueError):
         TrainConfig(lr_decay="linear")
+    with pytest.raises(ValueError):
+        TrainConfig(steps=100, warmup=10, lr_cycle_ends=(50, 40))
+    with pytest.raises(ValueError):
+        TrainConfig(steps=100, warmup=10, lr_cycle_ends=(100,))
+
+
+def test_warm_restart_extends_a_recipe_without_changing_its_first_cycle():
+    from diffusion_course.training import lr_at
+
+    short = TrainConfig(steps=300, warmup=20, lr=1e-3)
+    longer = TrainConfig(steps=500, warmup=20, lr=1e-3, lr_cycle_ends=(300,), restart_lr_scale=0.5)
+    assert [lr_at(s, short) for s in range(300)] == [lr_at(s, longer) for s in range(300)]
+    assert lr_at(299, longer) == pytest.approx(1e-4, rel=1e-3)      # first cycle decays to 10 %
+    assert lr_at(300, longer) == pytest.approx(5e-4)                # restart at half the peak
+    assert lr_at(499, longer) == pytest.approx(5e-5, rel=1e-2)      # and decays to 10 % of that
+    second = [lr_at(s, longer) for s in range(300, 500)]
+    assert all(a >= b for a, b in zip(second, second[1:]))
 
 
 @pytest.mark.gpu
