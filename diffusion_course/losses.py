@@ -38,9 +38,11 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
 
     Args:
         model: ``model(x_t, t, cond) -> prediction`` (the target given by ``objective``).
-        cond: optional integer labels (B,). With ``p_uncond > 0`` each label is replaced by the
-            null label (``null_label``, default ``model.num_classes``) with that probability —
-            label dropout, so one network learns p(x) and p(x|y) (classifier-free guidance).
+        cond: optional integer labels (B,) or token ids (B, L). With ``p_uncond > 0`` each
+            condition is replaced by the null one with that probability (``null_label``, default
+            ``model.num_classes``; a model with ``null_cond(cond)``, like the text model, supplies
+            its empty caption) — condition dropout, so one network learns p(x) and p(x|y)
+            (classifier-free guidance).
         generator: a CPU generator for t, ε and the dropout mask (reproducible runs).
     """
     if objective not in OBJECTIVES:
@@ -53,7 +55,10 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
     t = torch.randint(0, schedule.T, (B,), generator=generator).to(dev)
     noise = torch.randn(x0.shape, generator=generator).to(device=dev, dtype=x0.dtype)
     drop = torch.rand(B, generator=generator).to(dev) < p_uncond
-    if cond is not None and p_uncond > 0:
+    if cond is not None and p_uncond > 0 and null_label is None and hasattr(model, "null_cond"):
+        keep_shape = (B,) + (1,) * (cond.ndim - 1)
+        cond = torch.where(drop.reshape(keep_shape), model.null_cond(cond), cond)
+    elif cond is not None and p_uncond > 0:
         null = null_label if null_label is not None else getattr(model, "num_classes", None)
         if null is None:
             raise ValueError("p_uncond > 0 needs null_label= or a model with a num_classes attribute")

@@ -1,6 +1,7 @@
 """Small checkpoints the project trained itself, loaded by name — and trained on demand if absent.
 
     model, schedule = pretrained.load("fmnist-ddpm")       # class-conditional ε-model, cosine T=1000
+    model, schedule = pretrained.load("shapes-t2i")        # text-to-image model; model.tokenizer
     classifier = pretrained.load("fmnist-classifier")      # the metric network behind our FID
 
 Each checkpoint is ``data/checkpoints/<name>.pt`` (a ``state_dict``, EMA weights) beside
@@ -18,8 +19,9 @@ import torch
 from . import checkpoints
 from .config import get_device, is_quick
 from .metrics import FashionClassifier
-from .nn import UNet
+from .nn import TextToImageUNet, UNet
 from .schedules import NoiseSchedule, get_schedule
+from .tokenizer import WordTokenizer
 from .training import TrainConfig
 
 CHECKPOINT_DIR = Path(os.environ.get("DIFFUSION_COURSE_CHECKPOINTS",
@@ -37,6 +39,8 @@ class DiffusionRecipe:
     conditional: bool = True
     quick_steps: int = 30
     description: str = ""
+    # text models ("shapes" data): dataset size/seed and the tokeniser's max length
+    text: dict | None = None
 
 
 @dataclass
@@ -61,6 +65,19 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
                                  checkpoint_every=200)),
         description="class-conditional Fashion-MNIST ε-model with 10% label dropout (so cond=None "
                     "samples unconditionally); cosine schedule, T=1000; EMA weights.",
+    ),
+    "shapes-t2i": DiffusionRecipe(
+        model=dict(in_channels=3, channels=(32, 64, 128), blocks=1, attention_levels=(2,),
+                   cross_attention_levels=(1, 2), patch=2, heads=4, objective="eps", text_dim=64, text_layers=2),
+        train=asdict(TrainConfig(steps=5000, batch_size=64, lr=1.5e-3, warmup=200, lr_decay="cosine",
+                                 ema_decay=0.999, objective="eps", p_uncond=0.1, seed=0,
+                                 checkpoint_every=250)),
+        data="shapes", conditional=True, quick_steps=20,
+        text=dict(n_images=20000, data_seed=0, max_length=10),
+        description="text-to-image ε-model on generated coloured-shape scenes with compositional captions; "
+                    "a 2-layer Transformer text encoder trained jointly, cross-attention at 8×8 and 4×4, "
+                    "10% caption dropout; scenes pairing a red circle with a blue triangle (or a green "
+                    "square with a yellow circle) are held out of training.",
     ),
     "fmnist-classifier": ClassifierRecipe(
         description="Fashion-MNIST CNN classifier whose 128-d features define the course's FID.",
@@ -87,7 +104,23 @@ def build(name: str) -> torch.nn.Module:
     recipe = _recipe(name)
     if isinstance(recipe, ClassifierRecipe):
         return FashionClassifier(**recipe.model)
+    if recipe.text is not None:
+        tok = tokenizer_for(name)
+        model = TextToImageUNet(tok.vocab_size, tok.max_length, start_id=tok.start_id, pad_id=tok.pad_id,
+                                **recipe.model)
+        model.tokenizer = tok  # so a loaded model turns prompts into ids itself: model.tokenizer(prompts)
+        return model
     return UNet(**recipe.model)
+
+
+def tokenizer_for(name: str) -> WordTokenizer:
+    """The tokeniser of a text model (its vocabulary comes from the dataset)."""
+    recipe = _recipe(name)
+    if not isinstance(recipe, DiffusionRecipe) or recipe.text is None:
+        raise ValueError(f"{name!r} is not a text model")
+    from . import shapes
+
+    return WordTokenizer(shapes.VOCAB, recipe.text["max_length"])
 
 
 def schedule_for(name: str) -> NoiseSchedule:

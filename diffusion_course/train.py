@@ -48,11 +48,43 @@ def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: in
     return out
 
 
+@torch.no_grad()
+def evaluate_text_model(model, schedule, n: int = 200, steps: int = 50, scales=(0.0, 1.0, 3.0), seed: int = 0,
+                        device=None) -> dict:
+    """Caption-attribute match rates (colours, shapes, relation, all) of samples for ``n`` random
+    test prompts and for ``n`` held-out-combination prompts, at each guidance scale (DDIM-``steps``)."""
+    import random
+
+    from . import guidance, shapes
+
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    rng = random.Random(10_000 + seed)
+    seen = [shapes.random_scene(rng).caption() for _ in range(n)]
+    unseen = []
+    while len(unseen) < n:
+        scene = shapes.random_scene(rng, p_single=0.0, allow_held_out=True)
+        if scene.is_held_out():
+            unseen.append(scene.caption())
+    out = {"n": n, "sampler": f"DDIM-{steps}, eta=0, trailing, clipped"}
+    for label, prompts in (("seen", seen), ("held_out", unseen)):
+        ids = model.tokenizer(prompts).to(dev)
+        x_T = torch.randn((n, 3, 32, 32), generator=torch.Generator().manual_seed(seed)).to(dev)
+        for s in scales:
+            t0 = time.perf_counter()
+            guided = guidance.classifier_free(model, ids, s)
+            xs = sampling.ddim_sample(guided, x_T, schedule, steps=steps, progress=False, clip_denoised=True).cpu()
+            for key, v in shapes.match_rates(xs, prompts).items():
+                out[f"{label}_s{s:g}_{key}"] = v
+            out[f"{label}_s{s:g}_seconds"] = time.perf_counter() - t0
+    return out
+
+
 def evaluate_existing(name: str, device=None) -> dict:
     """Measure a shipped diffusion checkpoint and merge the numbers into its manifest."""
     model, schedule = pretrained.load(name, device=device, train_if_missing=False)
     path = pretrained.path_for(name)
-    metrics_now = {**pretrained.manifest(name).get("metrics", {}), **evaluate_diffusion(model, schedule)}
+    evaluate = evaluate_text_model if hasattr(model, "tokenizer") else evaluate_diffusion
+    metrics_now = {**pretrained.manifest(name).get("metrics", {}), **evaluate(model, schedule)}
     checkpoints.update_manifest(path, metrics=metrics_now, evaluated=time.strftime("%Y-%m-%d %H:%M:%S"))
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics_now.items()})
     return metrics_now
@@ -80,7 +112,14 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
         state_path.unlink()
     cfg_dict["checkpoint_path"] = str(state_path) if save else None
     cfg = TrainConfig(**cfg_dict)
-    x, y = load_fashion_mnist("train")
+    if recipe.text is not None:
+        from . import shapes
+
+        x, captions = shapes.make_dataset(recipe.text["n_images"] if steps is None or steps > 100 else 512,
+                                          seed=recipe.text["data_seed"])
+        y = pretrained.tokenizer_for(name)(captions)
+    else:
+        x, y = load_fashion_mnist("train")
     result = train(pretrained.build(name), pretrained.schedule_for(name), x, y if recipe.conditional else None,
                    cfg, device=dev)
     ema = result.ema.eval()
@@ -93,7 +132,8 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
         checkpoints.save(half, path, _manifest(name, recipe, result.step, t0, dev, info))
         if evaluate:
             model, schedule = pretrained.load(name, device=dev)
-            info.update(evaluate_diffusion(model, schedule, device=dev))
+            info.update((evaluate_text_model if recipe.text is not None else evaluate_diffusion)(model, schedule,
+                                                                                                device=dev))
             checkpoints.save(half, path, _manifest(name, recipe, result.step, t0, dev, info))
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in info.items()})
     return ema

@@ -133,8 +133,8 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
 
     Args:
         images: (N, C, H, W) in [−1, 1] (or (N, d) points).
-        labels: optional int64 (N,) class labels; with them the model learns p(x|y) and, through
-            label dropout (``config.p_uncond``), p(x).
+        labels: optional int64 (N,) class labels or (N, L) caption token ids; with them the model
+            learns p(x|y) and, through condition dropout (``config.p_uncond``), p(x).
         resume: if ``config.checkpoint_path`` exists, continue from it.
     Returns a :class:`TrainResult` with the raw model, its EMA copy (use it to sample) and the history.
     Ctrl-C / "interrupt kernel" saves a checkpoint (when a path is set) and returns what was trained.
@@ -145,8 +145,9 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
     dev = torch.device(device) if device is not None else get_device()
     if not isinstance(images, torch.Tensor) or images.ndim < 2:
         raise ValueError("images must be a tensor of shape (N, ...)")
-    if labels is not None and (labels.shape != (images.shape[0],) or labels.dtype != torch.long):
-        raise ValueError(f"labels must be an int64 tensor of shape ({images.shape[0]},)")
+    if labels is not None and (labels.ndim < 1 or labels.shape[0] != images.shape[0] or labels.dtype != torch.long):
+        raise ValueError(f"labels must be an int64 tensor of shape ({images.shape[0]},) — or "
+                         f"({images.shape[0]}, L) token ids for a text model")
     cuda = dev.type == "cuda"
     model = model.to(dev)
     if cfg.channels_last and images.ndim == 4:

@@ -1,7 +1,9 @@
-"""Networks: timestep embeddings, the U-Net, and a 2-D MLP denoiser."""
+"""Networks: timestep embeddings, the U-Net (with optional cross-attention), a text encoder and the
+text-to-image U-Net, and a 2-D MLP denoiser."""
 from .embeddings import TimestepEmbedding, timestep_embedding
 from .mlp import MLPDenoiser
-from .unet import ResBlock, SelfAttention, UNet, count_parameters
+from .text import TextEncoder, TextToImageUNet
+from .unet import CrossAttention, ResBlock, SelfAttention, UNet, count_parameters
 
 __all__ = ["TimestepEmbedding", "timestep_embedding", "MLPDenoiser", "UNet", "ResBlock", "SelfAttention",
-           "count_parameters"]
+           "CrossAttention", "TextEncoder", "TextToImageUNet", "count_parameters"]

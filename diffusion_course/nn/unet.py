@@ -72,6 +72,51 @@ class SelfAttention(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
 
 
+class CrossAttention(nn.Module):
+    """Image positions attend to text tokens (Rombach et al. 2022, Sec. 3.3; Stable Diffusion's
+    "attn2"): Q from the image features, K and V from the text encoder's output, so each pixel
+    mixes in the words relevant to it. ``softmax(QKᵀ/√d)`` over tokens, padding masked out.
+
+    With ``store_attention = True`` the last call's attention weights are kept in
+    ``last_attention`` as (B, H·W, L), averaged over heads — the per-word maps of chapter 4.
+    """
+
+    def __init__(self, ch: int, context_dim: int, heads: int = 4):
+        super().__init__()
+        if ch % heads:
+            raise ValueError(f"channels ({ch}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.q = nn.Linear(ch, ch)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = nn.Linear(ch, ch)
+        nn.init.zeros_(self.proj.weight)  # starts as the identity, like the other residual branches
+        nn.init.zeros_(self.proj.bias)
+        self.store_attention = False
+        self.last_attention: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W); context (B, L, D); mask (B, L) True where a token is real (not padding)."""
+        B, C, H, W = x.shape
+        h = self.heads
+        q = self.q(self.norm(x).flatten(2).transpose(1, 2))                      # (B, HW, C)
+        k, v = self.kv(context).chunk(2, dim=-1)                                 # (B, L, C)
+        q, k, v = (z.reshape(B, z.shape[1], h, C // h).transpose(1, 2) for z in (q, k, v))
+        bias = None
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+            bias = bias[:, None, None, :]                                       # (B, 1, 1, L)
+        if self.store_attention:
+            logits = q @ k.transpose(-1, -2) / (C // h) ** 0.5
+            weights = (logits + bias if bias is not None else logits).softmax(-1)
+            self.last_attention = weights.mean(1).detach()
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(B, H * W, C)
+        return x + self.proj(out).transpose(1, 2).reshape(B, C, H, W)
+
+
 class UNet(nn.Module):
     """ε-, x₀- or v-prediction network ``model(x, t, cond=None)``.
 
@@ -85,11 +130,14 @@ class UNet(nn.Module):
             the null label.
         patch: pixel-unshuffle factor of the stem (1 = none, 2 = 28×28 → 14×14×4).
         objective: what the output means ("eps", "x0" or "v"); recorded for samplers.
+        context_dim: width of a text encoder's output; > 0 adds :class:`CrossAttention` after each
+            block of ``cross_attention_levels`` and in the middle. Call with ``context=``/``context_mask=``.
     """
 
     def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (64, 128, 128), blocks: int = 1,
                  attention_levels: tuple[int, ...] = (2,), num_classes: int = 0, patch: int = 1,
-                 dropout: float = 0.0, heads: int = 4, objective: str = "eps"):
+                 dropout: float = 0.0, heads: int = 4, objective: str = "eps", context_dim: int = 0,
+                 cross_attention_levels: tuple[int, ...] = ()):
         super().__init__()
         if objective not in {"eps", "x0", "v"}:
             raise ValueError(f"objective must be 'eps', 'x0' or 'v', got {objective!r}")
@@ -97,9 +145,14 @@ class UNet(nn.Module):
             raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels}")
         if any(not 0 <= a < len(channels) for a in attention_levels):
             raise ValueError(f"attention_levels {attention_levels} must index channels (0..{len(channels) - 1})")
+        if any(not 0 <= a < len(channels) for a in cross_attention_levels) or (cross_attention_levels and not context_dim):
+            raise ValueError(f"cross_attention_levels {cross_attention_levels} must index channels and need context_dim > 0")
         self.config = dict(in_channels=in_channels, channels=tuple(channels), blocks=blocks,
                            attention_levels=tuple(attention_levels), num_classes=num_classes, patch=patch,
                            dropout=dropout, heads=heads, objective=objective)
+        if context_dim:
+            self.config.update(context_dim=context_dim, cross_attention_levels=tuple(cross_attention_levels))
+        self.context_dim = context_dim
         self.in_channels, self.num_classes, self.patch, self.objective = in_channels, num_classes, patch, objective
         self.levels = len(channels)
         emb_dim = 4 * channels[0]
@@ -118,6 +171,8 @@ class UNet(nn.Module):
                 ch = width
                 if lvl in attention_levels:
                     self.down.append(SelfAttention(ch, heads))
+                if lvl in cross_attention_levels:
+                    self.down.append(CrossAttention(ch, context_dim, heads))
                 skip_ch.append(ch)
             if lvl < self.levels - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
@@ -125,6 +180,8 @@ class UNet(nn.Module):
         self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout)])
         if attention_levels:
             self.mid.append(SelfAttention(ch, heads))
+        if context_dim:
+            self.mid.append(CrossAttention(ch, context_dim, heads))
         self.mid.append(ResBlock(ch, ch, emb_dim, dropout))
         self.up = nn.ModuleList()
         for lvl in reversed(range(self.levels)):
@@ -134,6 +191,8 @@ class UNet(nn.Module):
                 ch = width
                 if lvl in attention_levels:
                     self.up.append(SelfAttention(ch, heads))
+                if lvl in cross_attention_levels:
+                    self.up.append(CrossAttention(ch, context_dim, heads))
             if lvl > 0:
                 self.up.append(_Upsample(ch))
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(),
@@ -166,29 +225,38 @@ class UNet(nn.Module):
                 raise ValueError(f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null label), "
                                  f"got range [{int(cond.min())}, {int(cond.max())}]")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(x, t, cond)
+        if self.context_dim and (context is None or context.ndim != 3 or context.shape[0] != x.shape[0]
+                                 or context.shape[2] != self.context_dim):
+            raise ValueError(f"this U-Net has cross-attention: pass context of shape (B, L, {self.context_dim})")
         emb = self.time_embed(t)
         if self.class_embed is not None:
             if cond is None:
                 cond = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
             emb = emb + self.class_embed(cond)
+
+        def apply(layer, h):
+            if isinstance(layer, ResBlock):
+                return layer(h, emb)
+            if isinstance(layer, CrossAttention):
+                return layer(h, context, context_mask)
+            return layer(h)
+
         h = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
         h = self.stem(h)
         skips = [h]
         for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
-            if not isinstance(layer, SelfAttention):
+            h = apply(layer, h)
+            if isinstance(layer, (SelfAttention, CrossAttention)):
+                skips[-1] = h      # attention refines the block output that is kept as the skip
+            else:
                 skips.append(h)
-            else:
-                skips[-1] = h
         for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = apply(layer, h)
         for layer in self.up:
-            if isinstance(layer, ResBlock):
-                h = layer(torch.cat([h, skips.pop()], dim=1), emb)
-            else:
-                h = layer(h)
+            h = apply(layer, torch.cat([h, skips.pop()], dim=1) if isinstance(layer, ResBlock) else h)
         h = self.out(h)
         return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
 
