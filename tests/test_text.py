@@ -1,0 +1,206 @@
+"""Text conditioning: tokeniser, text encoder, cross-attention (shapes and padding masks), the
+captioned-shapes dataset and its rule-based checker, and the text-to-image U-Net."""
+import pytest
+import torch
+
+from diffusion_course import guidance, losses, sampling, shapes
+from diffusion_course.nn import CrossAttention, TextEncoder, TextToImageUNet
+from diffusion_course.schedules import NoiseSchedule
+from diffusion_course.tokenizer import WordTokenizer
+
+TOK = WordTokenizer(shapes.VOCAB, max_length=10)
+
+
+# --------------------------------------------------------------------------- tokeniser
+def test_round_trip_on_every_kind_of_caption():
+    _, captions = shapes.make_dataset(200, seed=3, allow_held_out=True)
+    ids = TOK(captions)
+    assert ids.shape == (200, 10) and ids.dtype == torch.long
+    assert (ids[:, 0] == TOK.start_id).all()
+    assert TOK.decode(ids) == captions
+
+
+def test_normalisation_and_padding():
+    ids = TOK.encode("  A Red   circle. ")
+    assert TOK.decode(ids) == "a red circle"
+    assert ids.tolist() == [1, TOK.stoi["a"], TOK.stoi["red"], TOK.stoi["circle"]] + [0] * 6
+    assert TOK.tokens(ids)[:5] == ["<start>", "a", "red", "circle", "<pad>"]
+
+
+def test_empty_prompt_is_the_null_caption():
+    assert TOK.encode("").tolist() == [1] + [0] * 9
+    torch.testing.assert_close(TOK.null(3), TOK(["", "", ""]))
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a red circle!", "characters"),
+    ("a crimson circle", "unknown word 'crimson'"),
+    ("a red circel", "did you mean circle"),
+    ("a red circle above a blue square above a red", "at most 9"),
+])
+def test_bad_prompts_get_clear_errors(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        TOK(prompt)
+
+
+def test_bad_construction_and_decode():
+    with pytest.raises(ValueError):
+        WordTokenizer(["Red"])
+    with pytest.raises(ValueError):
+        WordTokenizer(["red"], max_length=1)
+    with pytest.raises(TypeError):
+        TOK.encode(3)
+    with pytest.raises(ValueError, match="token ids"):
+        TOK.decode(torch.tensor([1, 99]))
+    with pytest.raises(ValueError, match="no prompts"):
+        TOK([])
+
+
+# --------------------------------------------------------------------------- cross-attention
+def _perturbed(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)  # break zero-inits so the layer does something
+    return module
+
+
+def test_cross_attention_shapes_and_weights():
+    layer = _perturbed(CrossAttention(32, context_dim=16, heads=4))
+    x, ctx = torch.randn(2, 32, 4, 4), torch.randn(2, 5, 16)
+    mask = torch.tensor([[True, True, True, False, False], [True, True, True, True, True]])
+    layer.store_attention = True
+    out = layer(x, ctx, mask)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    w = layer.last_attention
+    assert w.shape == (2, 16, 5)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 16))
+    assert (w[0, :, 3:] == 0).all() and (w[1] > 0).all()
+    layer.store_attention = False
+    torch.testing.assert_close(layer(x, ctx, mask), out, atol=1e-5, rtol=1e-5)  # fused path = explicit path
+
+
+def test_padding_tokens_cannot_leak_into_the_image():
+    layer = _perturbed(CrossAttention(32, context_dim=16, heads=4)).eval()
+    x, ctx = torch.randn(1, 32, 4, 4), torch.randn(1, 5, 16)
+    mask = torch.tensor([[True, True, False, False, False]])
+    ctx2 = ctx.clone()
+    ctx2[:, 2:] = torch.randn(1, 3, 16) * 10
+    torch.testing.assert_close(layer(x, ctx, mask), layer(x, ctx2, mask))
+    assert not torch.allclose(layer(x, ctx, None), layer(x, ctx2, None))
+
+
+def test_cross_attention_starts_as_identity():
+    layer = CrossAttention(32, context_dim=16)
+    x = torch.randn(2, 32, 4, 4)
+    torch.testing.assert_close(layer(x, torch.randn(2, 3, 16)), x)
+
+
+def test_text_encoder_ignores_padding_length_and_checks_input():
+    enc = TextEncoder(TOK.vocab_size, max_length=12, dim=32, layers=2).eval()
+    short = WordTokenizer(shapes.VOCAB, max_length=8)("a red circle above a blue square")
+    long = TOK("a red circle above a blue square")
+    (c1, m1), (c2, m2) = enc(short), enc(long)
+    assert c1.shape == (1, 8, 32) and m1.sum() == 8 and m2.sum() == 8
+    torch.testing.assert_close(c1[m1], c2[m2], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="int64"):
+        enc(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="token ids"):
+        enc(torch.tensor([[1, 500]]))
+
+
+# --------------------------------------------------------------------------- the model
+def _tiny_model():
+    torch.manual_seed(0)
+    return TextToImageUNet(TOK.vocab_size, TOK.max_length, text_dim=32, in_channels=3, channels=(16, 32),
+                           attention_levels=(1,), cross_attention_levels=(0, 1), patch=2)
+
+
+def test_text_unet_shapes_null_and_errors():
+    model = _tiny_model()
+    x = torch.randn(2, 3, 32, 32)
+    ids = TOK(["a red circle", "a blue square left of a green triangle"])
+    assert model(x, torch.tensor([3, 700]), ids).shape == x.shape
+    null = model.null_cond(ids)
+    torch.testing.assert_close(null, TOK.null(2))
+    torch.testing.assert_close(model(x, torch.tensor([3, 700])), model(x, torch.tensor([3, 700]), null))
+    assert len(model.cross_attention_layers()) == 7  # per level: 1 down + 2 up, and 1 in the middle
+    with pytest.raises(ValueError, match="token ids"):
+        model(x, torch.tensor([3, 700]), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="context"):
+        model.unet(x, torch.tensor([3, 700]))
+
+
+def test_caption_dropout_uses_the_empty_caption():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def null_cond(self, cond):
+            return TOK.null(cond.shape[0])
+
+        def forward(self, x, t, cond):
+            seen.append(cond.clone())
+            return torch.zeros_like(x)
+
+    ids = TOK(["a red circle"] * 400)
+    losses.diffusion_loss(Spy(), torch.zeros(400, 3, 4, 4), NoiseSchedule.cosine(100), cond=ids, p_uncond=0.25,
+                          generator=torch.Generator().manual_seed(0))
+    dropped = (seen[0] == TOK.null(1)).all(1)
+    kept = (seen[0] == ids[:1]).all(1)
+    assert (dropped | kept).all() and 0.18 < dropped.float().mean() < 0.32
+
+
+def test_guidance_and_attention_recording_work_with_the_text_model():
+    model = _tiny_model().eval()
+    ids = TOK(["a red circle above a blue square", "a yellow triangle"])
+    guided = guidance.classifier_free(model, ids, 3.0)
+    with torch.no_grad(), model.record_attention() as layers:
+        x = sampling.ddim_sample(guided, torch.randn(2, 3, 32, 32), NoiseSchedule.cosine(1000), steps=3,
+                                 progress=False, clip_denoised=True)
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
+    # the last call saw the batched (null, cond) pair: 4 rows, each a distribution over 10 tokens
+    w = layers[0].last_attention
+    assert w.shape[0] == 4 and w.shape[-1] == 10
+    assert all(not m.store_attention for m in layers)
+
+
+# --------------------------------------------------------------------------- dataset and checker
+def test_dataset_is_deterministic_and_holds_out_combinations():
+    a, ca = shapes.make_dataset(300, seed=5)
+    b, cb = shapes.make_dataset(300, seed=5)
+    assert ca == cb and torch.equal(a, b)
+    assert a.shape == (300, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert not any(shapes.parse_caption(c).is_held_out() for c in ca)
+    assert shapes.parse_caption("a red circle above a blue triangle").is_held_out()
+    assert 0.1 < sum(shapes.parse_caption(c).second is None for c in ca) / 300 < 0.3
+
+
+def test_checker_reads_real_renders_correctly():
+    x, captions = shapes.make_dataset(600, seed=11, allow_held_out=True)
+    rates = shapes.match_rates(x, captions)
+    assert rates["all"] >= 0.99, rates
+
+
+def test_checker_rejects_wrong_captions():
+    x, captions = shapes.make_dataset(200, seed=12, p_single=0.0)
+    def swap_relation(c):
+        for a, b in (("above", "below"), ("left of", "right of")):
+            if a in c:
+                return c.replace(a, b)
+            if b in c:
+                return c.replace(b, a)
+    wrong_rel = [swap_relation(c) for c in captions]
+    wrong_shape = [c.replace("circle", "TMP").replace("square", "circle").replace("TMP", "square") for c in captions]
+    assert shapes.match_rates(x, wrong_rel)["relation"] < 0.02
+    changed = [i for i, (c, w) in enumerate(zip(captions, wrong_shape)) if c != w]
+    assert shapes.match_rates(x[changed], [wrong_shape[i] for i in changed])["shapes"] < 0.02
+    assert shapes.match_rates(-torch.ones(3, 3, 32, 32), captions[:3])["all"] == 0.0  # a blank image
+
+
+def test_parse_caption_errors():
+    assert shapes.parse_caption("A green square right of a red circle.").relation == "right of"
+    for bad in ("a purple circle", "two red circles", "a red circle above a red square"):
+        with pytest.raises(ValueError):
+            shapes.parse_caption(bad)
+    with pytest.raises(ValueError, match="RGB"):
+        shapes.read_scene(torch.zeros(1, 32, 32))
