@@ -269,3 +269,36 @@ class OracleModel:
 
     def __repr__(self) -> str:
         return f"OracleModel({self.mixture!r}, {self.schedule!r})"
+
+
+class ClassConditionalOracle:
+    """Exact class-conditional ε* for a mixture whose components are the classes:
+    ``model(x, t, cond)`` with label k → component k alone (p(x|y=k)), label K (the null label) →
+    the whole mixture (p(x)). The perfect model for studying classifier-free guidance: any error
+    in guided samples is guidance's own, not the network's.
+    """
+
+    objective = "eps"
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
+        self.mixture, self.schedule = mixture, schedule
+        self.num_classes = mixture.K
+        self._oracles = [GaussianMixture(mixture.means[k:k + 1], mixture.stds[k:k + 1]).oracle_model(schedule)
+                         for k in range(mixture.K)] + [mixture.oracle_model(schedule)]
+
+    def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        B = x.shape[0]
+        t = t if isinstance(t, torch.Tensor) and t.numel() == B else torch.as_tensor(t).reshape(-1).expand(B)
+        cond = torch.full((B,), self.num_classes, dtype=torch.long) if cond is None else cond.cpu()
+        if cond.shape != (B,) or int(cond.min()) < 0 or int(cond.max()) > self.num_classes:
+            raise ValueError(f"cond must be (B,) labels in [0, {self.num_classes}] ({self.num_classes} = null)")
+        out = torch.empty_like(x)
+        for k in cond.unique().tolist():
+            rows = (cond == k).to(x.device)
+            out[rows] = self._oracles[k](x[rows], t[rows.cpu()])
+        return out
+
+
+def class_conditional_oracle(mixture: GaussianMixture, schedule: NoiseSchedule) -> ClassConditionalOracle:
+    """See :class:`ClassConditionalOracle`."""
+    return ClassConditionalOracle(mixture, schedule)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffusion_course import forward
+from diffusion_course import forward, gmm
 from diffusion_course.gmm import GaussianMixture, OracleModel
 from diffusion_course.schedules import NoiseSchedule
 
@@ -256,3 +256,24 @@ def test_method_errors():
         GaussianMixture.ring(k=0)
     with pytest.raises(ValueError):
         GaussianMixture.bimodal(weight=1.2)
+
+
+def test_class_conditional_oracle_and_guidance_on_it():
+    """Exact conditional scores: s = 1 samples one component, s = 0 the mixture, s > 1 sharpens away
+    from the other classes — guidance's effect with no network error at all."""
+    from diffusion_course import guidance, sampling
+
+    s = NoiseSchedule.cosine(1000)
+    mix = GaussianMixture.ring(k=3, radius=1.5, std=0.4)
+    oracle = gmm.class_conditional_oracle(mix, s)
+    x_T = torch.randn(3000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(3000, dtype=torch.long)
+    out = {sc: sampling.ddim_sample(guidance.classifier_free(oracle, y, sc), x_T, s, steps=50, progress=False)
+           for sc in (0.0, 1.0, 3.0)}
+    share0 = mix.responsibilities(out[0.0]).argmax(1).eq(0).double().mean().item()
+    assert abs(share0 - 1 / 3) < 4 * (2 / 9 / 3000) ** 0.5                     # the whole mixture
+    torch.testing.assert_close(out[1.0].mean(0), mix.means[0], atol=0.05, rtol=0)  # exactly component 0
+    assert abs(out[1.0].std(0).mean().item() - 0.4) < 0.03
+    assert out[3.0][:, 0].mean() > 1.8 and out[3.0].std(0).mean() < 0.33        # pushed outwards, narrower
+    with pytest.raises(ValueError, match="null"):
+        oracle(x_T[:2], torch.tensor([5, 5]), torch.tensor([0, 7]))

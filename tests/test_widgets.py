@@ -107,3 +107,47 @@ def test_sampler_explorer_resamples_on_every_control():
     assert "5 steps" in ex.info.value
     with pytest.raises(ValueError):
         SamplerExplorer(Net(), s, n=0)
+
+
+def test_guidance_explorer_class_and_text_modes():
+    from diffusion_course import gmm, shapes
+    from diffusion_course.nn import TextToImageUNet
+    from diffusion_course.tokenizer import WordTokenizer
+    from diffusion_course.widgets import GuidanceExplorer
+
+    s = schedules.NoiseSchedule.cosine(100)
+    means = torch.stack([torch.full((16,), -0.5), torch.full((16,), 0.5)])
+    oracle = gmm.class_conditional_oracle(gmm.GaussianMixture(means, torch.tensor([0.2, 0.2])), s)
+
+    class Net(torch.nn.Module):  # the exact class-conditional oracle, as a module with parameters
+        num_classes, objective = 2, "eps"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t, cond=None):
+            return oracle(x.flatten(1).double(), t, cond).reshape(x.shape).float()
+
+    ex = GuidanceExplorer(Net(), s, class_names=["dark", "light"], n=4, image_shape=(1, 4, 4), steps=10,
+                          initial_scale=1.0)
+    dark = ex.last.mean().item()
+    ex.condition.value = "light"
+    light = ex.last.mean().item()
+    assert dark < -0.3 and light > 0.3
+    ex.scale.value = 4.0
+    assert ex.last.mean().item() > light and "guided" in ex.info.value  # pushed away from the other class
+    ex.scale.value = 0.0
+    assert "unconditional" in ex.info.value
+
+    tok = WordTokenizer(shapes.VOCAB, 10)
+    torch.manual_seed(0)
+    text_model = TextToImageUNet(tok.vocab_size, 10, text_dim=16, in_channels=3, channels=(16, 32),
+                                 attention_levels=(), cross_attention_levels=(1,), patch=2)
+    tx = GuidanceExplorer(text_model, s, tokenizer=tok, n=2, image_shape=(3, 8, 8), steps=2)
+    assert tx.last.shape == (2, 3, 8, 8)
+    before = tx.last
+    tx.condition.value = "a purple circle"
+    assert "unknown word" in tx.info.value and tx.last is before
+    with pytest.raises(ValueError, match="not both"):
+        GuidanceExplorer(Net(), s)
