@@ -107,8 +107,10 @@ def plot_points(points: torch.Tensor, ax=None, title: str | None = None, s: floa
 
 
 def png_bytes(img: np.ndarray, scale: int = 6) -> bytes:
-    """Encode a [0, 1] grayscale (H, W) array as PNG, enlarged ``scale``× with nearest neighbours."""
-    big = np.kron(np.clip(img, 0, 1), np.ones((scale, scale)))
+    """Encode a [0, 1] grayscale (H, W) or colour (H, W, 3) array as PNG, enlarged ``scale``× with
+    nearest neighbours."""
+    img = np.clip(img, 0, 1)
+    big = img.repeat(scale, axis=0).repeat(scale, axis=1)
     buf = io.BytesIO()
     plt.imsave(buf, big, cmap="gray", vmin=0, vmax=1, format="png")
     return buf.getvalue()
