@@ -1,10 +1,13 @@
 """Time-to-quality: FID after a fixed wall-clock training budget from scratch, ours vs a peer.
 
-    python benchmarks/time_to_quality.py --minutes 15 [--n 500]
+    python benchmarks/time_to_quality.py --minutes 15 [--n 500] [--models ours,hf,plain]
 
 Each model trains class-unconditionally on Fashion-MNIST for the same number of wall-clock minutes
 (batch 128, AdamW, EMA 0.999, the course's trainer), then draws ``n`` samples with 50 DDIM steps;
 FID is in the course's classifier features, printed with the real-vs-real floor at the same n.
+
+Peers: "hf" is diffusers' UNet2DModel in the HF course's 28×28 configuration; "plain" is a plain
+≈1.1 M-parameter conv U-Net without attention or patch stem (our blocks, widths 32/64/64).
 """
 import argparse
 import time
@@ -35,6 +38,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=15)
     ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--models", default="ours,hf,plain", help="comma-separated subset of ours, hf, plain")
     args = ap.parse_args()
     x, _ = data.load_fashion_mnist("train")
     s = schedules.NoiseSchedule.cosine(1000)
@@ -43,9 +47,15 @@ def main():
     floor = metrics.fid_floor(clf, args.n)
     cfg = training.TrainConfig(steps=10**6, batch_size=128, lr=1e-3, warmup=100, lr_decay="constant",
                                ema_decay=0.999, seed=0)
-    ours = UNet(**{**pretrained.RECIPES["fmnist-ddpm"].model, "num_classes": 0})
+    models = {
+        "ours": ("course U-Net", lambda: UNet(**{**pretrained.RECIPES["fmnist-ddpm"].model, "num_classes": 0})),
+        "hf": ("diffusers UNet2DModel (HF course)", lambda: _Wrap(hf_course_unet())),
+        "plain": ("plain conv U-Net, no attention", lambda: UNet(channels=(32, 64, 64), attention_levels=(), patch=1)),
+    }
     print(f"budget {args.minutes} min per model, n={args.n}, FID floor {floor:.2f}, threads {torch.get_num_threads()}")
-    for name, net in [("course U-Net", ours), ("diffusers UNet2DModel (HF course)", _Wrap(hf_course_unet()))]:
+    for key in args.models.split(","):
+        name, make = models[key]
+        net = make()
         wrapped = _TimeBudget(net, args.minutes * 60)
         res = training.train(wrapped, s, x, config=cfg, device="cpu", progress=False)
         ema = res.ema.net.eval()
