@@ -118,7 +118,7 @@ def guidance_sweep(model, schedule, scales, n: int, classifier, steps: int = 20,
                      if int((labels == c).sum()) >= 2]
         row = {"scale": float(s), "rescale": rescale, "fid": metrics.fid(classifier, xs, ref), "floor": floor,
                "class_accuracy": metrics.class_accuracy(classifier, xs, labels),
-               "diversity": sum(per_class) / len(per_class), "saturated": float((xs > 0.95).float().mean()),
+               "diversity": sum(per_class) / len(per_class) if per_class else float("nan"), "saturated": float((xs > 0.95).float().mean()),
                "saturated_real": saturated_real,
                "seconds": secs, "n": n, "steps": steps}
         if keep:

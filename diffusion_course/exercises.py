@@ -44,7 +44,9 @@ def _cases_cfg(seed: int):
 
 
 def _cfg_reference(eps_uncond, eps_cond, scale):
-    return eps_uncond + scale * (eps_cond - eps_uncond)
+    from .guidance import cfg_combine
+
+    return cfg_combine(eps_uncond, eps_cond, scale)
 
 
 # name -> (reference, case generator, description of the expected signature)

@@ -288,7 +288,8 @@ class ClassConditionalOracle:
 
     def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
         B = x.shape[0]
-        t = t if isinstance(t, torch.Tensor) and t.numel() == B else torch.as_tensor(t).reshape(-1).expand(B)
+        t = torch.as_tensor(t).reshape(-1)
+        t = t.expand(B) if t.numel() == 1 else t
         cond = torch.full((B,), self.num_classes, dtype=torch.long) if cond is None else cond.cpu()
         if cond.shape != (B,) or int(cond.min()) < 0 or int(cond.max()) > self.num_classes:
             raise ValueError(f"cond must be (B,) labels in [0, {self.num_classes}] ({self.num_classes} = null)")

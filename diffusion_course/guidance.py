@@ -5,14 +5,18 @@ One network trained with condition dropout models both p(x|y) and p(x). By Bayes
 
     ε̃ = ε_u + s·(ε_c − ε_u)          (s = guidance scale)
 
-samples from p(x_t|y)·p(y|x_t)^(s−1): an implicit classifier raised to the power s − 1.
+follows the score of p(x_t|y)·p(y|x_t)^(s−1) at every t — approximately sampling from the data
+distribution tilted by an implicit classifier raised to the power s − 1 (approximately, because the
+tilted distributions at different t are not one diffusion's marginals).
 
 Conventions in the literature (same thing, different numbers):
-* **s** (this module, diffusers' ``guidance_scale``, Stable Diffusion's "CFG scale 7.5"):
-  s = 0 is unconditional, s = 1 plain conditional, s > 1 guided.
-* **w** (Ho & Salimans, Eq. 6: ε̃ = (1+w)·ε_c − w·ε_u; also Imagen's papers): w = s − 1, so
-  w = 0 is plain conditional and "w = 3" in the paper is s = 4 here.
-* Dhariwal & Nichol's classifier guidance scale multiplies ∇log p(y|x_t) and matches s − 1.
+* **s** (this module; diffusers' ``guidance_scale``, Stable Diffusion's "CFG scale 7.5" and Imagen's
+  w give the same numbers for s > 1): s = 0 is unconditional, s = 1 plain conditional, s > 1 guided.
+  (diffusers' pipelines switch guidance off for ``guidance_scale <= 1`` and run the conditional model.)
+* **w** (Ho & Salimans 2022, Eq. 6: ε̃ = (1+w)·ε_c − w·ε_u): w = s − 1, so w = 0 is plain
+  conditional and "w = 3" in the paper is s = 4 here.
+* Dhariwal & Nichol's *classifier* guidance scale multiplies ∇log p(y|x_t): on top of a conditional
+  model it matches s − 1, on top of an unconditional one it matches s.
 
 Extras: ``rescale`` (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
 Eqs. 15–16) pulls the guided prediction's per-sample std back to the conditional one's, which tames
@@ -20,6 +24,8 @@ over-saturation at large s; ``interval`` applies guidance only for t inside a ra
 al. 2024, "Applying Guidance in a Limited Interval"), plain conditional elsewhere.
 """
 from __future__ import annotations
+
+import numbers
 
 import torch
 
@@ -48,7 +54,7 @@ class ClassifierFreeGuidance:
                  rescale: float = 0.0, interval: tuple[int, int] | None = None):
         if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
             raise ValueError("cond must be a tensor with a batch dimension (labels (B,) or token ids (B, L))")
-        if not isinstance(scale, (int, float)) or scale != scale:
+        if not isinstance(scale, numbers.Real) or scale != scale:
             raise ValueError(f"scale must be a number, got {scale!r}")
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale must be in [0, 1], got {rescale}")
@@ -71,7 +77,7 @@ class ClassifierFreeGuidance:
         cond, null = self.cond.to(x.device), self.null.to(x.device)
         if self.scale == 1.0 and not self.rescale:        # plain conditional: one pass suffices
             return self.model(x, t, cond)
-        if self.scale == 0.0 and self.interval is None:   # unconditional
+        if self.scale == 0.0 and self.interval is None and not self.rescale:   # unconditional
             return self.model(x, t, null)
         out_u, out_c = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)
         scale = torch.full((B,), self.scale, device=x.device, dtype=out_c.dtype)

@@ -55,14 +55,16 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
     t = torch.randint(0, schedule.T, (B,), generator=generator).to(dev)
     noise = torch.randn(x0.shape, generator=generator).to(device=dev, dtype=x0.dtype)
     drop = torch.rand(B, generator=generator).to(dev) < p_uncond
-    if cond is not None and p_uncond > 0 and null_label is None and hasattr(model, "null_cond"):
-        keep_shape = (B,) + (1,) * (cond.ndim - 1)
-        cond = torch.where(drop.reshape(keep_shape), model.null_cond(cond), cond)
-    elif cond is not None and p_uncond > 0:
-        null = null_label if null_label is not None else getattr(model, "num_classes", None)
-        if null is None:
-            raise ValueError("p_uncond > 0 needs null_label= or a model with a num_classes attribute")
-        cond = torch.where(drop, torch.full_like(cond, null), cond)
+    if cond is not None and p_uncond > 0:
+        drop_rows = drop.reshape((B,) + (1,) * (cond.ndim - 1))  # one decision per example, also for (B, L) ids
+        if null_label is None and hasattr(model, "null_cond"):
+            null = model.null_cond(cond)
+        else:
+            label = null_label if null_label is not None else getattr(model, "num_classes", None)
+            if label is None:
+                raise ValueError("p_uncond > 0 needs null_label= or a model with a num_classes attribute")
+            null = torch.full_like(cond, label)
+        cond = torch.where(drop_rows, null, cond)
     x_t = forward.q_sample(x0, t, schedule, noise)
     if objective == "eps":
         target = noise

@@ -1,7 +1,7 @@
 """A captioned image dataset generated in code: coloured shapes with compositional captions.
 
     images, captions = shapes.make_dataset(4000, seed=0)      # (N, 3, 32, 32) in [−1, 1], list[str]
-    captions[0]  ->  "a red circle above a blue square"
+    captions[0]  ->  e.g. "a blue square below a green triangle"
 
 Each 32×32 RGB image holds one or two shapes (circle / square / triangle) in one of four colours on
 black; two-shape captions name a spatial relation (above / below / left of / right of). The
@@ -162,9 +162,9 @@ def _classify_shape(mask: torch.Tensor) -> str:
     return "triangle" if top_share < 0.36 or fill < 0.6 else "circle"
 
 
-def read_scene(image: torch.Tensor, min_area: int = 12) -> list[Blob]:
-    """The coloured shapes in an image (3, H, W) in [−1, 1]: each pixel goes to its nearest palette
-    colour (or black); each colour with at least ``min_area`` pixels becomes one blob, largest first."""
+def color_masks(image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per palette colour, the (H, W) bool mask of the image's pixels of that colour: nearest palette
+    *hue*, bright pixels only (background and the darkest anti-aliased edges are in no mask)."""
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected one RGB image (3, H, W), got {tuple(image.shape)}")
     rgb = image.detach().float().cpu().clamp(-1, 1).add(1).div(2)
@@ -175,9 +175,14 @@ def read_scene(image: torch.Tensor, min_area: int = 12) -> list[Blob]:
     palette = palette / palette.max(1, keepdim=True).values                             # (4, 3)
     nearest = (hue.permute(1, 2, 0)[:, :, None, :] - palette).pow(2).sum(-1).argmin(-1)  # (H, W)
     bright = brightness > 0.45            # black background and the darkest edge pixels are left out
+    return {name: (nearest == i) & bright for i, name in enumerate(COLORS)}
+
+
+def read_scene(image: torch.Tensor, min_area: int = 12) -> list[Blob]:
+    """The coloured shapes in an image (3, H, W) in [−1, 1]: each pixel goes to its nearest palette
+    colour (or black); each colour with at least ``min_area`` pixels becomes one blob, largest first."""
     blobs = []
-    for i, name in enumerate(COLORS):
-        mask = (nearest == i) & bright
+    for name, mask in color_masks(image).items():
         area = int(mask.sum())
         if area >= min_area:
             ys, xs = torch.nonzero(mask, as_tuple=True)

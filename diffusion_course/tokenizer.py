@@ -2,8 +2,9 @@
 Stable Diffusion, on a vocabulary of a few dozen words instead of 49,408 byte-pair pieces).
 
     tok = WordTokenizer(shapes.VOCAB, max_length=12)
-    tok("a red circle above a blue square")   # tensor([1, 2, 3, 9, 12, 2, 5, 10, 0, 0, 0, 0])
-    tok.decode(tok("A red circle."))          # 'a red circle'
+    tok.encode("a red circle above a blue square")   # tensor([1, 2, 3, 7, 10, 2, 5, 8, 0, 0, 0, 0])
+    tok(["a red circle", "a blue square"])           # (2, 12) ids for a batch
+    tok.decode(tok.encode("A red circle."))          # 'a red circle'
 
 Documented behaviour:
 * Prompts are lower-cased, a final "." is dropped and runs of spaces collapse; anything else that
@@ -66,7 +67,7 @@ class WordTokenizer:
         for w in words:
             if w not in self.stoi or w in (PAD, START):
                 near = difflib.get_close_matches(w, self.itos[2:], n=3)
-                hint = f"; did you mean {' / '.join(near)}?" if near else ""
+                hint = f"; did you mean {' / '.join(near)}?" if near else "."
                 raise ValueError(f"unknown word {w!r}{hint} Known words: {', '.join(self.itos[2:])}")
             ids.append(self.stoi[w])
         return torch.tensor(ids + [self.pad_id] * (self.max_length - len(ids)), dtype=torch.long)

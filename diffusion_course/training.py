@@ -28,8 +28,8 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 100
     lr_decay: str = "cosine"          # "cosine" (to 10% at the end) or "constant"
-    # Warm restarts (SGDR, Loshchilov & Hutter 2017): each listed step ends a cosine cycle; the next
-    # cycle starts at lr·restart_lr_scale and decays to 10% of that by its own end. This lets a recipe
+    # Warm restarts (SGDR, Loshchilov & Hutter 2017): each listed step ends a cosine cycle; every later
+    # cycle starts at lr·restart_lr_scale and decays to 10% of that by its own end (cosine decay only). This lets a recipe
     # be extended ("train longer") while its first cycles stay bit-identical to the shorter run.
     lr_cycle_ends: tuple[int, ...] = ()
     restart_lr_scale: float = 1.0
@@ -60,6 +60,8 @@ class TrainConfig:
                 not self.warmup < s < self.steps for s in self.lr_cycle_ends):
             raise ValueError("lr_cycle_ends must be increasing steps between warmup and steps, "
                              f"got {self.lr_cycle_ends}")
+        if self.restart_lr_scale <= 0:
+            raise ValueError(f"restart_lr_scale must be positive, got {self.restart_lr_scale}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -225,21 +225,22 @@ class GuidanceExplorer:
         tokenizer: for a text model, turns the prompt box into token ids (bad prompts show the
             tokeniser's error message instead of a grid).
         n, image_shape, steps: grid size, one sample's (C, H, W), DDIM steps.
+        initial_scale: the guidance scale the slider starts at; png_scale: display zoom.
     """
 
     def __init__(self, model, schedule: NoiseSchedule, class_names: list[str] | None = None, tokenizer=None,
-                 n: int = 16, image_shape: tuple[int, int, int] = (1, 28, 28), steps: int = 20, scale: int = 3,
+                 n: int = 16, image_shape: tuple[int, int, int] = (1, 28, 28), steps: int = 20, png_scale: int = 3,
                  prompt: str = "a red circle above a blue square", initial_scale: float = 3.0):
         from . import guidance, sampling
         from .viz import make_grid
 
         if (class_names is None) == (tokenizer is None):
-            raise ValueError("pass class_names (class-conditional model) or tokenizer (text model), not both")
+            raise ValueError("pass exactly one of class_names (class-conditional model) or tokenizer (text model)")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         self._guidance, self._sampling, self._make_grid = guidance, sampling, make_grid
         self.model, self.schedule, self.n, self.shape, self.steps, self.png_scale = (model, schedule, n, image_shape,
-                                                                                     steps, scale)
+                                                                                     steps, png_scale)
         self.tokenizer = tokenizer
         self.scale = W.FloatSlider(value=initial_scale, min=0.0, max=10.0, step=0.5, description="scale s",
                                    continuous_update=False)
@@ -286,8 +287,9 @@ class GuidanceExplorer:
                                      self.png_scale)
         s = float(self.scale.value)
         meaning = "unconditional" if s == 0 else "plain conditional" if s == 1 else f"guided (w = s − 1 = {s - 1:g})"
-        self.info.value = (f"s = {s:g}: {meaning}; DDIM-{self.steps}, one batched (uncond + cond) call per step "
-                           f"— {secs:.2f} s")
+        calls = ("one batched (uncond + cond) call per step" if s not in (0.0, 1.0) or self.rescale.value
+                 else "one plain call per step")
+        self.info.value = f"s = {s:g}: {meaning}; DDIM-{self.steps}, {calls} — {secs:.2f} s"
 
     def _ipython_display_(self):
         from IPython.display import display

@@ -13,10 +13,11 @@ class CountingModel(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.net = UNet(in_channels=1, channels=(16, 32), attention_levels=(), num_classes=4)
-        for p in self.net.parameters():  # break the zero-init so the output depends on the label
-            torch.nn.init.normal_(p, std=0.05)
+        with torch.random.fork_rng():  # seeded weights without touching the global RNG of other tests
+            torch.manual_seed(0)
+            self.net = UNet(in_channels=1, channels=(16, 32), attention_levels=(), num_classes=4)
+            for p in self.net.parameters():  # break the zero-init so the output depends on the label
+                torch.nn.init.normal_(p, std=0.05)
         self.num_classes, self.objective, self.calls = 4, "eps", []
 
     def forward(self, x, t, cond=None):
@@ -40,16 +41,26 @@ def test_formula_matches_separate_passes(model, scale):
     x, t, y = _inputs()
     eps_u = model(x, t, torch.full_like(y, 4))
     eps_c = model(x, t, y)
-    got = guidance.classifier_free(model, y, scale)(x, t)
-    torch.testing.assert_close(got, eps_u + scale * (eps_c - eps_u), atol=1e-5, rtol=1e-5)
+    expected = eps_u + scale * (eps_c - eps_u)
+    torch.testing.assert_close(guidance.classifier_free(model, y, scale)(x, t), expected, atol=1e-5, rtol=1e-5)
+    # the same through the batched path (an all-covering interval disables the s = 0 / 1 shortcuts)
+    torch.testing.assert_close(guidance.classifier_free(model, y, scale, interval=(0, 999))(x, t), expected,
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(guidance.cfg_combine(eps_u, eps_c, scale), expected)
     assert not torch.allclose(eps_u, eps_c)  # the test would be vacuous otherwise
 
 
 @torch.no_grad()
 def test_limits_scale_0_is_unconditional_and_1_is_conditional(model):
     x, t, y = _inputs()
-    torch.testing.assert_close(guidance.classifier_free(model, y, 0.0)(x, t), model(x, t, None))
-    torch.testing.assert_close(guidance.classifier_free(model, y, 1.0)(x, t), model(x, t, y))
+    for shortcut in (None, (0, 999)):  # the one-pass shortcut and the batched two-pass path
+        torch.testing.assert_close(guidance.classifier_free(model, y, 0.0, interval=shortcut)(x, t), model(x, t, None),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(guidance.classifier_free(model, y, 1.0, interval=shortcut)(x, t), model(x, t, y),
+                                   atol=1e-5, rtol=1e-5)
+    model.calls.clear()
+    guidance.classifier_free(model, y, 0.0, interval=(0, 999))(x, t)
+    assert model.calls == [2 * x.shape[0]]
 
 
 @torch.no_grad()

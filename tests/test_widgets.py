@@ -149,5 +149,5 @@ def test_guidance_explorer_class_and_text_modes():
     before = tx.last
     tx.condition.value = "a purple circle"
     assert "unknown word" in tx.info.value and tx.last is before
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="exactly one"):
         GuidanceExplorer(Net(), s)

@@ -104,6 +104,11 @@ class CrossAttention(nn.Module):
         q, k, v = (z.reshape(B, z.shape[1], h, C // h).transpose(1, 2) for z in (q, k, v))
         bias = None
         if mask is not None:
+            if mask.dtype != torch.bool or mask.shape != context.shape[:2]:
+                raise ValueError(f"mask must be a bool tensor of shape {tuple(context.shape[:2])} (True = real token)")
+            if not bool(mask.any(1).all()):
+                raise ValueError("every caption needs at least one unmasked token (e.g. a start token); "
+                                 "a row of only padding has nothing to attend to")
             bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
             bias = bias[:, None, None, :]                                       # (B, 1, 1, L)
         if self.store_attention:
@@ -228,6 +233,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(x, t, cond)
+        if not self.context_dim and context is not None:
+            raise ValueError("this U-Net has no cross-attention (context_dim=0); pass context=None")
         if self.context_dim and (context is None or context.ndim != 3 or context.shape[0] != x.shape[0]
                                  or context.shape[2] != self.context_dim):
             raise ValueError(f"this U-Net has cross-attention: pass context of shape (B, L, {self.context_dim})")

@@ -51,9 +51,12 @@ def show_source(obj):
 # \quad\Longleftrightarrow\quad
 # \nabla\log\tilde p_t(x_t\mid y) = \nabla\log p_t(x_t) + s\,\nabla\log p_t(y\mid x_t).$$
 #
-# So $s=0$ is unconditional, $s=1$ plain conditional, $s>1$ samples (roughly) from $p(x\mid y)\,p(y\mid x)^{s-1}$: images the
-# implicit classifier is *very* sure about. **Conventions differ**: Ho & Salimans write $(1+w)\varepsilon_c - w\varepsilon_u$,
-# so their $w$ is our $s-1$; diffusers' `guidance_scale` and Stable Diffusion's "CFG 7.5" are our $s$.
+# (using $\nabla\log p_t(y\mid x_t) = -(\varepsilon_c - \varepsilon_u)/\sqrt{1-\bar\alpha_t}$). So $s=0$ is unconditional,
+# $s=1$ plain conditional, and $s>1$ follows the score of $p_t(x_t\mid y)\,p_t(y\mid x_t)^{s-1}$ at every $t$ — roughly,
+# sampling images the implicit classifier is *very* sure about (only roughly: these tilted densities at different $t$
+# are not the marginals of one diffusion). **Conventions differ**: Ho & Salimans write $(1+w)\varepsilon_c - w\varepsilon_u$,
+# so their $w$ is our $s-1$; diffusers' `guidance_scale` and Stable Diffusion's "CFG 7.5" are our $s$ (for $s>1$;
+# diffusers' pipelines simply switch guidance off at `guidance_scale <= 1`).
 #
 # One network gives both predictions because it was trained with **label dropout**: 10 % of the time the label was
 # replaced by a *null label*, so the network also learned $p(x)$. That is the chapter-2 model:
@@ -220,15 +223,15 @@ dc.viz.show_images(torch.stack([r["samples"][0] for r in sweep]), nrow=len(sweep
 _ = ax.set_title("   ".join(f"s={r['scale']:g}" + (" φ=0.7" if r["rescale"] else "") for r in sweep), fontsize=8)
 
 # %% [markdown]
-# Typical numbers for this model (see the README for the measured table): accuracy rises steeply up to $s\approx2$ and
-# then saturates, FID has its minimum at a moderate scale, diversity keeps falling. This is why practical systems use
-# moderate scales, rescale or limit guidance to the middle of the trajectory (`interval=` in `classifier_free`,
-# Kynkäänniemi et al. 2024).
+# The verdict above is computed from this run's numbers (the README's table comes from the same function at a larger
+# n, `benchmarks/cfg_tradeoff.py`). The trade-off it shows is why practical systems use moderate scales, guidance
+# rescale, or guidance limited to the middle of the trajectory (`interval=` in `classifier_free`, Kynkäänniemi et al. 2024).
 #
 # ## 6. Text-to-image: a captioned dataset we generate
 #
 # Labels are one of ten things; captions are compositional. We generate images of coloured shapes with captions such
-# as *"a red circle above a blue square"*: 4 colours × 3 shapes × 4 relations, plus one-shape captions. Two pairings
+# as *"a red circle above a blue square"*: two of 4 colours × 3 shapes in one of 4 relations (432 two-shape captions),
+# plus 12 one-shape captions. Two pairings
 # (a red circle with a blue triangle, a green square with a yellow circle) never appear together in training — so we
 # can later ask for a combination the model never saw.
 
@@ -373,9 +376,36 @@ plt.suptitle(f"“{prompt}” — attention of layer {layer_name} ({side}×{side
 plt.tight_layout()
 
 # %% [markdown]
-# In a trained model the colour and shape words concentrate on their own object, while `<start>` and `a` soak up
-# the remaining attention as a "nothing in particular" sink — the same pattern seen in large text-to-image models,
-# and the basis of attention-based editing methods (Prompt-to-Prompt, Hertz et al. 2022).
+# Pictures can flatter; numbers do not. For each token we measure which share of its attention (upsampled to 32×32)
+# falls on the pixels of the *first* object (red), the *second* (blue) and the background, averaged over the samples —
+# next to how much of the image each region covers:
+
+# %%
+regions = {"red object": [], "blue object": [], "background": []}
+per_token = {i: {k: [] for k in regions} for i in shown}
+for r in range(n_att):
+    masks = dc.shapes.color_masks(imgs_att[r])
+    region = {"red object": masks["red"], "blue object": masks["blue"]}
+    region["background"] = ~(masks["red"] | masks["blue"])
+    for k in regions:
+        regions[k].append(region[k].float().mean().item())
+    for i in shown:
+        m = F.interpolate(att[r, :, i].reshape(1, 1, side, side), size=(32, 32), mode="bilinear",
+                          align_corners=False)[0, 0].clamp_min(0)
+        m = m / m.sum()
+        for k in regions:
+            per_token[i][k].append(m[region[k]].sum().item())
+mean = lambda v: sum(v) / len(v)
+print(f"{'token':<9}" + "".join(f"{k:>14}" for k in regions))
+print(f"{'(area)':<9}" + "".join(f"{mean(v):14.0%}" for v in regions.values()))
+for i in shown:
+    print(f"{words[i]:<9}" + "".join(f"{mean(per_token[i][k]):14.0%}" for k in regions))
+
+# %% [markdown]
+# What to look for: if *red* and *circle* put more of their attention on the red object than its area share (and
+# *blue*, *square* on the blue one), the words have been bound to their objects — the property attention-based editing
+# methods build on (Prompt-to-Prompt, Hertz et al. 2022). Tokens with no visual referent (`<start>`, `a`) often act as
+# a "nothing in particular" sink. With a coarse 8×8 layer and a tiny model expect a tendency, not crisp masks.
 #
 # ## 10. A combination the model never saw
 #
@@ -424,7 +454,7 @@ for which in ("seen", "held_out"):
 
 # %%
 dc.widgets.GuidanceExplorer(t2i, t2i_schedule, tokenizer=tok, n=16, image_shape=(3, 32, 32),
-                            steps=budget(quick=3, cpu=20, gpu=50), scale=4)
+                            steps=budget(quick=3, cpu=20, gpu=50), png_scale=4)
 
 # %% [markdown]
 # ## 12. The same pieces in Stable Diffusion
@@ -437,11 +467,11 @@ dc.widgets.GuidanceExplorer(t2i, t2i_schedule, tokenizer=tok, n=16, image_shape=
 #
 # | `pipe.` component | what it is in SD v1.5 | this chapter |
 # |---|---|---|
-# | `tokenizer` | CLIP BPE tokeniser, 77 tokens, `<|startoftext|>` … padding | `t2i.tokenizer` (`WordTokenizer`, 10 tokens, `<start>` … `<pad>`) |
+# | `tokenizer` | CLIP BPE tokeniser, 77 tokens, `<|startoftext|>` … padded with `<|endoftext|>`; no attention mask, so the U-Net attends to the padding too | `t2i.tokenizer` (`WordTokenizer`, 10 tokens, `<start>` … `<pad>`; padding masked out) |
 # | `text_encoder` | CLIP ViT-L/14 text Transformer, 123 M, **frozen**, 77×768 output | `t2i.text` (`TextEncoder`, 2 layers, 10×64, trained jointly) |
 # | `unet` | `UNet2DConditionModel`, 860 M; each transformer block has self-attention (`attn1`) and cross-attention to the text (`attn2`) | `t2i.unet` (`UNet` with `CrossAttention` at 8×8 and 4×4) |
 # | `scheduler` | PNDM by default; swap in `DDIMScheduler` etc. | `sampling.ddim_sample` (chapter 3) |
-# | `vae` | images ↔ 64×64×4 latents; diffusion runs in latent space | chapter 5 (here we diffuse pixels) |
+# | `vae` | 512×512 images ↔ 64×64×4 latents; diffusion runs in latent space | chapter 5 (here we diffuse pixels) |
 # | `guidance_scale=7.5` | ε_u + 7.5 (ε_text − ε_u) | `guidance.classifier_free(..., scale=7.5)` |
 # | `negative_prompt` | its embedding replaces the empty prompt's as ε_u | `classifier_free(..., null_cond=tok(negative))` |
 #
@@ -483,8 +513,8 @@ dc.exercises.check(lambda eps_uncond, eps_cond, scale: eps_uncond + scale * (eps
 #   **measured** the same: class accuracy and typicality up, diversity down, saturation at large scales; FID is best
 #   at a moderate scale. Rescale and limited-interval guidance soften the extremes.
 # * Text conditioning is the same idea with a richer condition: tokens → Transformer → cross-attention, caption
-#   dropout for the null caption. The attention maps show words landing on their objects, and the model composes
-#   pairings it never saw (measured above, not assumed).
+#   dropout for the null caption. We measured where each word's attention lands and how often the model draws a
+#   pairing it never saw correctly (sections 9–11) rather than assuming either.
 #
 # **References.** Ho & Salimans (2022), *Classifier-Free Diffusion Guidance*; Dhariwal & Nichol (2021), *Diffusion Models
 # Beat GANs on Image Synthesis* (classifier guidance); Rombach et al. (2022), *High-Resolution Image Synthesis with Latent
