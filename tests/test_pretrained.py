@@ -56,3 +56,14 @@ def test_fmnist_ddpm_loads_and_samples():
     x = sampling.ddim_sample(model, torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)),
                              schedule, steps=5, cond=torch.tensor([0, 1, 2, 3]), progress=False)
     assert x.shape == (4, 1, 28, 28) and torch.isfinite(x).all()
+
+
+def test_missing_text_checkpoint_trains_on_demand_in_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+    recipe = pretrained.RECIPES["shapes-t2i"]
+    monkeypatch.setitem(pretrained.RECIPES, "shapes-t2i", recipe.__class__(**{**recipe.__dict__, "quick_steps": 2}))
+    model, schedule = pretrained.load("shapes-t2i", device="cpu")  # quick mode: 2 steps, not saved
+    assert schedule.T == 1000 and not any(tmp_path.iterdir())
+    ids = model.tokenizer(["a red circle above a blue square", ""])
+    x = model(torch.randn(2, 3, 32, 32), torch.tensor([5, 900]), ids)
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
