@@ -1,7 +1,7 @@
 """Text conditioning: a tiny Transformer text encoder and the text-to-image U-Net built on it.
 
 Stable Diffusion's recipe in miniature (Rombach et al. 2022, Sec. 3.3): a text encoder turns the
-prompt's tokens into one vector per token (CLIP ViT-L/14, 77 × 768 there; 12 × 64 here, trained
+prompt's tokens into one vector per token (CLIP ViT-L/14, 77 × 768 there; max_length × 64 here, trained
 jointly with the U-Net instead of frozen), and cross-attention layers in the U-Net let every image
 position read from those vectors.
 """
