@@ -57,10 +57,11 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
     "fmnist-ddpm": DiffusionRecipe(
         model=dict(in_channels=1, channels=(64, 128), blocks=1, attention_levels=(1,), num_classes=10,
                    patch=2, dropout=0.0, heads=4, objective="eps"),
-        # 3000 steps in one cosine cycle, then a second cycle (warm restart at half the peak lr) of
-        # 2500 steps: the first 3000 steps are exactly the original recipe, so it was resumed from there.
-        train=asdict(TrainConfig(steps=5500, batch_size=128, lr=1.5e-3, warmup=200, lr_decay="cosine",
-                                 lr_cycle_ends=(3000,), restart_lr_scale=0.5,
+        # 3000 steps in one cosine cycle, then two more cycles (warm restarts at half the peak lr) of
+        # 2500 steps each. Each extension left the earlier steps exactly as they were, so it was
+        # resumed from the saved state of the shorter recipe (steps 3000 and 5500).
+        train=asdict(TrainConfig(steps=8000, batch_size=128, lr=1.5e-3, warmup=200, lr_decay="cosine",
+                                 lr_cycle_ends=(3000, 5500), restart_lr_scale=0.5,
                                  ema_decay=0.999, objective="eps", p_uncond=0.1, seed=0,
                                  checkpoint_every=200)),
         description="class-conditional Fashion-MNIST ε-model with 10% label dropout (so cond=None "
