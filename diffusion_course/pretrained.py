@@ -70,8 +70,10 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
     "shapes-t2i": DiffusionRecipe(
         model=dict(in_channels=3, channels=(32, 64, 128), blocks=1, attention_levels=(2,),
                    cross_attention_levels=(1, 2), patch=2, heads=4, objective="eps", text_dim=64, text_layers=2),
-        train=asdict(TrainConfig(steps=10000, batch_size=64, lr=1.5e-3, warmup=200, lr_decay="cosine",
-                                 lr_cycle_ends=(5000,), restart_lr_scale=0.5,
+        # Three 5000-step cosine cycles (warm restarts at half the peak lr); each extension was resumed
+        # from the saved state of the shorter recipe, whose steps it leaves unchanged.
+        train=asdict(TrainConfig(steps=15000, batch_size=64, lr=1.5e-3, warmup=200, lr_decay="cosine",
+                                 lr_cycle_ends=(5000, 10000), restart_lr_scale=0.5,
                                  ema_decay=0.999, objective="eps", p_uncond=0.1, seed=0,
                                  checkpoint_every=250)),
         data="shapes", conditional=True, quick_steps=20,
