@@ -510,7 +510,7 @@ lines = [f"* {names[k].capitalize()}: s = 0 → 1 → 3 gives {te('seen', 0, k):
 weakest = min(("colors", "shapes", "relation"), key=lambda k: te("seen", 3, k))
 gap = te("seen", 3, "shapes") - te("held_out", 3, "shapes")
 lines.append(f"* At s = 3 the weakest attribute is **{names[weakest]}**; binding colours to shapes is "
-             + (f"{gap:.0%} points worse for held-out pairings than for seen ones." if gap > 0 else
+             + (f"{100 * gap:.0f} percentage points worse for held-out pairings than for seen ones." if gap > 0 else
                 "no worse for held-out pairings than for seen ones."))
 display(Markdown("**What this run measured**\n\n" + "\n".join(lines)))
 
