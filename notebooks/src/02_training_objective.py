@@ -123,6 +123,9 @@ show_source(dc.nn.ResBlock)
 # * **Where attention sits.** Self-attention costs $O((HW)^2)$, so it only runs at the lowest resolution (7×7 = 49 positions).
 # * **The patch stem.** The first layer folds each 2×2 block of pixels into 4 channels (pixel-unshuffle), so the expensive
 #   convolutions run at 14×14 instead of 28×28 — the largest single speed-up on a CPU — and the last layer unfolds them.
+#   The price, measured (`benchmarks/unet_config_screen.py`, README): early in training a step teaches less than a
+#   full-resolution network's step, so for a few CPU-minutes from scratch the stem does not pay; the pretrained model,
+#   trained for hours, keeps it.
 # * **A class embedding with a null label**: labels 0–9 plus label 10 = "no label". Trained with label dropout, one network
 #   is both conditional and unconditional — what classifier-free guidance (chapter 4) needs.
 #
