@@ -229,19 +229,22 @@ else:
     print("quick mode: DDPM-1000 and DDIM-50 were skipped; run without DIFFUSION_COURSE_QUICK for the verdict.")
 
 # %% [markdown]
-# The table from `benchmarks/fid_vs_nfe.py` (n = 1000, same samplers), if it has been run on this machine:
+# `benchmarks/fid_vs_nfe.py` measures the same table at a larger `n` (default 1000) and saves it; if it has been run
+# on the checkpoint you have, here it is:
 
 # %%
 import json
 from pathlib import Path
 
 bench = Path(dc.__file__).resolve().parent.parent / "benchmarks" / "results" / "fid_vs_nfe.json"
-if bench.exists():
-    saved = json.loads(bench.read_text())
+saved = json.loads(bench.read_text()) if bench.exists() else None
+if saved is None:
+    print("not run yet: python benchmarks/fid_vs_nfe.py")
+elif saved.get("checkpoint_sha256") != dc.pretrained.manifest("fmnist-ddpm").get("sha256"):
+    print(f"the saved table ({saved['date']}) measured an older fmnist-ddpm checkpoint; rerun python benchmarks/fid_vs_nfe.py")
+else:
     print(f"measured {saved['date']} on {saved['device']} ({saved['threads']} threads), n = {saved['rows'][0]['n']}")
     print(dc.evaluation.format_table(saved["rows"]))
-else:
-    print("not run yet: python benchmarks/fid_vs_nfe.py")
 
 # %% [markdown]
 # ## 5. Same noise → same image
