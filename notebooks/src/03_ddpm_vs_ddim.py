@@ -8,8 +8,8 @@
 #    check the claim "50 DDIM steps ≈ 1000 DDPM steps";
 # 4. use DDIM's determinism: same noise → same image, inversion (image → noise → image), interpolation between noises.
 #
-# Time: 10–20 minutes on a CPU (measured: 19.5 min on one thread of a busy 2-core machine; DDPM-1000 over 128 images
-# is half of it); a GPU is much faster.
+# Time: 10–20 minutes on a CPU (measured: 17 min on one thread of a busy 2-core machine; DDPM-1000 over 128 images
+# is 11 min of it); a GPU is much faster.
 
 # %%
 import inspect

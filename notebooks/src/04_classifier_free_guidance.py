@@ -10,7 +10,8 @@
 #    U-Net, caption dropout — on a captioned dataset we generate, and look at which pixels each word attends to;
 # 5. map every component onto `StableDiffusionPipeline`.
 #
-# Time: about 10–15 minutes on a CPU (most of it the measured sweep of section 5); a GPU is much faster.
+# Time: about 10 minutes on a CPU (measured: 9.5 min on one thread of a busy 2-core machine, most of it the measured
+# sweep of section 5); a GPU is much faster.
 # Both models are small checkpoints the project trained itself on a 2-core CPU.
 
 # %%
