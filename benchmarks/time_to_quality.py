@@ -56,6 +56,9 @@ def main():
         # our U-Net without the patch stem, thin at 28x28, attention at 7x7: the best of the CPU configs screened
         "thin": ("course U-Net 16/32/64, attn 7x7", lambda: UNet(channels=(16, 32, 64), attention_levels=(2,), patch=1)),
     }
+    unknown = [k for k in args.models.split(",") if k not in models]
+    if unknown:
+        ap.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(models)}")
     print(f"budget {args.minutes} min per model, n={args.n}, FID floor {floor:.2f}, threads {torch.get_num_threads()}")
     for key in args.models.split(","):
         name, make = models[key]

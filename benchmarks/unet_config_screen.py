@@ -38,6 +38,9 @@ def main():
     ap.add_argument("--n", type=int, default=250)
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from: " + ", ".join(CONFIGS))
     args = ap.parse_args()
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        ap.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     x, _ = data.load_fashion_mnist("train")
     held_out, _ = data.load_fashion_mnist("test")
     s = schedules.NoiseSchedule.cosine(1000)

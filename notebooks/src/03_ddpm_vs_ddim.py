@@ -241,7 +241,7 @@ saved = json.loads(bench.read_text()) if bench.exists() else None
 if saved is None:
     print("not run yet: python benchmarks/fid_vs_nfe.py")
 elif saved.get("checkpoint_sha256") != dc.pretrained.manifest("fmnist-ddpm").get("sha256"):
-    print(f"the saved table ({saved['date']}) measured an older fmnist-ddpm checkpoint; rerun python benchmarks/fid_vs_nfe.py")
+    print(f"the saved table ({saved['date']}) measured a different fmnist-ddpm checkpoint than yours; rerun python benchmarks/fid_vs_nfe.py")
 else:
     print(f"measured {saved['date']} on {saved['device']} ({saved['threads']} threads), n = {saved['rows'][0]['n']}")
     print(dc.evaluation.format_table(saved["rows"]))
