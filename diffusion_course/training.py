@@ -1,4 +1,5 @@
-"""The training loop: AdamW with warm-up, gradient clipping, EMA, AMP on CUDA, checkpoints, resume.
+"""The training loop: AdamW with warm-up, gradient clipping, EMA, AMP on CUDA, checkpoints, resume,
+and an optional wall-clock budget (``TrainConfig.max_minutes``).
 
 Everything random in the loop (batch indices, t, ε, label dropout) comes from one seeded
 ``torch.Generator`` whose state is saved in every checkpoint, so a run that is interrupted and
@@ -46,6 +47,10 @@ class TrainConfig:
     compile: bool = False             # torch.compile, CUDA only
     channels_last: bool = True
     buckets: int = 10                 # timestep buckets for the loss-per-t history
+    # A wall-clock budget ("train for 5 minutes"): training stops at ``steps`` or when the budget is spent,
+    # whichever comes first, and a cosine lr decay follows the spent fraction of the budget, so the run ends
+    # annealed however fast the machine is. Time-based, so not bit-reproducible (step-based runs are).
+    max_minutes: float | None = None
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -64,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"restart_lr_scale must be positive, got {self.restart_lr_scale}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive (or None), got {self.max_minutes}")
+        if self.max_minutes is not None and self.lr_cycle_ends:
+            raise ValueError("max_minutes cannot be combined with lr_cycle_ends (warm restarts are step-based)")
 
 
 @dataclass
@@ -107,7 +116,10 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, elapsed_seconds: float = 0.0) -> float:
+    """The learning rate at ``step``: linear warm-up, then constant or cosine decay to 10 % of the peak
+    (per cycle, with warm restarts). With ``cfg.max_minutes`` the decay follows whichever is further
+    along: the steps or the wall-clock budget (``elapsed_seconds`` of it spent)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.lr_decay == "constant":
@@ -117,6 +129,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     cycle = sum(step >= e for e in cfg.lr_cycle_ends)
     peak = cfg.lr * cfg.restart_lr_scale ** min(cycle, 1)
     progress = (step - starts[cycle]) / max(1, ends[cycle] - starts[cycle])
+    if cfg.max_minutes is not None:
+        progress = max(progress, elapsed_seconds / (60 * cfg.max_minutes))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -186,12 +200,15 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
             checkpoints.save(_state(model, ema, opt, gen, step, history, cfg), ckpt)
 
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not progress, mininterval=0.5)
+    budget_s = 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
+    desc = "training" if cfg.max_minutes is None else f"training ({cfg.max_minutes:g} min budget)"
+    bar = tqdm(total=cfg.steps if budget_s == math.inf else None, initial=step, desc=desc,
+               disable=not progress, mininterval=0.5)
     interrupted = False
     step_start_rng = (gen.get_state(), torch.get_rng_state())
     start = time.perf_counter() - history.wall_time
     try:
-        while step < cfg.steps:
+        while step < cfg.steps and history.wall_time < budget_s:
             # RNG states at the start of the step: an interrupted step is rolled back to here.
             step_start_rng = (gen.get_state(), torch.get_rng_state())
             idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen).to(dev)
@@ -200,7 +217,7 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             y = labels_dev[idx] if labels_dev is not None else None
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg, history.wall_time)
             with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
                 out = diffusion_loss(net, x0, schedule, cfg.objective, cond=y,
                                      p_uncond=cfg.p_uncond if y is not None else 0.0,
@@ -242,5 +259,7 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
         bar.close()
     if not interrupted:
         save_checkpoint()
+        if progress and step < cfg.steps:
+            print(f"stopped at step {step}: the {cfg.max_minutes:g}-minute budget is spent.")
     model.eval()
     return TrainResult(model=model, ema=ema, history=history, step=step, interrupted=interrupted)

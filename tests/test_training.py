@@ -214,6 +214,26 @@ def test_warm_restart_extends_a_recipe_without_changing_its_first_cycle():
     assert all(a >= b for a, b in zip(second, second[1:]))
 
 
+def test_time_budget_stops_training_and_anneals_the_lr_over_it():
+    from diffusion_course.training import lr_at
+
+    cfg = TrainConfig(steps=10**6, warmup=10, lr=1e-3, max_minutes=2.0)
+    assert lr_at(50, cfg, elapsed_seconds=0.0) == pytest.approx(1e-3, rel=1e-4)   # step-wise: barely started
+    assert lr_at(50, cfg, elapsed_seconds=60.0) == pytest.approx(0.55e-3)          # half the budget: cosine midpoint
+    assert lr_at(50, cfg, elapsed_seconds=120.0) == pytest.approx(1e-4)            # budget spent: 10 % of the peak
+    assert lr_at(5, cfg, elapsed_seconds=60.0) == pytest.approx(6e-4)              # warm-up is step-based
+    # a 0.2-second budget stops a 10**6-step run long before its steps, cleanly (not "interrupted")
+    res = train(MLPDenoiser(hidden=32, depth=2), S, _toy(512),
+                config=TrainConfig(steps=10**6, batch_size=64, warmup=5, max_minutes=0.2 / 60, channels_last=False),
+                progress=False, device="cpu")
+    assert 0 < res.step < 10**6 and not res.interrupted
+    assert res.history.wall_time >= 0.2 and len(res.history.loss) == res.step
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(steps=100, warmup=10, lr_cycle_ends=(50,), max_minutes=1.0)
+
+
 @pytest.mark.gpu
 def test_cuda_path_amp_channels_last():
     x = torch.rand(64, 1, 28, 28) * 2 - 1
