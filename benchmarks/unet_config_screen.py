@@ -1,11 +1,11 @@
 """Which U-Net configuration learns fastest per CPU-minute? A short screen of our U-Net's configurations.
 
-    python benchmarks/unet_config_screen.py --minutes 5 [--lr 1e-3] [--configs plain,shipped,thin,...]
+    python benchmarks/unet_config_screen.py --minutes 5 [--lr 1e-3] [--batch 128] [--configs plain,shipped,thin,...]
 
-Each configuration trains unconditionally on Fashion-MNIST from scratch for the same wall-clock budget (batch 128,
-AdamW, 100 warm-up steps, constant lr, EMA 0.999 — the settings of ``time_to_quality.py``), then reports the steps it
-got, the ε-MSE of its EMA weights on 512 held-out test images at random t (fixed seed), and FID of 250 DDIM-50 samples
-in the course classifier's features. Run one configuration per process (``--configs name``) to screen two at once on
+Each configuration trains unconditionally on Fashion-MNIST from scratch for the same wall-clock budget (batch 128 unless
+``--batch``, AdamW, 100 warm-up steps, constant lr, EMA 0.999 — the ``peer`` recipe of ``time_to_quality.py``), then
+reports the steps it got, the ε-MSE of its EMA weights on 512 held-out test images at random t (fixed seed), and FID
+of 250 DDIM-50 samples in the course classifier's features. Run one configuration per process (``--configs name``) to screen two at once on
 two cores under the same load. Short budgets are dominated by warm-up: use it to rank, ``time_to_quality.py`` to judge.
 """
 import argparse
@@ -16,8 +16,6 @@ import torch
 
 from diffusion_course import data, metrics, pretrained, sampling, schedules, training
 from diffusion_course.nn import UNet, count_parameters
-
-from time_to_quality import _TimeBudget
 
 CONFIGS = {
     "plain": dict(channels=(32, 64, 64), attention_levels=(), patch=1),
@@ -35,6 +33,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--n", type=int, default=250)
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from: " + ", ".join(CONFIGS))
     args = ap.parse_args()
@@ -56,10 +55,10 @@ def main():
     print(f"budget {args.minutes} min, lr {args.lr}, n={args.n}, FID floor {floor:.2f}, threads {torch.get_num_threads()}")
     for name in args.configs.split(","):
         net = UNet(**CONFIGS[name])
-        cfg = training.TrainConfig(steps=10**6, batch_size=128, lr=args.lr, warmup=100, lr_decay="constant",
-                                   ema_decay=0.999, seed=0)
-        res = training.train(_TimeBudget(net, args.minutes * 60), s, x, config=cfg, device="cpu", progress=False)
-        ema = res.ema.net.eval()
+        cfg = training.TrainConfig(steps=10**7, batch_size=args.batch, lr=args.lr, warmup=100, lr_decay="constant",
+                                   ema_decay=0.999, seed=0, max_minutes=args.minutes)
+        res = training.train(net, s, x, config=cfg, device="cpu", progress=False)
+        ema = res.ema.eval()
         with torch.no_grad():
             val = (ema(x_t, t) - eps).pow(2).mean().item()
             start = time.perf_counter()
@@ -67,7 +66,7 @@ def main():
                                       s, steps=50, clip_denoised=True, progress=False)
             sample_s = time.perf_counter() - start
         fid = metrics.fid(clf, xs.clamp(-1, 1), ref)
-        print(json.dumps(dict(config=name, params_m=round(count_parameters(net) / 1e6, 2), steps=res.step,
+        print(json.dumps(dict(config=name, batch=args.batch, lr=args.lr, params_m=round(count_parameters(net) / 1e6, 2), steps=res.step,
                               val_eps_mse=round(val, 4), fid=round(fid, 1), floor=round(floor, 2),
                               sample_seconds=round(sample_s))), flush=True)
 
