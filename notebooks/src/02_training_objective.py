@@ -8,8 +8,8 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: about 5 minutes on a 2-core CPU (the Fashion-MNIST training demo is the long cell); the toy models always train on
-# the CPU (they are too small to gain from a GPU).
+# Time: about 7 minutes on a 2-core CPU (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
+# models always train on the CPU (they are too small to gain from a GPU).
 
 # %%
 import inspect
@@ -123,9 +123,10 @@ show_source(dc.nn.ResBlock)
 # * **Where attention sits.** Self-attention costs $O((HW)^2)$, so it only runs at the lowest resolution (7×7 = 49 positions).
 # * **The patch stem.** The first layer folds each 2×2 block of pixels into 4 channels (pixel-unshuffle), so the expensive
 #   convolutions run at 14×14 instead of 28×28 — the largest single speed-up on a CPU — and the last layer unfolds them.
-#   The price, measured (`benchmarks/unet_config_screen.py`, README): early in training a step teaches less than a
-#   full-resolution network's step, so for a few CPU-minutes from scratch the stem does not pay; the pretrained model,
-#   trained for hours, keeps it.
+#   The price, measured (`benchmarks/unet_config_screen.py`, `benchmarks/time_to_quality.py`, README): early in training
+#   a step teaches less than a full-resolution network's step, so for a few CPU-minutes from scratch the stem does not pay
+#   and a plain full-resolution configuration learns fastest (section 4 uses it); the pretrained model, trained for
+#   hours, keeps the stem.
 # * **A class embedding with a null label**: labels 0–9 plus label 10 = "no label". Trained with label dropout, one network
 #   is both conditional and unconditional — what classifier-free guidance (chapter 4) needs.
 #
@@ -153,18 +154,33 @@ for name, kind, shape in shapes:
 # %% [markdown]
 # ## 4. Training the U-Net on Fashion-MNIST: a short run that visibly learns
 #
-# A smaller U-Net, a few hundred steps. The loss is noisy (every batch has different $t$), so we plot a moving average.
+# For a few CPU-minutes from scratch we take the configuration of our U-Net that learned fastest per CPU-minute in the
+# course's screen: full resolution, widths 32/64/64, no attention, no patch stem (1.1 M parameters). Two training choices
+# matter as much as the network here:
+#
+# * **A small batch.** On a CPU the images per second hardly depend on the batch size, so batch 32 makes 4× the updates
+#   of batch 128 in the same time — and early in training, updates are what the model is short of. Measured
+#   (`benchmarks/time_to_quality.py`, README, n = 500, floor 8.3): 15 minutes on two cores give FID 41–46 at batch 32
+#   vs 61–62 at batch 128, and batch 32 reaches batch 128's 15-minute quality in about 10 minutes.
+# * **A time budget.** `TrainConfig(max_minutes=3)` stops when the time is spent, however fast the machine (`steps` is
+#   then only a cap), and returns the model like any other run.
+#
+# The loss is noisy (every batch has different $t$), so we plot a moving average.
 
 # %%
 x_train, y_train = dc.data.load_fashion_mnist("train")
 x_test, y_test = dc.data.load_fashion_mnist("test")
 schedule = schedules.NoiseSchedule.cosine(1000)
-demo_steps = dc.config.budget(quick=8, cpu=300, gpu=3000)
-demo = UNet(channels=(32, 64), attention_levels=(1,), patch=2, num_classes=10)
-print(f"demo U-Net: {count_parameters(demo):,} parameters, {demo_steps} steps (about "
-      f"{dc.config.budget(quick='seconds', cpu='2-4 minutes on a laptop CPU', gpu='1 minute')})")
-demo_cfg = training.TrainConfig(steps=demo_steps, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.99, seed=0)
+demo_minutes = dc.config.budget(quick=None, cpu=3.0, gpu=None)     # a time budget on a CPU, a step count elsewhere
+demo_steps = dc.config.budget(quick=8, cpu=100_000, gpu=3000)
+demo = UNet(channels=(32, 64, 64), attention_levels=(), num_classes=10)
+print(f"demo U-Net: {count_parameters(demo):,} parameters; "
+      + (f"{demo_minutes:g} minutes of training" if demo_minutes else f"{demo_steps} steps"))
+demo_cfg = training.TrainConfig(steps=demo_steps, max_minutes=demo_minutes,
+                                batch_size=dc.config.budget(quick=32, cpu=32, gpu=128),
+                                lr=1e-3, warmup=50, ema_decay=0.99, seed=0)
 run = training.train(demo, schedule, x_train, y_train, config=demo_cfg, device=device)
+print(f"{run.step} steps of batch {demo_cfg.batch_size} in {run.history.wall_time:.0f} s")
 
 # %% [markdown]
 # ## 5. "Is my model learning?"
@@ -224,7 +240,7 @@ for ax, (name, net) in zip(axes, [("raw weights", run.model), ("EMA weights", ru
 
 # %% [markdown]
 # A few CPU minutes give rough garment shapes at best: the model is learning, and more steps is what it needs. The
-# course's pretrained model (section 7) is the same recipe run much longer; its manifest says how long.
+# course's pretrained model (section 7) is a wider network with the patch stem, trained for hours; its manifest says how long.
 #
 # ## 6. ε, x₀ or v: what should the network predict?
 #
