@@ -5,8 +5,8 @@
 Each configuration trains unconditionally on Fashion-MNIST from scratch for the same wall-clock budget (batch 128 unless
 ``--batch``, AdamW, 100 warm-up steps, constant lr, EMA 0.999 — the ``peer`` recipe of ``time_to_quality.py``), then
 reports the steps it got, the ε-MSE of its EMA weights on 512 held-out test images at random t (fixed seed), and FID
-of 250 DDIM-50 samples in the course classifier's features. Run one configuration per process (``--configs name``) to screen two at once on
-two cores under the same load. Short budgets are dominated by warm-up: use it to rank, ``time_to_quality.py`` to judge.
+of 250 DDIM-50 samples in the course classifier's features. Run one configuration per process (``--configs name``) to
+screen two at once on two cores under the same load. Short budgets are dominated by warm-up: use it to rank, ``time_to_quality.py`` to judge.
 """
 import argparse
 import json
@@ -66,7 +66,8 @@ def main():
                                       s, steps=50, clip_denoised=True, progress=False)
             sample_s = time.perf_counter() - start
         fid = metrics.fid(clf, xs.clamp(-1, 1), ref)
-        print(json.dumps(dict(config=name, batch=args.batch, lr=args.lr, params_m=round(count_parameters(net) / 1e6, 2), steps=res.step,
+        print(json.dumps(dict(config=name, batch=args.batch, lr=args.lr,
+                              params_m=round(count_parameters(net) / 1e6, 2), steps=res.step,
                               val_eps_mse=round(val, 4), fid=round(fid, 1), floor=round(floor, 2),
                               sample_seconds=round(sample_s))), flush=True)
 

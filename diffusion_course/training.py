@@ -48,8 +48,9 @@ class TrainConfig:
     channels_last: bool = True
     buckets: int = 10                 # timestep buckets for the loss-per-t history
     # A wall-clock budget ("train for 5 minutes"): training stops at ``steps`` or when the budget is spent,
-    # whichever comes first, and a cosine lr decay follows the spent fraction of the budget, so the run ends
-    # annealed however fast the machine is. Time-based, so not bit-reproducible (step-based runs are).
+    # whichever comes first; with lr_decay="cosine" the decay follows the spent fraction of the budget (or of
+    # the steps, if further along), so the run ends annealed however fast the machine is. Time-based, so not
+    # bit-reproducible (step-based runs are).
     max_minutes: float | None = None
 
     def __post_init__(self):

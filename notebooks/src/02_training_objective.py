@@ -163,7 +163,8 @@ for name, kind, shape in shapes:
 #   (`benchmarks/time_to_quality.py`, README, n = 500, floor 8.3): 15 minutes on two cores give FID 41–46 at batch 32
 #   vs 61–62 at batch 128, and batch 32 reaches batch 128's 15-minute quality in about 10 minutes.
 # * **A time budget.** `TrainConfig(max_minutes=3)` stops when the time is spent, however fast the machine (`steps` is
-#   then only a cap), and returns the model like any other run.
+#   then only a cap), and returns the model like any other run. With the default cosine decay, the learning rate falls
+#   with the spent fraction of the budget, so the short run still ends with small, careful steps.
 #
 # The loss is noisy (every batch has different $t$), so we plot a moving average.
 
