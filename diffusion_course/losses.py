@@ -3,6 +3,10 @@
 L = E_{x₀, t ~ U{0..T−1}, ε ~ N(0, I)} [ w(t) ‖f_θ(x_t, t) − target‖² ]
 with target ε (Ho et al. 2020, Eq. 14), x₀, or v = √ᾱ ε − √(1−ᾱ) x₀ (Salimans & Ho 2022), and
 optional min-SNR-γ weights (Hang et al. 2023, Eq. 9) which stop easy low-noise steps dominating.
+
+Where the Monte-Carlo samples of t go is a choice too: DDPM draws t uniformly; a log-SNR-normal draw
+(EDM's log-normal σ, Karras et al. 2022, Sec. 5; SD3's logit-normal, Esser et al. 2024, Sec. 3.1)
+spends them on the noise levels that decide an image's content.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from . import forward
 from .schedules import NoiseSchedule
 
 OBJECTIVES = ("eps", "x0", "v")
+T_SAMPLINGS = ("uniform", "logsnr-normal")
 
 
 @dataclass
@@ -30,10 +35,34 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, objective: str) -> torch.Ten
     return {"eps": (gamma / snr).clamp(max=1.0), "x0": clipped, "v": clipped / (snr + 1)}[objective]
 
 
+def sample_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform", logsnr_mean: float = -1.0,
+                     logsnr_std: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``batch`` training timesteps (int64, CPU).
+
+    ``"uniform"``: t ~ U{0..T−1} (DDPM, Algorithm 1). ``"logsnr-normal"``: λ ~ N(logsnr_mean, logsnr_std²),
+    then the t whose log-SNR λ_t = log(ᾱ_t / (1 − ᾱ_t)) is nearest. That is EDM's log-normal noise level
+    (ln σ = −λ/2) on a discrete schedule; a negative mean puts most samples at high noise, where the coarse
+    structure of an image is decided — what a short training run learns first.
+    """
+    if kind not in T_SAMPLINGS:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {kind!r}")
+    if kind == "uniform":
+        return torch.randint(0, schedule.T, (batch,), generator=generator)
+    if not logsnr_std > 0:
+        raise ValueError(f"logsnr_std must be positive, got {logsnr_std}")
+    neg_logsnr = -schedule.snr.double().log().cpu()            # increasing in t (−∞ at t = 0 is impossible)
+    lam = logsnr_mean + logsnr_std * torch.randn(batch, generator=generator, dtype=torch.float64)
+    hi = torch.searchsorted(neg_logsnr, -lam).clamp(1, schedule.T - 1)  # neg_logsnr[hi-1] < −λ <= neg_logsnr[hi]
+    lo = hi - 1
+    nearer_lo = (-lam - neg_logsnr[lo]).abs() <= (neg_logsnr[hi] + lam).abs()
+    return torch.where(nearer_lo, lo, hi)
+
+
 def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: str = "eps",
                    cond: torch.Tensor | None = None, p_uncond: float = 0.0, min_snr_gamma: float | None = None,
                    generator: torch.Generator | None = None, null_label: int | None = None,
-                   return_details: bool = False):
+                   return_details: bool = False, t_sampling: str = "uniform", logsnr_mean: float = -1.0,
+                   logsnr_std: float = 2.0):
     """One Monte-Carlo estimate of the simple diffusion loss on the batch ``x0``.
 
     Args:
@@ -44,6 +73,8 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
             its empty caption) — condition dropout, so one network learns p(x) and p(x|y)
             (classifier-free guidance).
         generator: a CPU generator for t, ε and the dropout mask (reproducible runs).
+        t_sampling, logsnr_mean, logsnr_std: how t is drawn (:func:`sample_timesteps`). A non-uniform
+            draw reweights the loss over t by its density, like a weighting w(t) would.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -52,7 +83,7 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
     if min_snr_gamma is not None and min_snr_gamma <= 0:
         raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
     B, dev = x0.shape[0], x0.device
-    t = torch.randint(0, schedule.T, (B,), generator=generator).to(dev)
+    t = sample_timesteps(B, schedule, t_sampling, logsnr_mean, logsnr_std, generator).to(dev)
     noise = torch.randn(x0.shape, generator=generator).to(device=dev, dtype=x0.dtype)
     drop = torch.rand(B, generator=generator).to(dev) < p_uncond
     if cond is not None and p_uncond > 0:

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import checkpoints
 from .config import get_device
-from .losses import OBJECTIVES, diffusion_loss
+from .losses import OBJECTIVES, T_SAMPLINGS, diffusion_loss
 from .schedules import NoiseSchedule
 
 
@@ -40,6 +40,11 @@ class TrainConfig:
     objective: str = "eps"
     p_uncond: float = 0.1             # label dropout for classifier-free guidance (conditional data only)
     min_snr_gamma: float | None = None
+    # How training timesteps are drawn (losses.sample_timesteps): "uniform" is DDPM's Algorithm 1;
+    # "logsnr-normal" with a negative mean spends the steps at high noise, which short CPU runs learn fastest from.
+    t_sampling: str = "uniform"
+    logsnr_mean: float = -1.0
+    logsnr_std: float = 2.0
     seed: int = 0
     checkpoint_path: str | None = None
     checkpoint_every: int = 500
@@ -56,6 +61,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
+        if not self.logsnr_std > 0:
+            raise ValueError(f"logsnr_std must be positive, got {self.logsnr_std}")
         if self.lr_decay not in {"cosine", "constant"}:
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {self.lr_decay!r}")
         for name in ("steps", "batch_size"):
@@ -222,7 +231,8 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
             with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
                 out = diffusion_loss(net, x0, schedule, cfg.objective, cond=y,
                                      p_uncond=cfg.p_uncond if y is not None else 0.0,
-                                     min_snr_gamma=cfg.min_snr_gamma, generator=gen, return_details=True)
+                                     min_snr_gamma=cfg.min_snr_gamma, generator=gen, return_details=True,
+                                     t_sampling=cfg.t_sampling, logsnr_mean=cfg.logsnr_mean, logsnr_std=cfg.logsnr_std)
             loss_value = out.loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(

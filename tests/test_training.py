@@ -57,6 +57,36 @@ def test_min_snr_weights():
     assert losses.min_snr_weight(torch.tensor([0.0]), 5.0, "eps").item() == 1.0  # zero terminal SNR: no NaN
 
 
+def test_timestep_sampling():
+    s = NoiseSchedule.cosine(1000)
+    logsnr = s.snr.double().log()
+    u = losses.sample_timesteps(20000, s, generator=torch.Generator().manual_seed(0))
+    assert u.dtype == torch.long and u.min() >= 0 and u.max() == 999 and abs(u.double().mean() - 499.5) < 10
+    t = losses.sample_timesteps(20000, s, "logsnr-normal", -1.0, 2.0, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and 0 <= t.min() and t.max() < 1000
+    lam = logsnr[t]
+    assert abs(lam.mean() + 1) < 0.05 and abs(lam.std() - 2) < 0.05
+    assert (t >= 500).double().mean() > 0.6  # a negative mean log-SNR: most samples at high noise
+    # each t is the one whose log-SNR is nearest to the drawn λ (brute force over the whole table)
+    drawn = -1.0 + 2.0 * torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(t, (logsnr[None] - drawn[:, None]).abs().argmin(1))
+    with pytest.raises(ValueError, match="t_sampling"):
+        losses.sample_timesteps(4, s, "lognormal")
+    with pytest.raises(ValueError, match="logsnr_std"):
+        losses.sample_timesteps(4, s, "logsnr-normal", 0.0, 0.0)
+
+
+def test_trainer_draws_timesteps_as_configured():
+    pts = _toy(256)
+    counts = {}
+    for kind in ("uniform", "logsnr-normal"):
+        cfg = TrainConfig(steps=20, batch_size=64, warmup=2, channels_last=False, t_sampling=kind)
+        counts[kind] = train(MLPDenoiser(hidden=16, depth=2), S, pts, config=cfg, progress=False,
+                             device="cpu").history.bucket_count
+    assert sum(counts["uniform"][5:]) < sum(counts["logsnr-normal"][5:])  # more of the high-noise half
+    assert counts["uniform"][0] > 2 * counts["logsnr-normal"][0]           # fewer nearly clean samples
+
+
 def test_label_dropout():
     seen = []
 
@@ -195,6 +225,10 @@ def test_train_config_validation():
         TrainConfig(steps=0)
     with pytest.raises(ValueError):
         TrainConfig(lr_decay="linear")
+    with pytest.raises(ValueError, match="t_sampling"):
+        TrainConfig(t_sampling="lognormal")
+    with pytest.raises(ValueError, match="logsnr_std"):
+        TrainConfig(t_sampling="logsnr-normal", logsnr_std=-1)
     with pytest.raises(ValueError):
         TrainConfig(steps=100, warmup=10, lr_cycle_ends=(50, 40))
     with pytest.raises(ValueError):
