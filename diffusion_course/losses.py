@@ -35,14 +35,15 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, objective: str) -> torch.Ten
     return {"eps": (gamma / snr).clamp(max=1.0), "x0": clipped, "v": clipped / (snr + 1)}[objective]
 
 
-def sample_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform", logsnr_mean: float = -1.0,
+def sample_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform", logsnr_mean: float = 0.0,
                      logsnr_std: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``batch`` training timesteps (int64, CPU).
 
     ``"uniform"``: t ~ U{0..T−1} (DDPM, Algorithm 1). ``"logsnr-normal"``: λ ~ N(logsnr_mean, logsnr_std²),
     then the t whose log-SNR λ_t = log(ᾱ_t / (1 − ᾱ_t)) is nearest. That is EDM's log-normal noise level
-    (ln σ = −λ/2) on a discrete schedule; a negative mean puts most samples at high noise, where the coarse
-    structure of an image is decided — what a short training run learns first.
+    (ln σ = −λ/2) on a discrete schedule. The defaults (mean 0, i.e. ᾱ = ½, std 2) keep the samples away from
+    the two extremes, nearly clean and nearly pure noise, where a short run learns little: in a 5-minute CPU
+    screen on Fashion-MNIST they beat uniform t and means of −2, −1 and 1.7 (README).
     """
     if kind not in T_SAMPLINGS:
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {kind!r}")
@@ -50,7 +51,7 @@ def sample_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform",
         return torch.randint(0, schedule.T, (batch,), generator=generator)
     if not logsnr_std > 0:
         raise ValueError(f"logsnr_std must be positive, got {logsnr_std}")
-    neg_logsnr = -schedule.snr.double().log().cpu()            # increasing in t (−∞ at t = 0 is impossible)
+    neg_logsnr = -schedule.snr.double().log().cpu()            # increasing in t; +∞ for a zero terminal SNR
     lam = logsnr_mean + logsnr_std * torch.randn(batch, generator=generator, dtype=torch.float64)
     hi = torch.searchsorted(neg_logsnr, -lam).clamp(1, schedule.T - 1)  # neg_logsnr[hi-1] < −λ <= neg_logsnr[hi]
     lo = hi - 1
@@ -61,7 +62,7 @@ def sample_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform",
 def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: str = "eps",
                    cond: torch.Tensor | None = None, p_uncond: float = 0.0, min_snr_gamma: float | None = None,
                    generator: torch.Generator | None = None, null_label: int | None = None,
-                   return_details: bool = False, t_sampling: str = "uniform", logsnr_mean: float = -1.0,
+                   return_details: bool = False, t_sampling: str = "uniform", logsnr_mean: float = 0.0,
                    logsnr_std: float = 2.0):
     """One Monte-Carlo estimate of the simple diffusion loss on the batch ``x0``.
 

@@ -41,9 +41,9 @@ class TrainConfig:
     p_uncond: float = 0.1             # label dropout for classifier-free guidance (conditional data only)
     min_snr_gamma: float | None = None
     # How training timesteps are drawn (losses.sample_timesteps): "uniform" is DDPM's Algorithm 1;
-    # "logsnr-normal" with a negative mean spends the steps at high noise, which short CPU runs learn fastest from.
+    # "logsnr-normal" spends them at middle noise levels, which short CPU runs learn fastest from.
     t_sampling: str = "uniform"
-    logsnr_mean: float = -1.0
+    logsnr_mean: float = 0.0
     logsnr_std: float = 2.0
     seed: int = 0
     checkpoint_path: str | None = None

@@ -83,8 +83,10 @@ def test_trainer_draws_timesteps_as_configured():
         cfg = TrainConfig(steps=20, batch_size=64, warmup=2, channels_last=False, t_sampling=kind)
         counts[kind] = train(MLPDenoiser(hidden=16, depth=2), S, pts, config=cfg, progress=False,
                              device="cpu").history.bucket_count
-    assert sum(counts["uniform"][5:]) < sum(counts["logsnr-normal"][5:])  # more of the high-noise half
-    assert counts["uniform"][0] > 2 * counts["logsnr-normal"][0]           # fewer nearly clean samples
+    # the default log-SNR-normal draw (mean 0, std 2) spends fewer samples at the two extremes, more in the middle
+    for bucket in (0, 9):
+        assert counts["uniform"][bucket] > 2 * counts["logsnr-normal"][bucket]
+    assert sum(counts["logsnr-normal"][3:7]) > 1.15 * sum(counts["uniform"][3:7])
 
 
 def test_label_dropout():
