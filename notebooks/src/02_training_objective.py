@@ -155,7 +155,7 @@ for name, kind, shape in shapes:
 # ## 4. Training the U-Net on Fashion-MNIST: a short run that visibly learns
 #
 # For a few CPU-minutes from scratch we take the configuration of our U-Net that learned fastest per CPU-minute in the
-# course's screen: full resolution, widths 32/64/64, no attention, no patch stem (1.1 M parameters). Two training choices
+# course's screen: full resolution, widths 32/64/64, no attention, no patch stem (1.1 M parameters). Three training choices
 # matter as much as the network here:
 #
 # * **A small batch.** On a CPU the images per second hardly depend on the batch size, so batch 32 makes 4× the updates
@@ -165,13 +165,33 @@ for name, kind, shape in shapes:
 # * **A time budget.** `TrainConfig(max_minutes=3)` stops when the time is spent, however fast the machine (`steps` is
 #   then only a cap), and returns the model like any other run. With the default cosine decay, the learning rate falls
 #   with the spent fraction of the budget, so the short run still ends with small, careful steps.
-#
+# * **Where the timesteps go.** Algorithm 1 draws $t$ uniformly, but the extremes teach a short run little: near $t=0$
+#   the noise is too faint to change what the image shows, and near $t=T$ the best answer is an average garment. The
+#   coarse shape of a garment is decided in between. `TrainConfig(t_sampling="logsnr-normal")` draws the log
+#   signal-to-noise ratio $\lambda = \log\frac{\bar\alpha_t}{1-\bar\alpha_t} \sim \mathcal N(0, 2^2)$ and takes the $t$ whose
+#   $\lambda_t$ is nearest — EDM's log-normal noise levels (Karras et al. 2022, Sec. 5) on our discrete schedule. Drawing
+#   $t$ non-uniformly is the same as weighting the loss by the density; the objective's minimiser (the exact ε for
+#   every $t$ the density covers) does not change, only where a short run spends its effort. Measured (README):
+#   5 minutes on one thread, FID 79.5 in both of two seeds vs 104–106 with uniform $t$; with batch 32 on two cores,
+#   15 minutes give FID 33–36 (vs 41–46 uniform), and the batch-128 uniform run's 15-minute quality is passed
+#   within 5 minutes.
+
+# %%
+schedule = schedules.NoiseSchedule.cosine(1000)
+fig, ax = plt.subplots(figsize=(7, 2.6))
+for kind in ["uniform", "logsnr-normal"]:
+    t_drawn = losses.sample_timesteps(100_000, schedule, kind, logsnr_mean=0.0, logsnr_std=2.0,
+                                      generator=torch.Generator().manual_seed(0))
+    ax.hist(t_drawn.numpy(), bins=50, range=(0, 1000), density=True, histtype="step", lw=2, label=kind)
+ax.set(xlabel="t", ylabel="density", title="where the training samples of t go (cosine schedule, T = 1000)")
+ax.legend();
+
+# %% [markdown]
 # The loss is noisy (every batch has different $t$), so we plot a moving average.
 
 # %%
 x_train, y_train = dc.data.load_fashion_mnist("train")
 x_test, y_test = dc.data.load_fashion_mnist("test")
-schedule = schedules.NoiseSchedule.cosine(1000)
 demo_minutes = dc.config.budget(quick=None, cpu=3.0, gpu=None)     # a time budget on a CPU, a step count elsewhere
 demo_steps = dc.config.budget(quick=8, cpu=100_000, gpu=3000)
 demo = UNet(channels=(32, 64, 64), attention_levels=(), num_classes=10)
@@ -179,7 +199,8 @@ print(f"demo U-Net: {count_parameters(demo):,} parameters; "
       + (f"{demo_minutes:g} minutes of training" if demo_minutes else f"{demo_steps} steps"))
 demo_cfg = training.TrainConfig(steps=demo_steps, max_minutes=demo_minutes,
                                 batch_size=dc.config.budget(quick=32, cpu=32, gpu=128),
-                                lr=1e-3, warmup=50, ema_decay=0.99, seed=0)
+                                lr=1e-3, warmup=50, ema_decay=0.99, seed=0,
+                                t_sampling="logsnr-normal", logsnr_mean=0.0, logsnr_std=2.0)
 run = training.train(demo, schedule, x_train, y_train, config=demo_cfg, device=device)
 print(f"{run.step} steps of batch {demo_cfg.batch_size} in {run.history.wall_time:.0f} s")
 
@@ -371,7 +392,8 @@ dc.exercises.check(solution_v_target, "v_target");
 #   arrow field on 2-D data.
 # * The U-Net: timestep embedding → FiLM in residual blocks; attention only at low resolution; a null label so one
 #   network is conditional and unconditional.
-# * ε, x₀ and v are interchangeable targets with different per-$t$ difficulty; min-SNR weighting rebalances them.
+# * ε, x₀ and v are interchangeable targets with different per-$t$ difficulty; min-SNR weighting rebalances them, and
+#   where $t$ is drawn decides where a short run spends its effort.
 # * Diagnose runs with the loss per timestep, denoising a held-out image, and EMA samples; measure with FID next to its floor.
 #
 # **More exercises.**
@@ -385,4 +407,6 @@ dc.exercises.check(solution_v_target, "v_target");
 # * P. Dhariwal, A. Nichol. *Diffusion Models Beat GANs on Image Synthesis.* NeurIPS 2021 (AdaGN, architecture ablations).
 # * T. Salimans, J. Ho. *Progressive Distillation for Fast Sampling of Diffusion Models.* ICLR 2022 (v-prediction).
 # * T. Hang et al. *Efficient Diffusion Training via Min-SNR Weighting Strategy.* ICCV 2023.
+# * T. Karras, M. Aittala, T. Aila, S. Laine. *Elucidating the Design Space of Diffusion-Based Generative Models.*
+#   NeurIPS 2022 (Sec. 5: log-normal training noise levels).
 # * M. Heusel et al. *GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium.* NeurIPS 2017 (FID).
