@@ -70,6 +70,7 @@ def test_timestep_sampling():
     # each t is the one whose log-SNR is nearest to the drawn λ (brute force over the whole table)
     drawn = -1.0 + 2.0 * torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert torch.equal(t, (logsnr[None] - drawn[:, None]).abs().argmin(1))
+    assert losses.sample_timesteps(5, NoiseSchedule.from_betas([0.5]), "logsnr-normal").eq(0).all()  # T = 1
     with pytest.raises(ValueError, match="t_sampling"):
         losses.sample_timesteps(4, s, "lognormal")
     with pytest.raises(ValueError, match="logsnr_std"):
