@@ -1,6 +1,7 @@
 """Time-to-quality: FID after a fixed wall-clock training budget from scratch — a network *and* a recipe.
 
     python benchmarks/time_to_quality.py --minutes 15 [--n 500] [--eval-at 5,10] [--runs plain:peer,plain:course,hf:peer]
+                                         [--grid docs/]   # also save the first 40 samples of each point as a PNG
 
 Each run is ``network:recipe``. It trains class-unconditionally on Fashion-MNIST for the same number of wall-clock
 minutes (``TrainConfig.max_minutes``), then draws ``n`` samples with 50 DDIM steps from the EMA weights; FID is in
@@ -19,8 +20,8 @@ Recipes (all AdamW, constant lr 1e-3 after 100 warm-up steps, EMA 0.999 with the
                   the batch on a CPU, so a smaller batch is almost free extra steps, and early in training steps are
                   what a diffusion model is short of.
 ``course``      — batch 32, t drawn log-SNR-normal (``TrainConfig(t_sampling="logsnr-normal")``, mean 0, std 2):
-                  the training samples go to the middle and high noise levels, where a short run learns the coarse
-                  shape of a garment, instead of the extremes (nearly clean or pure noise), which teach it little.
+                  the training samples go to the middle noise levels, where a short run learns the coarse shape of
+                  a garment, instead of the extremes (nearly clean or nearly pure noise), which teach it little.
 (A cosine decay over the budget, ``TrainConfig(max_minutes=..., lr_decay="cosine")``, lowered the loss but not the FID
 in a 15-minute test, so the benchmark keeps the lr constant.)
 """
@@ -66,12 +67,25 @@ def parse_runs(text: str) -> list[tuple[str, str]]:
     return runs
 
 
+def save_grid(images: torch.Tensor, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_course import viz
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax = viz.show_images(images.clamp(-1, 1), nrow=10, title=title, size=2.6)
+    ax.figure.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(ax.figure)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=15)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0, help="training seed (batches, t, noise)")
     ap.add_argument("--eval-at", default="", help="comma-separated earlier minutes at which to measure FID too")
+    ap.add_argument("--grid", default="", help="folder for a PNG of the first 40 samples at each measured point")
     ap.add_argument("--runs", default="plain:peer,plain:course,hf:peer",
                     help="comma-separated network:recipe pairs")
     args = ap.parse_args()
@@ -106,9 +120,13 @@ def main():
                                 for i in range(0, args.n, 250)])
                 sample_s = time.perf_counter() - start
                 fid = metrics.fid(clf, xs.clamp(-1, 1), ref)
-                print(f"{name:<40} {recipe_key:<6} {count_parameters(net) / 1e6:5.2f} M | {res.step:5d} steps × "
+                print(f"{name:<40} {recipe_key:<11} {count_parameters(net) / 1e6:5.2f} M | {res.step:5d} steps × "
                       f"{cfg.batch_size} in {minutes:g} min | FID {fid:7.2f} (floor {floor:.2f}, ratio "
                       f"{fid / floor:5.1f}) | sampling {args.n}: {sample_s:4.0f} s", flush=True)
+                if args.grid:
+                    save_grid(xs[:40], Path(args.grid) / f"ttq-{net_key}-{recipe_key}-seed{args.seed}-{minutes:g}min.png",
+                              f"{net_key}:{recipe_key}, {minutes:g} CPU-min ({res.step} steps × {cfg.batch_size}), "
+                              f"FID {fid:.1f}")
                 print(json.dumps(dict(network=net_key, recipe=recipe_key, minutes=minutes, seed=args.seed, n=args.n,
                                       threads=torch.get_num_threads(), steps=res.step, batch=cfg.batch_size,
                                       fid=round(fid, 2), floor=round(floor, 2), sample_seconds=round(sample_s, 1))),

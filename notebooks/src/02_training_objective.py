@@ -174,8 +174,8 @@ for name, kind, shape in shapes:
 #   capacity the minimiser, $\mathbb E[\varepsilon \mid x_t]$ at every $t$ with $p(t) > 0$, does not change; a small network
 #   has to trade accuracy between timesteps, and the draw decides where a short run spends its effort. Measured (README):
 #   5 minutes on one thread, FID 79.5 in both of two seeds vs 104–106 with uniform $t$; with batch 32 on two cores,
-#   15 minutes give FID 33–36 (vs 41–46 uniform), and the batch-128 uniform run's 15-minute quality (FID 61–63) is
-#   passed within 5 minutes (55.0; seed 0, the run measured along the way).
+#   15 minutes give FID 33–36 (vs 41–46 uniform), and the batch-128 uniform run's 15-minute quality (FID 61–65) is
+#   passed within 5–7.5 minutes (both seeds at 45–46 by 7.5 minutes).
 
 # %%
 schedule = schedules.NoiseSchedule.cosine(1000)
