@@ -47,12 +47,11 @@ NETWORKS = {
              lambda: UNet(channels=(16, 32, 64), attention_levels=(2,), patch=1)),
     "hf": ("diffusers UNet2DModel (HF course)", lambda: _Wrap(hf_course_unet())),
 }
-LOGSNR_MEAN = 0.0
 RECIPES = {
     "peer": dict(batch_size=128, lr=1e-3, warmup=100, lr_decay="constant", ema_decay=0.999),
     "small-batch": dict(batch_size=32, lr=1e-3, warmup=100, lr_decay="constant", ema_decay=0.999),
     "course": dict(batch_size=32, lr=1e-3, warmup=100, lr_decay="constant", ema_decay=0.999,
-                   t_sampling="logsnr-normal", logsnr_mean=LOGSNR_MEAN, logsnr_std=2.0),
+                   t_sampling="logsnr-normal", logsnr_mean=0.0, logsnr_std=2.0),
 }
 
 

@@ -161,7 +161,7 @@ for name, kind, shape in shapes:
 # * **A small batch.** On a CPU the images per second hardly depend on the batch size, so batch 32 makes 4× the updates
 #   of batch 128 in the same time — and early in training, updates are what the model is short of. Measured
 #   (`benchmarks/time_to_quality.py`, README, n = 500, floor 8.3): 15 minutes on two cores give FID 41–46 at batch 32
-#   vs 61–62 at batch 128, and batch 32 reaches batch 128's 15-minute quality in about 10 minutes.
+#   vs 61–65 at batch 128, and batch 32 reaches batch 128's 15-minute quality in about 10 minutes.
 # * **A time budget.** `TrainConfig(max_minutes=3)` stops when the time is spent, however fast the machine (`steps` is
 #   then only a cap), and returns the model like any other run. With the default cosine decay, the learning rate falls
 #   with the spent fraction of the budget, so the short run still ends with small, careful steps.
