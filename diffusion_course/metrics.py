@@ -91,23 +91,56 @@ def fid(classifier: FashionClassifier, images_a: torch.Tensor, images_b: torch.T
                             *feature_stats(extract_features(classifier, images_b)))
 
 
-def fid_floor(classifier: FashionClassifier, n: int, seed: int = 0) -> float:
-    """FID between two disjoint random sets of ``n`` real test images: the best a model can score at n."""
+def _balanced_indices(labels: torch.Tensor, n: int, generator: torch.Generator, skip: int = 0) -> torch.Tensor:
+    """``n`` indices with the classes as equal as possible (class c gets n//10, the first n%10 classes one
+    more), drawn at random within each class; ``skip`` leaves out that many of each class's draws first, so
+    two calls with ``skip=0`` and ``skip=n`` give disjoint sets."""
+    classes = int(labels.max()) + 1
+    out = []
+    for c in range(classes):
+        k = n // classes + (1 if c < n % classes else 0)
+        members = (labels == c).nonzero().squeeze(1)
+        perm = members[torch.randperm(members.numel(), generator=generator)]
+        if skip + k > members.numel():
+            raise ValueError(f"class {c} has only {members.numel()} images; n={n} is too large")
+        out.append(perm[skip:skip + k])
+    return torch.cat(out)
+
+
+def fid_floor(classifier: FashionClassifier, n: int, seed: int = 0, class_balanced: bool = False) -> float:
+    """FID between two disjoint sets of ``n`` real test images: the best a model can score at n.
+
+    ``class_balanced=True`` draws both sets with the classes equally represented — the floor to compare
+    class-conditional samples made with balanced labels against (random sets carry extra class-mix noise,
+    which would make that floor too high and every sampler look better than real data)."""
     from .data import load_fashion_mnist
 
-    x, _ = load_fashion_mnist("test")
+    x, y = load_fashion_mnist("test")
     if 2 * n > x.shape[0]:
         raise ValueError(f"n must be at most {x.shape[0] // 2} for the floor, got {n}")
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    if class_balanced:
+        # one permutation per class, so the two halves are disjoint
+        first = _balanced_indices(y, n, torch.Generator().manual_seed(seed))
+        second = _balanced_indices(y, n, torch.Generator().manual_seed(seed), skip=n // 10 + 1)
+        return fid(classifier, x[first], x[second])
+    perm = torch.randperm(x.shape[0], generator=g)
     return fid(classifier, x[perm[:n]], x[perm[n:2 * n]])
 
 
-def reference_images(n: int, seed: int = 1, split: str = "test") -> torch.Tensor:
-    """``n`` real images to compare samples against (a fixed random subset)."""
+def reference_images(n: int, seed: int = 1, split: str = "test", class_balanced: bool = False) -> torch.Tensor:
+    """``n`` real images to compare samples against (a fixed random subset, or class-balanced)."""
     from .data import load_fashion_mnist
 
-    x, _ = load_fashion_mnist(split)
+    x, y = load_fashion_mnist(split)
+    if class_balanced:
+        return x[_balanced_indices(y, n, torch.Generator().manual_seed(seed))]
     return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def class_counts(classifier: FashionClassifier, images: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """How many of ``images`` the classifier puts in each class (int64, (classes,))."""
+    return torch.bincount(classify(classifier, images), minlength=classes)
 
 
 def class_accuracy(classifier: FashionClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -41,6 +41,8 @@ class DiffusionRecipe:
     description: str = ""
     # text models ("shapes" data): dataset size/seed and the tokeniser's max length
     text: dict | None = None
+    # fine-tuning: the shipped checkpoint whose weights the network starts from (None = fresh init)
+    init_from: str | None = None
 
 
 @dataclass
@@ -54,7 +56,7 @@ class ClassifierRecipe:
 
 
 RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
-    "fmnist-ddpm": DiffusionRecipe(
+    "fmnist-ddpm-v1": DiffusionRecipe(
         model=dict(in_channels=1, channels=(64, 128), blocks=1, attention_levels=(1,), num_classes=10,
                    patch=2, dropout=0.0, heads=4, objective="eps"),
         # 3000 steps in one cosine cycle, then two more cycles (warm restarts at half the peak lr) of
@@ -64,8 +66,8 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
                                  lr_cycle_ends=(3000, 5500), restart_lr_scale=0.5,
                                  ema_decay=0.999, objective="eps", p_uncond=0.1, seed=0,
                                  checkpoint_every=200)),
-        description="class-conditional Fashion-MNIST ε-model with 10% label dropout (so cond=None "
-                    "samples unconditionally); cosine schedule, T=1000; EMA weights.",
+        description="the first shipped fmnist-ddpm: class-conditional Fashion-MNIST ε-model with 10% label "
+                    "dropout (so cond=None samples unconditionally); cosine schedule, T=1000; EMA weights.",
     ),
     "shapes-t2i": DiffusionRecipe(
         model=dict(in_channels=3, channels=(32, 64, 128), blocks=1, attention_levels=(2,),
@@ -87,6 +89,9 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
         description="Fashion-MNIST CNN classifier whose 128-d features define the course's FID.",
     ),
 }
+
+
+RECIPES["fmnist-ddpm"] = RECIPES["fmnist-ddpm-v1"]
 
 
 def names() -> list[str]:

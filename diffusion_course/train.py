@@ -10,6 +10,7 @@ import argparse
 import platform
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -26,25 +27,44 @@ def _device_name(dev: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: int = 0, device=None) -> dict:
-    """FID (DDIM-``steps``) of unconditional and class-conditional samples, with the floor at ``n``."""
+def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: int = 0, device=None,
+                       sampler=None) -> dict:
+    """FID (DDIM-``steps``) of unconditional and class-conditional samples, each against its like-for-like floor.
+
+    Conditional samples use exactly class-balanced labels, so they are compared with a class-balanced real set
+    and a class-balanced floor (two disjoint balanced real sets of ``n``); unconditional samples with a random
+    real subset and the random floor. Also the class mix of the unconditional samples (the classifier's
+    counts and the largest relative deviation from uniform) and the class accuracy of the conditional ones.
+    ``sampler(x_T, cond) -> images`` replaces DDIM (e.g. a latent model's own ``sample``).
+    """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     clf = pretrained.load("fmnist-classifier", device=dev)
-    ref = metrics.reference_images(n)
     g = torch.Generator().manual_seed(seed)
-    out = {"n": n, "sampler": f"DDIM-{steps}, eta=0, trailing", "floor": metrics.fid_floor(clf, n)}
+    out = {"n": n, "sampler": f"DDIM-{steps}, eta=0, trailing", "floor": metrics.fid_floor(clf, n),
+           "floor_balanced": metrics.fid_floor(clf, n, class_balanced=True),
+           "reference": "fid_uncond vs a random test subset (floor); fid_cond (class-balanced labels) vs a "
+                        "class-balanced test subset (floor_balanced)"}
     labels = torch.arange(n) % 10
+    if sampler is None:
+        def sampler(x_T, cond):
+            return sampling.ddim_sample(model, x_T, schedule, steps=steps, cond=cond, progress=False,
+                                        clip_denoised=True)
     for name, cond in (("uncond", None), ("cond", labels.to(dev))):
         t0 = time.perf_counter()
         x_T = torch.randn((n, 1, 28, 28), generator=g).to(dev)
-        xs = torch.cat([sampling.ddim_sample(model, x_T[i:i + 500], schedule, steps=steps,
-                                             cond=None if cond is None else cond[i:i + 500], progress=False,
-                                             clip_denoised=True)
+        xs = torch.cat([sampler(x_T[i:i + 500], None if cond is None else cond[i:i + 500])
                         for i in range(0, n, 500)]).clamp(-1, 1).cpu()
+        ref = metrics.reference_images(n, class_balanced=cond is not None)
         out[f"fid_{name}"] = metrics.fid(clf, xs, ref)
         out[f"sample_seconds_{name}"] = time.perf_counter() - t0
         if cond is not None:
             out["class_accuracy_cond"] = metrics.class_accuracy(clf, xs, labels)
+        else:
+            counts = metrics.class_counts(clf, xs)
+            out["uncond_class_counts"] = counts.tolist()
+            out["uncond_class_max_deviation"] = float((counts.float() / (n / 10) - 1).abs().max())
+    out["fid_cond_over_floor"] = out["fid_cond"] / out["floor_balanced"]
+    out["fid_uncond_over_floor"] = out["fid_uncond"] / out["floor"]
     return out
 
 
@@ -92,18 +112,45 @@ def evaluate_existing(name: str, device=None) -> dict:
     return metrics_now
 
 
+def _target_dir(name: str, steps: int | None, out, overwrite: bool, save: bool) -> Path:
+    """Where a run writes. Never over a shipped checkpoint unless told to in so many words."""
+    if not save:
+        return Path(out) if out is not None else pretrained.CHECKPOINT_DIR
+    shipped_dir = pretrained.CHECKPOINT_DIR.resolve()
+    target = Path(out) if out is not None else pretrained.CHECKPOINT_DIR
+    into_shipped = target.resolve() == shipped_dir
+    if into_shipped and not overwrite:
+        if steps is not None:
+            raise ValueError(f"--steps {steps} differs from the recipe of {name!r}: the result would replace the "
+                             f"shipped checkpoint in {pretrained.CHECKPOINT_DIR}. Write it elsewhere with "
+                             "--out DIR (or pass --overwrite to replace the shipped one on purpose).")
+        if pretrained.path_for(name).exists():
+            raise ValueError(f"{pretrained.path_for(name)} already exists (a shipped checkpoint). Write the new run "
+                             "elsewhere with --out DIR, or pass --overwrite to replace it on purpose.")
+    return target
+
+
 def run_recipe(name: str, steps: int | None = None, save: bool = True, device=None, fresh: bool = False,
-               evaluate: bool = True):
-    """Train ``name`` by its recipe; with ``save`` export the weights and manifest. Returns the model."""
-    recipe = pretrained.RECIPES[name]
+               evaluate: bool = True, out: str | Path | None = None, overwrite: bool = False):
+    """Train ``name`` by its recipe; with ``save`` export the weights and manifest. Returns the model.
+
+    Files go to ``out`` (a folder; default the shipped ``data/checkpoints``). A run that would write over a
+    shipped checkpoint, or that differs from the recipe (``steps``) and would land in the shipped folder,
+    is refused unless ``overwrite=True``.
+    """
+    recipe = pretrained.RECIPES[name] if name in pretrained.RECIPES else pretrained._recipe(name)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer (or None for the recipe's), got {steps!r}")
     dev = torch.device(device) if device is not None else get_device()
-    path = pretrained.path_for(name)
+    out_dir = _target_dir(name, steps, out, overwrite, save)
+    path = out_dir / f"{name}.pt"
     t0 = time.perf_counter()
     if isinstance(recipe, pretrained.ClassifierRecipe):
-        model, acc = metrics.train_classifier(steps or recipe.steps, recipe.batch_size, recipe.seed, device=dev)
+        n_steps = recipe.steps if steps is None else steps
+        model, acc = metrics.train_classifier(n_steps, recipe.batch_size, recipe.seed, device=dev)
         info = {"test_accuracy": acc}
         if save:
-            checkpoints.save(model.state_dict(), path, _manifest(name, recipe, steps or recipe.steps, t0, dev, info))
+            checkpoints.save(model.state_dict(), path, _manifest(name, recipe, n_steps, t0, dev, info))
         return model
     cfg_dict = dict(recipe.train)
     if steps is not None:
@@ -122,18 +169,29 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
         y = pretrained.tokenizer_for(name)(captions)
     else:
         x, y = load_fashion_mnist("train")
-    result = train(pretrained.build(name), pretrained.schedule_for(name), x, y if recipe.conditional else None,
-                   cfg, device=dev)
+    net = pretrained.build(name)
+    if recipe.init_from is not None:
+        # Fine-tuning: start from another shipped checkpoint's (EMA) weights, e.g. fmnist-ddpm from fmnist-ddpm-v1.
+        start, _ = pretrained.load(recipe.init_from, device="cpu", train_if_missing=False)
+        net.load_state_dict(start.state_dict())
+    result = train(net, pretrained.schedule_for(name), x, y if recipe.conditional else None, cfg, device=dev)
     ema = result.ema.eval()
     if result.interrupted:
-        return ema
+        raise KeyboardInterrupt(f"training of {name!r} interrupted at step {result.step}"
+                                + (f"; state saved to {state_path} (run the same command to resume)" if save else ""))
     if save:
         info = {"train_wall_seconds": result.history.wall_time,
                 "final_loss_avg_last_100": sum(result.history.loss[-100:]) / len(result.history.loss[-100:])}
         half = {k: v.half() if v.is_floating_point() else v for k, v in ema.state_dict().items()}
         checkpoints.save(half, path, _manifest(name, recipe, result.step, t0, dev, info))
         if evaluate:
-            model, schedule = pretrained.load(name, device=dev)
+            model = pretrained.build(name)
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                   for k, v in checkpoints.load(path).items()})
+            model = model.to(dev).eval()
+            if hasattr(ema, "tokenizer"):
+                model.tokenizer = ema.tokenizer
+            schedule = pretrained.schedule_for(name)
             info.update((evaluate_text_model if recipe.text is not None else evaluate_diffusion)(model, schedule,
                                                                                                 device=dev))
             checkpoints.save(half, path, _manifest(name, recipe, result.step, t0, dev, info))
@@ -148,21 +206,49 @@ def _manifest(name, recipe, steps, t0, dev, info) -> dict:
             "reproduce": f"python -m diffusion_course.train {name}"}
 
 
-def main(argv=None) -> None:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=pretrained.names())
-    parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help="override the recipe's number of steps (needs --out: never written over a shipped model)")
+    parser.add_argument("--out", default=None, help="folder for the checkpoint, manifest and training state "
+                                                    "(default: the shipped data/checkpoints)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow replacing a shipped checkpoint in data/checkpoints")
     parser.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     parser.add_argument("--no-eval", action="store_true", help="skip the FID evaluation after training")
     parser.add_argument("--eval-only", action="store_true",
                         help="measure the existing checkpoint and record the metrics in its manifest")
     args = parser.parse_args(argv)
-    if args.eval_only:
-        evaluate_existing(args.name, device=args.device)
-        return
-    run_recipe(args.name, steps=args.steps, device=args.device, fresh=args.fresh, evaluate=not args.no_eval)
+    try:
+        device = get_device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but this torch build sees no CUDA GPU; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("--device mps was asked for, but MPS is not available here; use --device cpu")
+        if args.eval_only:
+            evaluate_existing(args.name, device=device)
+            return 0
+        run_recipe(args.name, steps=args.steps, device=device, fresh=args.fresh, evaluate=not args.no_eval,
+                   out=args.out, overwrite=args.overwrite)
+    except ValueError as err:
+        parser.error(str(err))
+    except KeyboardInterrupt as err:
+        print(f"\ninterrupted: {err or 'no state saved'}", flush=True)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

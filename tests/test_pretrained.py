@@ -67,3 +67,57 @@ def test_missing_text_checkpoint_trains_on_demand_in_quick_mode(tmp_path, monkey
     ids = model.tokenizer(["a red circle above a blue square", ""])
     x = model(torch.randn(2, 3, 32, 32), torch.tensor([5, 900]), ids)
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------- the CLI never destroys a shipped model
+def _fake_shipped(tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for suffix in (".pt", ".json"):
+        shutil.copy(pretrained.path_for("fmnist-classifier").with_suffix(suffix), shipped / f"fmnist-classifier{suffix}")
+    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", shipped)
+    return shipped
+
+
+def test_cli_refuses_to_overwrite_a_shipped_checkpoint(tmp_path, monkeypatch, capsys):
+    from diffusion_course import train as train_cli
+
+    shipped = _fake_shipped(tmp_path, monkeypatch)
+    before = (shipped / "fmnist-classifier.pt").read_bytes(), (shipped / "fmnist-classifier.json").read_bytes()
+    for argv in (["fmnist-classifier", "--steps", "2", "--no-eval"], ["fmnist-classifier", "--no-eval"]):
+        with pytest.raises(SystemExit) as exc:
+            train_cli.main(argv)
+        assert exc.value.code == 2
+        assert "--out" in capsys.readouterr().err
+    assert ((shipped / "fmnist-classifier.pt").read_bytes(), (shipped / "fmnist-classifier.json").read_bytes()) == before
+    # --out writes elsewhere, and the shipped files are untouched
+    assert train_cli.main(["fmnist-classifier", "--steps", "2", "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert (tmp_path / "run" / "fmnist-classifier.pt").exists()
+    assert pretrained.manifest("fmnist-classifier")["steps"] == 2000
+    assert ((shipped / "fmnist-classifier.pt").read_bytes(), (shipped / "fmnist-classifier.json").read_bytes()) == before
+
+
+@pytest.mark.parametrize("steps", ["0", "-3", "two"])
+def test_cli_rejects_non_positive_steps(steps, capsys):
+    from diffusion_course import train as train_cli
+
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["fmnist-classifier", "--steps", steps])
+    assert exc.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_run_recipe_rejects_zero_steps():
+    from diffusion_course import train as train_cli
+
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be a positive integer"):
+            train_cli.run_recipe("fmnist-classifier", steps=bad, save=False)
+
+
+def test_cli_device_errors_are_clear(capsys):
+    from diffusion_course import train as train_cli
+
+    for dev, words in (("banana", "device must be"), ("cuda", "no CUDA") if not torch.cuda.is_available() else ("banana", "device must be")):
+        with pytest.raises(SystemExit):
+            train_cli.main(["fmnist-classifier", "--device", dev])
+        assert words in capsys.readouterr().err
