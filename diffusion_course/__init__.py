@@ -12,7 +12,7 @@ from . import config, data, exercises, forward, sampling, schedules, viz
 
 __version__ = "0.1.0"
 _LAZY = {"nn", "losses", "training", "checkpoints", "metrics", "pretrained", "widgets", "gmm", "guidance", "evaluation",
-         "shapes", "tokenizer", "train"}
+         "shapes", "tokenizer", "train", "latent", "sde", "consistency"}
 __all__ = ["config", "data", "exercises", "forward", "sampling", "schedules", "viz", *sorted(_LAZY)]
 
 

@@ -114,3 +114,12 @@ def png_bytes(img: np.ndarray, scale: int = 6) -> bytes:
     buf = io.BytesIO()
     plt.imsave(buf, big, cmap="gray", vmin=0, vmax=1, format="png")
     return buf.getvalue()
+
+
+def show_source(obj) -> None:
+    """Display a package function's or class's source in a notebook: what you read is what runs (and is tested)."""
+    import inspect
+
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"```python\n{inspect.getsource(obj)}```"))
