@@ -7,12 +7,15 @@ when online. Nothing here is committed to the repository.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import http.client
 import math
 import os
 import shutil
 import struct
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 
 __all__ = [
     "DATA_DIR", "FASHION_CLASSES", "load_fashion_mnist", "load_mnist", "toy_2d", "TOY_2D_NAMES",
-    "DatasetNotFound",
+    "DatasetNotFound", "DatasetCorrupt",
 ]
 
 DATA_DIR = Path(os.environ.get("DIFFUSION_COURSE_DATA", Path(__file__).resolve().parent.parent / "data"))
@@ -47,34 +50,157 @@ class DatasetNotFound(FileNotFoundError):
     """Raised when a dataset is in none of the places we look and cannot be downloaded."""
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+class DatasetCorrupt(ValueError):
+    """Raised when a data file is truncated, damaged or not the official one; the message says how to fix it."""
+
+
+# MD5 of the official .gz files (Fashion-MNIST's README; torchvision's MNIST table) and SHA-256 of the
+# decompressed IDX bytes (computed from Debian's dataset-fashion-mnist, which re-gzips the same content):
+# the content check accepts any honest copy (re-compressed or un-gzipped), the .gz check any download.
+_GZ_MD5 = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+}
+_IDX_SHA256 = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+    "mnist": {},
+}
+_COUNTS = {"train": 60000, "test": 10000}
+
+
+def _fix_hint(path: Path, name: str) -> str:
+    path = Path(path)
+    try:
+        ours = path.resolve().is_relative_to(DATA_DIR.resolve())
+    except OSError:
+        ours = False
+    if ours:
+        return f"Delete it (rm {path}) and call the loader again to download a fresh, verified copy."
+    if name == "fashion-mnist" and str(path).startswith("/usr/share/datasets/"):
+        return "Reinstall the package: sudo apt-get install --reinstall dataset-fashion-mnist"
+    return f"Replace it with the official file (or delete it to let the loader download one into {DATA_DIR / name}/)."
+
+
+def _read_raw(path: Path, name: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"  # by content, not by name (downloads are *.part files)
+    except OSError as err:
+        raise DatasetCorrupt(f"{path} cannot be read ({err}). {_fix_hint(path, name)}") from None
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except EOFError:
+        raise DatasetCorrupt(f"{path} is truncated (the gzip stream ends early). {_fix_hint(path, name)}") from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as err:
+        raise DatasetCorrupt(f"{path} is corrupt ({type(err).__name__}: {err}). {_fix_hint(path, name)}") from None
+
+
+def _read_idx(path: Path, name: str = "") -> np.ndarray:
+    """An IDX file (gzipped or not) as a uint8 array, checked: header, length, and the official checksum if known."""
+    path = Path(path)
+    raw = _read_raw(path, name)
+    if len(raw) < 4:
+        raise DatasetCorrupt(f"{path} is truncated: {len(raw)} bytes, not even an IDX header. {_fix_hint(path, name)}")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+        raise DatasetCorrupt(f"{path} is not an unsigned-byte IDX file (header {raw[:4].hex()}). "
+                             f"{_fix_hint(path, name)}")
+    if len(raw) < 4 + 4 * ndim:
+        raise DatasetCorrupt(f"{path} is truncated inside its IDX header. {_fix_hint(path, name)}")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise DatasetCorrupt(f"{path} is {what}: {len(raw)} bytes where the IDX header {dims} needs {expected}. "
+                             f"{_fix_hint(path, name)}")
+    key = path.name[:-3] if path.name.endswith(".gz") else path.name
+    known = _IDX_SHA256.get(name, {}).get(key)
+    if known is not None and hashlib.sha256(raw).hexdigest() != known:
+        raise DatasetCorrupt(f"{path} is not the official {name} file {key} (its content's sha256 differs). "
+                             f"{_fix_hint(path, name)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find(name: str, split: str) -> tuple[Path, Path] | None:
     img, lab = _FILES[split]
     for folder in [DATA_DIR / name, *_SOURCES[name]["system"]]:
-        for suffix in ("", ):
-            a, b = folder / (img + suffix), folder / (lab + suffix)
-            if a.exists() and b.exists():
-                return a, b
-            # Some mirrors ship the files un-gzipped.
-            a2, b2 = folder / img[:-3], folder / lab[:-3]
-            if a2.exists() and b2.exists():
-                return a2, b2
+        a, b = folder / img, folder / lab
+        if a.exists() and b.exists():
+            return a, b
+        # Some mirrors ship the files un-gzipped.
+        a2, b2 = folder / img[:-3], folder / lab[:-3]
+        if a2.exists() and b2.exists():
+            return a2, b2
     return None
 
 
-def _download(name: str, split: str) -> tuple[Path, Path]:
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified(path: Path, name: str, fname: str) -> bool:
+    """True if ``path`` is the official ``fname``: its .gz MD5, or else its decompressed content's SHA-256."""
+    if _GZ_MD5[name].get(fname) == _md5(path):
+        return True
+    known = _IDX_SHA256.get(name, {}).get(fname[:-3])
+    if known is None:
+        return False
+    try:
+        return hashlib.sha256(_read_raw(path, name)).hexdigest() == known
+    except DatasetCorrupt:
+        return False
+
+
+def _fetch(url: str, target: Path, name: str, fname: str) -> None:
+    """Download ``url`` to ``target`` through a ``.part`` file; only a complete, verified file is kept."""
     from tqdm.auto import tqdm
 
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=fname + ".", suffix=".part")
+    tmp = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=20) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            got = 0
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=f"download {fname}") as bar:
+                while chunk := resp.read(1 << 16):
+                    f.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        if total and got != total:
+            raise OSError(f"the server closed the connection after {got} of {total} bytes of {fname}")
+        if not _verified(tmp, name, fname):
+            raise OSError(f"{fname} from {url} failed its checksum ({got} bytes, md5 {_md5(tmp)}, expected "
+                          f"{_GZ_MD5[name][fname]}): truncated or not the official file; nothing was kept")
+        os.replace(tmp, target)  # atomic: only a verified file ever carries the final name
+    except http.client.HTTPException as err:  # IncompleteRead and friends are not OSErrors
+        raise OSError(f"download of {fname} failed ({type(err).__name__}: {err})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _download(name: str, split: str) -> tuple[Path, Path]:
     folder = DATA_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
@@ -83,16 +209,10 @@ def _download(name: str, split: str) -> tuple[Path, Path]:
             out = []
             for fname in _FILES[split]:
                 target = folder / fname
+                if target.exists() and not _verified(target, name, fname):
+                    target.unlink()  # ours, from an earlier download, and not the official file: fetch again
                 if not target.exists():
-                    with urllib.request.urlopen(base + fname, timeout=20) as resp:
-                        total = int(resp.headers.get("Content-Length") or 0)
-                        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-                        with os.fdopen(fd, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
-                                                             desc=f"download {fname}") as bar:
-                            while chunk := resp.read(1 << 16):
-                                f.write(chunk)
-                                bar.update(len(chunk))
-                        os.replace(tmp, target)  # atomic: an interrupted download leaves no half file
+                    _fetch(base + fname, target, name, fname)
                 out.append(target)
             return out[0], out[1]
         except OSError as e:  # URLError is an OSError
@@ -125,8 +245,19 @@ def _load(name: str, split: str, download: bool) -> tuple[torch.Tensor, torch.Te
             if not download:
                 raise DatasetNotFound(_not_found_message(name, []))
             paths = _download(name, split)
-        images = torch.from_numpy(_read_idx(paths[0]).copy())
-        labels = torch.from_numpy(_read_idx(paths[1]).astype(np.int64))
+        img_arr, lab_arr = _read_idx(paths[0], name), _read_idx(paths[1], name)
+        if img_arr.ndim != 3 or lab_arr.ndim != 1:
+            raise DatasetCorrupt(f"{paths[0]} must hold images (N, H, W) and {paths[1]} labels (N,); got shapes "
+                                 f"{img_arr.shape} and {lab_arr.shape} (are the two files swapped?)")
+        if img_arr.shape[0] != lab_arr.shape[0] or img_arr.shape[0] != _COUNTS[split]:
+            raise DatasetCorrupt(f"{name} {split}: {img_arr.shape[0]} images in {paths[0]} and {lab_arr.shape[0]} "
+                                 f"labels in {paths[1]}; the official split has {_COUNTS[split]} of each. "
+                                 f"{_fix_hint(paths[0], name)}")
+        if lab_arr.size and int(lab_arr.max()) > 9:
+            raise DatasetCorrupt(f"{paths[1]} holds labels up to {int(lab_arr.max())}; classes are 0..9. "
+                                 f"{_fix_hint(paths[1], name)}")
+        images = torch.from_numpy(img_arr.copy())
+        labels = torch.from_numpy(lab_arr.astype(np.int64))
         x = images.float().div_(127.5).sub_(1.0).unsqueeze(1)  # (N, 1, 28, 28) in [-1, 1]
         _cache[key] = (x, labels)
     x, y = _cache[key]

@@ -189,3 +189,149 @@ def test_shipped_checkpoints_verify():
         if path.exists():
             man = checkpoints.verify(path)
             assert man["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- 2. downloads and data files
+from diffusion_course import data  # noqa: E402
+
+DEBIAN = data._SOURCES["fashion-mnist"]["system"][0]
+needs_fmnist = pytest.mark.skipif(not (DEBIAN / "t10k-images-idx3-ubyte.gz").exists(),
+                                  reason="needs the Debian dataset-fashion-mnist package")
+
+
+class _FakeResponse:
+    """What urlopen returns, serving ``body``; it may lie about its length, stop early or raise IncompleteRead."""
+
+    def __init__(self, body: bytes, send: int | None = None, length: int | None = None, incomplete: bool = False):
+        self.body, self.send, self.incomplete, self.pos = body, len(body) if send is None else send, incomplete, 0
+        self.headers = {} if length is None else {"Content-Length": str(length)}
+
+    def read(self, n):
+        if self.pos >= self.send:
+            if self.incomplete:
+                import http.client
+                raise http.client.IncompleteRead(b"", len(self.body) - self.pos)
+            return b""
+        chunk = self.body[self.pos:min(self.pos + n, self.send)]
+        self.pos += len(chunk)
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@pytest.fixture
+def fake_net(tmp_path, monkeypatch):
+    """An empty data folder, no system copy, and a fake server whose behaviour each test sets."""
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(data, "_cache", {})
+    monkeypatch.setitem(data._SOURCES, "fashion-mnist", {"system": [], "urls": ["http://fake.invalid/"]})
+    server = {"mode": "ok", "calls": []}
+
+    def urlopen(url, timeout=None):
+        fname = url.rsplit("/", 1)[1]
+        server["calls"].append(fname)
+        body = (DEBIAN / fname).read_bytes()
+        mode = server["mode"]
+        if mode == "ok":
+            return _FakeResponse(body, length=len(body))
+        if mode == "short":          # closes early but announced the full length
+            return _FakeResponse(body, send=len(body) // 2, length=len(body))
+        if mode == "short-unannounced":  # closes early and never said how long
+            return _FakeResponse(body, send=len(body) // 2)
+        if mode == "incomplete":     # http.client raises IncompleteRead mid-body
+            return _FakeResponse(body, send=len(body) // 3, length=len(body), incomplete=True)
+        if mode == "wrong":          # a different (but well-formed) file
+            raw = gzip.decompress(body)
+            other = gzip.compress(raw[:-1] + bytes([raw[-1] ^ 1]))
+            return _FakeResponse(other, length=len(other))
+        raise AssertionError(mode)
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+    return server
+
+
+@needs_fmnist
+@pytest.mark.parametrize("mode", ["short", "short-unannounced", "incomplete", "wrong"])
+def test_bad_download_keeps_nothing_and_says_why(fake_net, mode):
+    fake_net["mode"] = mode
+    with pytest.raises(data.DatasetNotFound) as err:
+        data.load_fashion_mnist("test")
+    msg = str(err.value)
+    assert "t10k-images-idx3-ubyte.gz" in msg
+    assert {"short": "closed the connection", "short-unannounced": "failed its checksum",
+            "incomplete": "IncompleteRead", "wrong": "failed its checksum"}[mode] in msg
+    folder = data.DATA_DIR / "fashion-mnist"
+    assert [p.name for p in folder.iterdir()] == []  # no .part, no unverified final file
+    # the next call (server fixed) downloads, verifies and loads
+    fake_net["mode"] = "ok"
+    x, y = data.load_fashion_mnist("test")
+    assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
+    assert sorted(p.name for p in folder.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+@needs_fmnist
+def test_unverified_leftover_in_the_download_folder_is_replaced(fake_net):
+    folder = data.DATA_DIR / "fashion-mnist"
+    folder.mkdir(parents=True)
+    # an older version of the loader kept a truncated images file; the labels file is missing
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes((DEBIAN / "t10k-images-idx3-ubyte.gz").read_bytes()[:1000])
+    x, _ = data.load_fashion_mnist("test")
+    assert fake_net["calls"] == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    assert x.shape[0] == 10000
+
+
+@needs_fmnist
+def test_truncated_or_corrupt_local_files_name_the_file_and_the_fix(fake_net):
+    folder = data.DATA_DIR / "fashion-mnist"
+    folder.mkdir(parents=True)
+    images, labels = folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
+    raw_img = (DEBIAN / images.name).read_bytes()
+    labels.write_bytes((DEBIAN / labels.name).read_bytes())
+    cases = {
+        "truncated .gz": (raw_img[: len(raw_img) // 2], r"t10k-images-idx3-ubyte\.gz is truncated \(the gzip"),
+        "corrupt .gz": (raw_img[:5000] + bytes(200) + raw_img[5200:], r"t10k-images-idx3-ubyte\.gz is corrupt"),
+        "truncated IDX": (gzip.compress(gzip.decompress(raw_img)[:-784]),
+                          r"is truncated: \d+ bytes where the IDX header \(10000, 28, 28\) needs"),
+        "not IDX": (gzip.compress(b"<html>404</html>"), "not an unsigned-byte IDX file"),
+        "edited": (gzip.compress(gzip.decompress(raw_img)[:-1] + bytes([gzip.decompress(raw_img)[-1] ^ 1])),
+                   "not the official fashion-mnist file"),
+    }
+    for label, (payload, pattern) in cases.items():
+        images.write_bytes(payload)
+        with pytest.raises(data.DatasetCorrupt, match=pattern) as err:
+            data.load_fashion_mnist("test", download=False)
+        assert f"rm {images}" in str(err.value), label
+    images.write_bytes(raw_img)
+    assert data.load_fashion_mnist("test", download=False)[0].shape[0] == 10000
+
+
+def _idx(arr) -> bytes:
+    import numpy as np
+    import struct
+    arr = np.asarray(arr, dtype=np.uint8)
+    return struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes()
+
+
+def test_image_and_label_counts_are_compared(tmp_path, monkeypatch):
+    import numpy as np
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(data, "_cache", {})
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    (folder / "t10k-images-idx3-ubyte").write_bytes(_idx(np.zeros((10000, 28, 28))))
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.zeros(9999)))
+    with pytest.raises(data.DatasetCorrupt, match="10000 images in .* and 9999 labels"):
+        data.load_mnist("test", download=False)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.zeros((10000, 28, 28))))
+    with pytest.raises(data.DatasetCorrupt, match="swapped"):
+        data.load_mnist("test", download=False)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.full(10000, 12)))
+    with pytest.raises(data.DatasetCorrupt, match="labels up to 12"):
+        data.load_mnist("test", download=False)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.arange(10000) % 10))
+    x, y = data.load_mnist("test", download=False)
+    assert x.shape == (10000, 1, 28, 28) and int(y[13]) == 3
