@@ -1,7 +1,13 @@
 """Measure samplers: draw n samples with each sampler from the same noise, and report FID (with its
-floor), class accuracy and wall time. Used by chapter 3 and ``benchmarks/fid_vs_nfe.py``."""
+floor), class accuracy and wall time. Used by chapter 3 and ``benchmarks/fid_vs_nfe.py``.
+
+Also the two yardsticks chapter 3's verdicts rest on: :func:`paired_fid_difference` (a paired bootstrap
+of the FID gap between two samplers that shared their noise) and :func:`ode_reference` (the exact
+probability-flow ODE solution for a Gaussian mixture, to float64 accuracy, with its own error estimate).
+"""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,38 +46,155 @@ def standard_specs(ddim_steps=(10, 20, 50, 100), dpm_steps=(10, 20), etas=(0.0, 
     return specs
 
 
+class _CountCalls:
+    """Wrap a model so that every forward call advances a progress bar (attributes pass through)."""
+
+    def __init__(self, model, bar):
+        self._model, self._bar = model, bar
+
+    def __call__(self, *args, **kwargs):
+        out = self._model(*args, **kwargs)
+        self._bar.update(1)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 @torch.no_grad()
 def compare_samplers(model, schedule, specs: list[SamplerSpec], n: int, classifier, batch_size: int = 250,
-                     seed: int = 0, conditional: bool = True, progress: bool = True) -> list[dict]:
+                     seed: int = 0, conditional: bool = True, progress: bool = True,
+                     class_balanced: bool | None = None, keep_samples: bool = False) -> list[dict]:
     """One row per sampler: FID vs ``n`` real test images, the floor at n, class accuracy, seconds.
 
     Every sampler starts from the same x_T (and, for stochastic ones, the same generator seed), so
-    differences are the samplers' own.
+    differences are the samplers' own. Conditional samples use exactly balanced labels, so by default
+    (``class_balanced=None``) their reference set and floor are class-balanced too — a random real set
+    carries class-mix noise the samples do not, which would put the floor above every sampler.
+    With ``keep_samples`` each row also holds its images under "samples" (for paired comparisons).
+    The progress bar counts model calls, so even DDPM-1000 shows it is moving.
     """
     from tqdm.auto import tqdm
 
     tensors = [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) else []
     device = tensors[0].device if tensors else torch.device("cpu")
-    ref = metrics.reference_images(n)
-    floor = metrics.fid_floor(classifier, n)
+    balanced = conditional if class_balanced is None else class_balanced
+    ref = metrics.reference_images(n, class_balanced=balanced)
+    floor = metrics.fid_floor(classifier, n, class_balanced=balanced)
     x_T = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
     labels = torch.arange(n) % 10
+    batches = -(-n // batch_size)
+    bar = tqdm(total=sum(spec.nfe for spec in specs) * batches, desc="model calls", disable=not progress)
+    counted = _CountCalls(model, bar)
     rows = []
-    for spec in tqdm(specs, desc="samplers", disable=not progress):
+    for spec in specs:
+        bar.set_postfix_str(spec.name)
         g = torch.Generator().manual_seed(seed + 1)
         start = time.perf_counter()
         out = []
         for i in range(0, n, batch_size):
             cond = labels[i:i + batch_size].to(device) if conditional else None
-            out.append(spec.run(model, x_T[i:i + batch_size].to(device), schedule, cond, g).float().cpu())
+            out.append(spec.run(counted, x_T[i:i + batch_size].to(device), schedule, cond, g).float().cpu())
         xs = torch.cat(out).clamp(-1, 1)
         secs = time.perf_counter() - start
         row = {"sampler": spec.name, "nfe": spec.nfe, "fid": metrics.fid(classifier, xs, ref), "floor": floor,
-               "seconds": secs, "n": n}
+               "seconds": secs, "n": n, "class_balanced_floor": balanced}
         if conditional:
             row["class_accuracy"] = metrics.class_accuracy(classifier, xs, labels)
+        if keep_samples:
+            row["samples"] = xs
         rows.append(row)
+    bar.close()
     return rows
+
+
+@torch.no_grad()
+def paired_fid_difference(classifier, samples_a: torch.Tensor, samples_b: torch.Tensor, reference: torch.Tensor,
+                          n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """FID(a) − FID(b) with a paired bootstrap interval, for two sample sets drawn from the *same* noise.
+
+    Sample i of ``a`` and of ``b`` started from the same x_T (and label), so each bootstrap replicate
+    resamples the same indices in both (and, independently, the reference set): what varies together
+    cancels, and the interval measures only how differently the two samplers treat the same noise
+    (Efron & Tibshirani 1993, ch. 6 and 14). Features are extracted once; replicates reuse them.
+
+    Returns {"delta", "lo", "hi", "sd", "n_boot", "level"}; the interval excludes 0 when the gap is
+    larger than this n can explain by chance.
+    """
+    if samples_a.shape != samples_b.shape:
+        raise ValueError(f"samples_a and samples_b must have the same shape (paired), got "
+                         f"{tuple(samples_a.shape)} and {tuple(samples_b.shape)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 10:
+        raise ValueError(f"n_boot must be >= 10, got {n_boot}")
+    fa, fb, fr = (metrics.extract_features(classifier, x).double() for x in (samples_a, samples_b, reference))
+
+    def gap(ia, ir):
+        stats_r = metrics.feature_stats(fr[ir])
+        return (metrics.frechet_distance(*metrics.feature_stats(fa[ia]), *stats_r)
+                - metrics.frechet_distance(*metrics.feature_stats(fb[ia]), *stats_r))
+
+    n, m = fa.shape[0], fr.shape[0]
+    delta = gap(torch.arange(n), torch.arange(m))
+    g = torch.Generator().manual_seed(seed)
+    reps = torch.tensor([gap(torch.randint(0, n, (n,), generator=g), torch.randint(0, m, (m,), generator=g))
+                         for _ in range(n_boot)], dtype=torch.float64)
+    lo, hi = torch.quantile(reps, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return {"delta": delta, "lo": lo, "hi": hi, "sd": float(reps.std()), "n_boot": n_boot, "level": level}
+
+
+@torch.no_grad()
+def ode_reference(mixture, x_T: torch.Tensor, schedule, t_start: int | None = None, t_end: int = -1,
+                  steps: int = 2000) -> tuple[torch.Tensor, float]:
+    """The probability-flow ODE solution for Gaussian-mixture data, from ``t_start`` (default T−1) to
+    ``t_end`` (−1: the clean end, ᾱ = 1), far more accurately than any sampler it is used to score.
+
+    With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ) and u = x/α the ODE is du/dλ = −e^{−λ} ε*(αu, λ) (the
+    ε-form behind DDIM and DPM-Solver, Lu et al. 2022, Eq. 3.4), where ε* is the mixture's exact noise
+    prediction at *any* noise level (``mixture.noised``), not only the schedule's integer t. Classic
+    RK4 in float64 with ``steps`` uniform λ-steps; towards the clean end λ stops at 20 (σ/α = 2·10⁻⁹,
+    where the rest of the path is one exact Tweedie jump to E[x₀|x]). Run twice (steps and 2·steps), the
+    second is returned with its error estimate max‖x_2N − x_N‖/15 (Richardson, fourth order).
+    """
+    if t_start is None:
+        t_start = schedule.T - 1
+    if not (-1 <= t_end < t_start < schedule.T):
+        raise ValueError(f"need -1 <= t_end < t_start <= T-1={schedule.T - 1}, got t_start={t_start}, t_end={t_end}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    ab_start, ab_end = (float(v) for v in schedule.alpha_bar_at(torch.tensor([t_start, t_end])))
+    lam_start = 0.5 * math.log(ab_start / (1 - ab_start))
+    lam_end = 20.0 if ab_end >= 1 else 0.5 * math.log(ab_end / (1 - ab_end))
+    lam_end = max(lam_end, lam_start) if ab_end < 1 else max(lam_end, lam_start + 1.0)
+
+    def eps(x, lam):
+        ab = 1 / (1 + math.exp(-2 * lam))          # ᾱ = sigmoid(2λ)
+        return -math.sqrt(1 - ab) * mixture.noised(ab).score(x)
+
+    def rhs(u, lam):
+        alpha = math.sqrt(1 / (1 + math.exp(-2 * lam)))
+        return -math.exp(-lam) * eps(alpha * u, lam)
+
+    def solve(n):
+        h = (lam_end - lam_start) / n
+        u = x_T.to(torch.float64) / math.sqrt(ab_start)
+        lam = lam_start
+        for _ in range(n):
+            k1 = rhs(u, lam)
+            k2 = rhs(u + h / 2 * k1, lam + h / 2)
+            k3 = rhs(u + h / 2 * k2, lam + h / 2)
+            k4 = rhs(u + h * k3, lam + h)
+            u = u + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            lam = lam + h
+        alpha, sigma = math.sqrt(1 / (1 + math.exp(-2 * lam))), math.sqrt(1 / (1 + math.exp(2 * lam)))
+        x = alpha * u
+        if ab_end >= 1:   # the last, negligible stretch to σ = 0 in one exact step: x₀ = (x − σ ε*) / α
+            x = (x - sigma * eps(x, lam)) / alpha
+        return x
+
+    coarse, fine = solve(steps), solve(2 * steps)
+    return fine, float((fine - coarse).norm(dim=-1).max()) / 15
 
 
 def format_table(rows: list[dict]) -> str:
@@ -87,29 +210,37 @@ def format_table(rows: list[dict]) -> str:
 @torch.no_grad()
 def guidance_sweep(model, schedule, scales, n: int, classifier, steps: int = 20, num_classes: int = 10,
                    batch_size: int = 250, seed: int = 0, rescale: float = 0.0, progress: bool = True,
-                   keep: int = 0) -> list[dict]:
+                   keep: int = 0, class_balanced: bool = True, keep_samples: bool = False,
+                   interval: tuple[int, int] | None = None) -> list[dict]:
     """Classifier-free guidance's trade-off, measured: one row per scale s with FID (and the floor
     at n), class accuracy, within-class diversity, the share of saturated (near-white, x > 0.95)
     pixels beside the real test images' share, and seconds. Every scale starts from the same x_T and labels (DDIM-``steps``, clipped x̂₀).
-    With ``keep`` > 0 each row also holds its first ``keep`` samples under "samples".
+    With ``keep`` > 0 each row also holds its first ``keep`` samples under "samples" (``keep_samples``: all
+    of them, for paired comparisons). The labels are exactly balanced, so the reference set and floor are
+    class-balanced too (``class_balanced``). ``interval`` guides only for t in that range (Kynkäänniemi et al.
+    2024); the row records it.
     """
     from tqdm.auto import tqdm
 
     from . import guidance
 
     device = next(model.parameters()).device
-    ref = metrics.reference_images(n)
-    floor = metrics.fid_floor(classifier, n)
+    ref = metrics.reference_images(n, class_balanced=class_balanced)
+    floor = metrics.fid_floor(classifier, n, class_balanced=class_balanced)
     saturated_real = float((ref > 0.95).float().mean())
     x_T = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
     labels = torch.arange(n) % num_classes
     rows = []
-    for s in tqdm(list(scales), desc="guidance scales", disable=not progress):
+    scales = list(scales)
+    bar = tqdm(total=len(scales) * steps * -(-n // batch_size), desc="model calls", disable=not progress)
+    counted = _CountCalls(model, bar)
+    for s in scales:
+        bar.set_postfix_str(f"s = {s:g}")
         start = time.perf_counter()
         out = []
         for i in range(0, n, batch_size):
             y = labels[i:i + batch_size].to(device)
-            guided = guidance.classifier_free(model, y, float(s), rescale=rescale)
+            guided = guidance.classifier_free(counted, y, float(s), rescale=rescale, interval=interval)
             out.append(sampling.ddim_sample(guided, x_T[i:i + batch_size].to(device), schedule, steps=steps,
                                             progress=False, clip_denoised=True).float().cpu())
         xs = torch.cat(out).clamp(-1, 1)
@@ -120,10 +251,13 @@ def guidance_sweep(model, schedule, scales, n: int, classifier, steps: int = 20,
                "class_accuracy": metrics.class_accuracy(classifier, xs, labels),
                "diversity": sum(per_class) / len(per_class) if per_class else float("nan"), "saturated": float((xs > 0.95).float().mean()),
                "saturated_real": saturated_real,
-               "seconds": secs, "n": n, "steps": steps}
-        if keep:
+               "seconds": secs, "n": n, "steps": steps, "interval": interval}
+        if keep_samples:
+            row["samples"] = xs
+        elif keep:
             row["samples"] = xs[:keep]
         rows.append(row)
+    bar.close()
     return rows
 
 

@@ -4,7 +4,8 @@
     dc.exercises.check(my_q_sample, "q_sample")      # prints ✅ or what differs, returns True/False
 
 Each check feeds both implementations the same seeded inputs (several batch sizes, timesteps at
-both ends of the schedule) and compares the outputs to a tolerance.
+both ends of the schedule) and compares the outputs to a tolerance. The solutions are not in the
+notebooks: ``dc.exercises.solution("q_sample")`` prints one when you want it.
 """
 from __future__ import annotations
 
@@ -49,6 +50,104 @@ def _cfg_reference(eps_uncond, eps_cond, scale):
     return cfg_combine(eps_uncond, eps_cond, scale)
 
 
+class _FixedOutputs(torch.nn.Module):
+    """A stand-in 'network' whose doubled-batch call returns given (unconditional, conditional) outputs."""
+    num_classes = 2
+
+    def __init__(self, eps_uncond, eps_cond):
+        super().__init__()
+        self.out = torch.cat([eps_uncond, eps_cond])
+
+    def forward(self, x, t, cond=None):
+        return self.out
+
+
+def _rescale_reference(eps_uncond, eps_cond, scale, phi):
+    """The package's guidance rescale (``guidance.classifier_free(..., rescale=phi)``) on fixed outputs."""
+    from .guidance import classifier_free
+
+    B = eps_cond.shape[0]
+    guided = classifier_free(_FixedOutputs(eps_uncond, eps_cond), torch.zeros(B, dtype=torch.long), scale,
+                             rescale=phi)
+    return guided(torch.zeros_like(eps_cond), torch.zeros(B, dtype=torch.long))
+
+
+def _cases_rescale(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for scale, phi in ((3.0, 0.7), (7.5, 1.0), (7.5, 0.3), (1.5, 0.7)):
+        # different spreads per sample, so a std over the whole batch (instead of per sample) is caught
+        spread = torch.tensor([0.5, 2.0, 1.0]).reshape(3, 1, 1, 1)
+        yield dict(eps_uncond=torch.randn(3, 1, 4, 4, generator=g) * spread,
+                   eps_cond=torch.randn(3, 1, 4, 4, generator=g) * spread, scale=scale, phi=phi)
+
+
+def _toy_eps_model(x, t):
+    """A fixed, smooth stand-in for a trained ε-network (any deterministic function of x and t would do)."""
+    return torch.tanh(0.8 * x + 0.3) * (0.5 + t.to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) / 2000)
+
+
+def _cases_loss(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for schedule in (NoiseSchedule.cosine(1000), NoiseSchedule.linear(1000)):
+        for B in (2, 5):
+            x0 = torch.rand(B, 1, 6, 6, generator=g) * 2 - 1
+            t = torch.randint(0, 1000, (B,), generator=g)
+            t[0] = 999 if B == 2 else 0
+            yield dict(model=_toy_eps_model, x0=x0, t=t, noise=torch.randn(x0.shape, generator=g), schedule=schedule)
+
+
+def _loss_reference(model, x0, t, noise, schedule):
+    x_t = forward.q_sample(x0, t, schedule, noise)
+    return (noise - model(x_t, t)).pow(2).mean()
+
+
+def _cases_denoiser(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    s = NoiseSchedule.cosine(1000)
+    data = torch.rand(64, 1, 5, 5, generator=g) * 2 - 1
+    for t_vals in ((999, 600), (300, 100, 20), (5,)):
+        t = torch.tensor(t_vals)
+        x0 = data[torch.randint(0, 64, (len(t_vals),), generator=g)]
+        x_t = forward.q_sample(x0, t, s, torch.randn(x0.shape, generator=g))
+        yield dict(x_t=x_t, t=t, data=data, schedule=s)
+
+
+def _denoiser_reference(x_t, t, data, schedule):
+    return forward.ideal_denoiser(x_t, t, data, schedule)
+
+
+def _cases_heun(seed: int):
+    from .gmm import GaussianMixture
+
+    s = NoiseSchedule.cosine(1000)
+    mix = GaussianMixture.ring(k=4, radius=1.5, std=0.2)
+    oracle = mix.oracle_model(s)
+    g = torch.Generator().manual_seed(seed)
+    for t, t_prev in ((999, 900), (600, 500), (300, 250), (40, 0), (20, -1)):
+        yield dict(model=oracle, x_t=torch.randn(6, 2, generator=g, dtype=torch.float64), t=t, t_prev=t_prev,
+                   schedule=s)
+
+
+def heun_step(model, x_t: torch.Tensor, t: int, t_prev: int, schedule: NoiseSchedule) -> torch.Tensor:
+    """One Heun (second-order) step of the probability-flow ODE, x_t → x_{t_prev}  (Karras et al. 2022, Alg. 1).
+
+    In the variables y = x/√ᾱ and ρ = √((1−ᾱ)/ᾱ) the ODE is dy/dρ = ε̂(x, t), so
+        d₁ = ε̂(x_t, t),  ỹ = y + (ρ' − ρ) d₁                         (Euler — exactly DDIM's η = 0 step)
+        d₂ = ε̂(√ᾱ' ỹ, t'),  y' = y + (ρ' − ρ)(d₁ + d₂)/2              (the trapezoid correction)
+    and x_{t'} = √ᾱ' y'. The step to the clean end (t' = −1, ρ' = 0) stays Euler: ε̂ is undefined there.
+    """
+    B = x_t.shape[0]
+    ab, ab_prev = (float(v) for v in schedule.alpha_bar_at(torch.tensor([t, t_prev])))
+    rho, rho_prev = ((1 - ab) / ab) ** 0.5, ((1 - ab_prev) / ab_prev) ** 0.5
+    y = x_t / ab ** 0.5
+    d1 = model(x_t, torch.full((B,), t, dtype=torch.long))
+    y_euler = y + (rho_prev - rho) * d1
+    if t_prev < 0:
+        return y_euler
+    d2 = model(ab_prev ** 0.5 * y_euler, torch.full((B,), t_prev, dtype=torch.long))
+    return ab_prev ** 0.5 * (y + (rho_prev - rho) * (d1 + d2) / 2)
+
+
 # name -> (reference, case generator, description of the expected signature)
 CHECKS: dict[str, tuple[Callable, Callable, str]] = {
     "q_sample": (lambda x0, t, schedule, noise: forward.q_sample(x0, t, schedule, noise), _cases_forward,
@@ -58,13 +157,85 @@ CHECKS: dict[str, tuple[Callable, Callable, str]] = {
     "v_target": (lambda x0, t, schedule, noise: forward.v_target(x0, noise, t, schedule), _cases_forward,
                  "v_target(x0, t, schedule, noise) -> v = √ᾱ·noise − √(1−ᾱ)·x0"),
     "cfg": (_cfg_reference, _cases_cfg, "cfg(eps_uncond, eps_cond, scale) -> guided eps"),
+    "rescale": (_rescale_reference, _cases_rescale,
+                "rescale(eps_uncond, eps_cond, scale, phi) -> guided eps with its per-sample std pulled back"),
+    "loss": (_loss_reference, _cases_loss, "loss(model, x0, t, noise, schedule) -> scalar mean ε-MSE"),
+    "perfect_denoiser": (_denoiser_reference, _cases_denoiser,
+                         "perfect_denoiser(x_t, t, data, schedule) -> E[x0 | x_t] over the rows of data"),
+    "heun_step": (heun_step, _cases_heun, "heun_step(model, x_t, t, t_prev, schedule) -> x_prev   (ints t, t_prev; "
+                  "t_prev = -1 means ᾱ = 1)"),
 }
+
+# Solutions, shown only on request (``solution(name)``), so that the notebooks never show them beside the task.
+SOLUTIONS: dict[str, str] = {
+    "q_sample": """\
+def my_q_sample(x0, t, schedule, noise):
+    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1)   # (B,) -> (B, 1, 1, 1), float64 -> x0's dtype
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise""",
+    "perfect_denoiser": """\
+def my_perfect_denoiser(x_t, t, data, schedule):
+    ab = schedule.alpha_bar[t].float()[:, None]                        # (B, 1)
+    d2 = torch.cdist(x_t.flatten(1), ab.sqrt()[:, :, None] * 0 + data.flatten(1)[None] * ab.sqrt()[:, :, None]).squeeze(1) ** 2 \
+        if False else ((x_t.flatten(1)[:, None, :] - ab.sqrt()[:, :, None] * data.flatten(1)[None]) ** 2).sum(-1)
+    w = torch.softmax(-d2 / (2 * (1 - ab)), dim=1)                      # (B, N): Bayes' rule, uniform prior
+    return (w @ data.flatten(1)).reshape(x_t.shape)""",
+    "loss": """\
+def my_loss(model, x0, t, noise, schedule):
+    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise                     # one jump to x_t (chapter 1)
+    return (noise - model(x_t, t)).pow(2).mean()                       # regress the noise""",
+    "v_target": """\
+def my_v_target(x0, t, schedule, noise):
+    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
+    return ab.sqrt() * noise - (1 - ab).sqrt() * x0""",
+    "ddim_step": """\
+def my_ddim_step(x_t, eps, t, t_prev, schedule):
+    ab = schedule.alpha_bar_at(t).to(x_t.dtype).reshape(-1, 1, 1, 1)
+    ab_prev = schedule.alpha_bar_at(t_prev).to(x_t.dtype).reshape(-1, 1, 1, 1)
+    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()                     # the model's guess of the clean image
+    return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps            # re-noise it to the previous level""",
+    "heun_step": """\
+def my_heun_step(model, x_t, t, t_prev, schedule):
+    B = x_t.shape[0]
+    ab, ab_prev = (float(v) for v in schedule.alpha_bar_at(torch.tensor([t, t_prev])))
+    rho, rho_prev = ((1 - ab) / ab) ** 0.5, ((1 - ab_prev) / ab_prev) ** 0.5
+    y = x_t / ab ** 0.5
+    d1 = model(x_t, torch.full((B,), t))
+    y_euler = y + (rho_prev - rho) * d1                                 # Euler = DDIM
+    if t_prev < 0:
+        return y_euler                                                  # no ε̂ at the clean end
+    d2 = model(ab_prev ** 0.5 * y_euler, torch.full((B,), t_prev))
+    return ab_prev ** 0.5 * (y + (rho_prev - rho) * (d1 + d2) / 2)""",
+    "cfg": """\
+def my_cfg(eps_uncond, eps_cond, scale):
+    return eps_uncond + scale * (eps_cond - eps_uncond)""",
+    "rescale": """\
+def my_rescale(eps_uncond, eps_cond, scale, phi):
+    guided = eps_uncond + scale * (eps_cond - eps_uncond)
+    dims = tuple(range(1, guided.ndim))                                 # per sample, not over the batch
+    ratio = eps_cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return phi * guided * ratio + (1 - phi) * guided""",
+}
+
+
+def solution(name: str) -> None:
+    """Print a solution to exercise ``name`` (try it yourself first)."""
+    if name not in SOLUTIONS:
+        raise ValueError(f"unknown exercise {name!r}; available: {sorted(SOLUTIONS)}")
+    print(SOLUTIONS[name])
 
 
 def check(fn: Callable, name: str, atol: float = 1e-4, seed: int = 0, verbose: bool = True) -> bool:
     """Compare ``fn`` with the package's implementation of ``name`` on seeded inputs."""
     if name not in CHECKS:
         raise ValueError(f"unknown exercise {name!r}; available: {sorted(CHECKS)}")
+    ok = _check(fn, name, atol, seed, verbose)
+    if not ok and verbose and name in SOLUTIONS:
+        print(f"   (stuck? dc.exercises.solution({name!r}) prints a solution)")
+    return ok
+
+
+def _check(fn: Callable, name: str, atol: float, seed: int, verbose: bool) -> bool:
     reference, cases, signature = CHECKS[name]
     for i, kwargs in enumerate(cases(seed)):
         expected = reference(**kwargs)

@@ -20,16 +20,33 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
-REPO_URL = "https://github.com/diffusion-course/diffusion-course"
-COLAB_URL = "https://colab.research.google.com/github/diffusion-course/diffusion-course/blob/main/notebooks/{name}"
+# The one place the repository's address is written. The Colab badge and the set-up cell work once the
+# course is published there (a public GitHub repository holding this tree, branch ``main``).
+REPO_SLUG = "diffusion-course/diffusion-course"
+REPO_URL = f"https://github.com/{REPO_SLUG}"
+COLAB_URL = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/notebooks/{{name}}"
 
 SETUP_CELL = f'''# Set-up. In Colab this installs the course package (with its small checkpoints) and turns on
-# widgets; anywhere else it does nothing: follow the README's one command instead.
+# widgets; anywhere else it does nothing: follow the README's two commands instead.
 import sys
 if "google.colab" in sys.modules:
     import subprocess
-    subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", "/content/diffusion-course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/diffusion-course"], check=True)
+
+    def _run(cmd, what):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"Set-up failed while {{what}}:\\n{{(done.stderr or done.stdout).strip()[-800:]}}\\n\\n"
+                "The course must be reachable at {REPO_URL} for this cell to work. Instead you can "
+                "upload the course folder to /content/diffusion-course (or mount Drive and copy it there) "
+                "and run this cell again, or run the course locally: see the README.") from None
+
+    import os
+    if not os.path.isdir("/content/diffusion-course"):
+        _run(["git", "clone", "--depth", "1", "{REPO_URL}", "/content/diffusion-course"],
+             "downloading the course from {REPO_URL}")
+    _run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/diffusion-course"],
+         "installing the course package")
     sys.path.insert(0, "/content/diffusion-course")
     from google.colab import output
     output.enable_custom_widget_manager()'''

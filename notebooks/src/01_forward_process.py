@@ -62,17 +62,8 @@ ax.set_title("x_t for t = " + ", ".join(map(str, ts)) + "   (cosine schedule)", 
 # Here are both, exactly as the package implements them:
 
 # %%
-import inspect
-from IPython.display import Markdown, display
-
-
-def show_source(fn):
-    """Display a package function's source, so what you read is what runs (and is tested)."""
-    display(Markdown(f"```python\n{inspect.getsource(fn)}```"))
-
-
-show_source(forward.q_step)
-show_source(forward.q_sample)
+dc.viz.show_source(forward.q_step)
+dc.viz.show_source(forward.q_sample)
 
 # %% [markdown]
 # Do they really agree? Take one image, copy it many times, run the chain step by step up to $t$, and separately jump
@@ -143,7 +134,7 @@ print(f"x_499 for 256 images: closed form {one_jump * 1e3:.2f} ms, chain {chain_
 # ratio of the signal's weight to the noise's in $x_t$ (for unit-variance data, the ratio of their variances). Plotted on a log scale it shows where each schedule spends its steps.
 
 # %%
-show_source(schedules.NoiseSchedule.cosine)
+dc.viz.show_source(schedules.NoiseSchedule.cosine)
 dc.viz.plot_schedules({"linear": linear, "cosine": cosine});
 
 # %% [markdown]
@@ -204,7 +195,7 @@ for name, s in [("linear", linear), ("cosine", cosine)]:
 # a softmax over the whole training set — which the package computes in chunks in a few tens of milliseconds:
 
 # %%
-show_source(forward.ideal_denoiser)
+dc.viz.show_source(forward.ideal_denoiser)
 
 # %%
 examples = {}

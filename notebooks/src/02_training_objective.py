@@ -12,13 +12,11 @@
 # models always train on the CPU (they are too small to gain from a GPU).
 
 # %%
-import inspect
 import math
 import time
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown, display
 
 import diffusion_course as dc
 from diffusion_course import forward, losses, sampling, schedules, training
@@ -26,11 +24,6 @@ from diffusion_course.nn import MLPDenoiser, UNet, count_parameters, timestep_em
 
 print(dc.config.describe())
 device = dc.config.get_device()
-
-
-def show_source(fn):
-    """Display a package function's source: what you read is what runs (and is tested)."""
-    display(Markdown(f"```python\n{inspect.getsource(fn)}```"))
 
 # %% [markdown]
 # ## 1. Algorithm 1, in one function
@@ -47,7 +40,7 @@ def show_source(fn):
 # and min-SNR weighting that section 4 uses:
 
 # %%
-show_source(losses.diffusion_loss)
+dc.viz.show_source(losses.diffusion_loss)
 
 # %% [markdown]
 # ## 2. A denoiser on 2-D data, in seconds
@@ -117,7 +110,7 @@ ax.set(xlabel="timestep t", ylabel="embedding channel", title="sinusoidal timest
 #   1×1 projection where the width changes) — stable from step one.
 
 # %%
-show_source(dc.nn.ResBlock)
+dc.viz.show_source(dc.nn.ResBlock)
 
 # %% [markdown]
 # * **Where attention sits.** Self-attention costs $O((HW)^2)$, so it only runs at the lowest resolution (7×7 = 49 positions).

@@ -12,24 +12,17 @@
 # is 11 min of it); a GPU is much faster.
 
 # %%
-import inspect
 import math
 import time
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown, display
 
 import diffusion_course as dc
 from diffusion_course import forward, sampling, schedules
 
 print(dc.config.describe())
 device = dc.config.get_device()
-
-
-def show_source(fn):
-    """Display a package function's source: what you read is what runs (and is tested against diffusers)."""
-    display(Markdown(f"```python\n{inspect.getsource(fn)}```"))
 
 # %% [markdown]
 # ## 1. DDPM: ancestral sampling from the posterior
@@ -43,7 +36,7 @@ def show_source(fn):
 # Fresh noise $z$ at every step makes DDPM *stochastic*: 1000 steps, 1000 network calls, a different image every run.
 
 # %%
-show_source(sampling.ddpm_step)
+dc.viz.show_source(sampling.ddpm_step)
 
 # %% [markdown]
 # ## 2. DDIM: the same marginals, a different path
@@ -60,7 +53,7 @@ show_source(sampling.ddpm_step)
 # The step uses the *actual* previous timestep $t'$ of the list, not a fixed stride:
 
 # %%
-show_source(sampling.ddim_step)
+dc.viz.show_source(sampling.ddim_step)
 
 # %%
 s = schedules.NoiseSchedule.cosine(1000)
@@ -298,7 +291,7 @@ fig.tight_layout()
 # the current point instead of the next one.
 
 # %%
-show_source(sampling.ddim_invert)
+dc.viz.show_source(sampling.ddim_invert)
 
 # %%
 x_test, y_test = dc.data.load_fashion_mnist("test")

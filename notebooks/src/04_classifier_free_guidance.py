@@ -15,7 +15,6 @@
 # Both models are small checkpoints the project trained itself on a 2-core CPU.
 
 # %%
-import inspect
 import math
 import time
 
@@ -30,11 +29,6 @@ from diffusion_course import guidance, sampling
 print(dc.config.describe())
 device = dc.config.get_device()
 budget = dc.config.budget
-
-
-def show_source(obj):
-    """Display a package object's source: what you read is what runs (and what the tests check)."""
-    display(Markdown(f"```python\n{inspect.getsource(obj)}```"))
 
 # %% [markdown]
 # ## 1. Why it works: an implicit classifier
@@ -108,7 +102,7 @@ print(f"class-0 component: mean {mix.means[0].tolist()}, std 0.40")
 # through the network **together** as a doubled batch — the same trick Stable Diffusion's pipeline uses:
 
 # %%
-show_source(guidance.ClassifierFreeGuidance.__call__)
+dc.viz.show_source(guidance.ClassifierFreeGuidance.__call__)
 
 # %%
 class CountCalls(torch.nn.Module):
@@ -287,7 +281,7 @@ for bad in ["a purple circle", "a red circel", "a red circle!", "a red circle ab
 # $\operatorname{softmax}(QK^\top/\sqrt d)\,V$ over tokens, with padding masked to $-\infty$ — Rombach et al. (2022), Eq. 3:
 
 # %%
-show_source(dc.nn.CrossAttention.forward)
+dc.viz.show_source(dc.nn.CrossAttention.forward)
 
 # %%
 parts = {"text encoder": t2i.text, "cross-attention layers": [m for _, m in t2i.cross_attention_layers()]}

@@ -1,0 +1,98 @@
+"""Chapter 3's yardsticks (the exact-ODE reference, the paired FID bootstrap) and chapter 4's split of
+the text model's "relation" into axis and order."""
+import math
+import random
+
+import pytest
+import torch
+
+from diffusion_course import evaluation, gmm, pretrained, sampling, schedules, shapes
+
+
+def test_ode_reference_matches_the_closed_form_for_one_gaussian():
+    # For N(μ, s²I) the probability-flow ODE moves quantiles linearly: x_t = αμ + √(α²s² + σ²)·z with z
+    # constant along the path, so the clean end is μ + s·z — an exact answer to test the solver against.
+    s = schedules.NoiseSchedule.cosine(1000)
+    mu, std = torch.tensor([[0.7, -1.2]], dtype=torch.float64), 0.3
+    mix = gmm.GaussianMixture(mu, torch.tensor([std], dtype=torch.float64))
+    x_T = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ab = float(s.alpha_bar[-1])
+    z = (x_T - math.sqrt(ab) * mu) / math.sqrt(ab * std ** 2 + 1 - ab)
+    x, err = evaluation.ode_reference(mix, x_T, s, steps=250)
+    exact = mu + std * z
+    true_err = (x - exact).norm(dim=1).max().item()
+    assert true_err < 2e-6 and 0.5 * err < true_err < 2 * err      # accurate, and it knows how accurate
+    # to an intermediate level the same formula holds with that level's α, σ
+    ab_mid = float(s.alpha_bar[300])
+    x_mid, _ = evaluation.ode_reference(mix, x_T, s, t_end=300, steps=150)
+    exact_mid = math.sqrt(ab_mid) * mu + math.sqrt(ab_mid * std ** 2 + 1 - ab_mid) * z
+    assert (x_mid - exact_mid).abs().max().item() < 1e-6
+
+
+def test_ode_reference_error_estimate_is_honest_and_ddim_converges_to_it():
+    s = schedules.NoiseSchedule.cosine(1000)
+    mix = gmm.GaussianMixture.ring(k=8, radius=2.0, std=0.15)
+    x_T = torch.randn(300, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fine, err_fine = evaluation.ode_reference(mix, x_T, s, steps=400)
+    coarse, err_coarse = evaluation.ode_reference(mix, x_T, s, steps=30)
+    true_coarse_err = (coarse - fine).norm(dim=1).max().item()
+    assert err_fine < 1e-6 and err_coarse > err_fine
+    assert 0.2 * err_coarse < true_coarse_err < 5 * err_coarse     # the estimate is the right size
+    oracle = mix.oracle_model(s)
+    e = [(sampling.ddim_sample(oracle, x_T, s, steps=k, progress=False) - fine).pow(2).sum(1).mean().item()
+         for k in (50, 200)]
+    assert e[1] < e[0] / 4     # first order: 4× the steps, far less error
+    with pytest.raises(ValueError, match="t_end"):
+        evaluation.ode_reference(mix, x_T, s, t_start=10, t_end=20)
+
+
+def _paired_sets():
+    from diffusion_course.data import load_fashion_mnist
+
+    x, _ = load_fashion_mnist("test")
+    real = x[:200]
+    noisy = (real + 0.6 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    return x, real, noisy
+
+
+def test_paired_fid_difference_detects_a_real_gap_and_not_a_fake_one():
+    clf = pretrained.load("fmnist-classifier", device="cpu")
+    x, real, noisy = _paired_sets()
+    ref = x[5000:5200]
+    big = evaluation.paired_fid_difference(clf, noisy, real, ref, n_boot=60)
+    assert big["delta"] > 0 and big["lo"] > 0            # heavy noise is clearly worse
+    slightly = (real + 1e-3 * torch.randn(real.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    none = evaluation.paired_fid_difference(clf, slightly, real, ref, n_boot=60)
+    assert none["lo"] < 0 < none["hi"] and abs(none["delta"]) < big["delta"] / 20
+    with pytest.raises(ValueError, match="same shape"):
+        evaluation.paired_fid_difference(clf, real[:10], real[:20], ref)
+
+
+def test_relation_parts_split_axis_order_and_swap():
+    rng = random.Random(0)
+    cap = "a red circle above a blue square"
+    same_words = shapes.render(shapes.parse_caption("a blue square above a red circle"), rng)
+    right = shapes.render(shapes.parse_caption(cap), rng)
+    swapped = shapes.render(shapes.parse_caption("a red square above a blue circle"), rng)
+    sideways = shapes.render(shapes.parse_caption("a red circle left of a blue square"), rng)
+    assert shapes.relation_parts(right, cap) == {"axis": True, "order": True, "swapped": False}
+    assert shapes.relation_parts(same_words, cap) == {"axis": True, "order": False, "swapped": False}
+    assert shapes.relation_parts(swapped, cap)["swapped"] and shapes.relation_parts(swapped, cap)["order"]
+    assert shapes.relation_parts(sideways, cap)["axis"] is False
+    assert shapes.relation_parts(torch.full((3, 32, 32), -1.0), cap) is None   # nothing drawn
+    with pytest.raises(ValueError, match="two-object"):
+        shapes.relation_parts(right, "a red circle")
+
+
+def test_composition_counts_on_real_renders():
+    x, caps = shapes.make_dataset(300, seed=3, p_single=0.0)
+    c = shapes.composition_counts(x, caps)
+    assert c["n"] == 300 and c["both_colors"] >= 297
+    assert c["axis"] == c["both_colors"] and c["order"] >= c["both_colors"] - 2 and c["swapped"] <= 2
+    # the same images against the word-order-reversed captions: same words, order wrong
+    flipped = []
+    for cap in caps:
+        sc = shapes.parse_caption(cap)
+        flipped.append(shapes.Scene(sc.second, sc.relation, sc.first).caption())
+    f = shapes.composition_counts(x, flipped)
+    assert f["axis"] == f["both_colors"] and f["order"] <= 2

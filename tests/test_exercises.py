@@ -1,0 +1,100 @@
+"""The exercise checker: every hidden solution passes its check, typical mistakes fail it, and the
+Heun reference is a genuine second-order solver (checked against a float64 RK4 reference)."""
+import pytest
+import torch
+
+from diffusion_course import evaluation, exercises, gmm, schedules
+
+
+def _solution_fn(name):
+    namespace = {"torch": torch}
+    exec(exercises.SOLUTIONS[name], namespace)
+    fns = [v for k, v in namespace.items() if k.startswith("my_")]
+    assert len(fns) == 1
+    return fns[0]
+
+
+@pytest.mark.parametrize("name", sorted(exercises.SOLUTIONS))
+def test_every_solution_passes_its_check(name, capsys):
+    assert exercises.check(_solution_fn(name), name)
+    assert "✅" in capsys.readouterr().out
+
+
+def test_every_check_has_a_solution_and_solution_prints(capsys):
+    assert set(exercises.SOLUTIONS) == set(exercises.CHECKS)
+    exercises.solution("ddim_step")
+    assert "def my_ddim_step" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown exercise"):
+        exercises.solution("nope")
+    with pytest.raises(ValueError, match="available"):
+        exercises.check(lambda: None, "nope")
+
+
+def _wrong_answers():
+    """Mistakes a learner makes, one or more per exercise; each must fail."""
+    return {
+        "q_sample": [lambda x0, t, schedule, noise: x0,
+                     lambda x0, t, schedule, noise: schedule.alpha_bar[t].float().reshape(-1, 1, 1, 1) * x0
+                     + (1 - schedule.alpha_bar[t].float()).reshape(-1, 1, 1, 1) * noise],   # no square roots
+        "loss": [lambda model, x0, t, noise, schedule: (noise - model(x0, t)).pow(2).mean(),    # forgot to noise
+                 lambda model, x0, t, noise, schedule: (noise - model(
+                     exercises.forward.q_sample(x0, t, schedule, noise), t)).pow(2).sum()],      # sum, not mean
+        "perfect_denoiser": [
+            # forgot the √ᾱ in front of the training images
+            lambda x_t, t, data, schedule: (torch.softmax(
+                -torch.cdist(x_t.flatten(1), data.flatten(1)) ** 2
+                / (2 * (1 - schedule.alpha_bar[t].float()[:, None])), 1) @ data.flatten(1)).reshape(x_t.shape),
+            lambda x_t, t, data, schedule: data[:x_t.shape[0]],
+        ],
+        "v_target": [lambda x0, t, schedule, noise: noise],
+        "ddim_step": [lambda x_t, eps, t, t_prev, schedule: x_t],
+        "heun_step": [
+            # Euler only (that is DDIM): wrong wherever the second evaluation matters
+            lambda model, x_t, t, t_prev, schedule: exercises.sampling.ddim_step(
+                x_t, model(x_t, torch.full((x_t.shape[0],), t)), t, t_prev, schedule),
+        ],
+        "cfg": [lambda eps_uncond, eps_cond, scale: eps_cond],
+        "rescale": [
+            # std over the whole batch instead of per sample
+            lambda eps_uncond, eps_cond, scale, phi: (lambda g: phi * g * eps_cond.std() / g.std() + (1 - phi) * g)(
+                eps_uncond + scale * (eps_cond - eps_uncond)),
+            lambda eps_uncond, eps_cond, scale, phi: eps_uncond + scale * (eps_cond - eps_uncond),
+        ],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(exercises.CHECKS))
+def test_typical_mistakes_fail(name, capsys):
+    for wrong in _wrong_answers()[name]:
+        assert not exercises.check(wrong, name)
+        out = capsys.readouterr().out
+        assert "❌" in out and "solution(" in out
+
+
+def test_a_crashing_answer_is_reported_not_raised(capsys):
+    def boom(x0, t, schedule, noise):
+        raise RuntimeError("bad shapes")
+
+    assert not exercises.check(boom, "q_sample")
+    assert "RuntimeError: bad shapes" in capsys.readouterr().out
+
+
+def test_heun_is_second_order_on_the_exact_ode():
+    s = schedules.NoiseSchedule.cosine(1000)
+    mix = gmm.GaussianMixture.ring(k=4, radius=1.5, std=0.3)
+    oracle = mix.oracle_model(s)
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t_hi, t_lo = 500, 200
+    ref, _ = evaluation.ode_reference(mix, x, s, t_start=t_hi, t_end=t_lo, steps=400)
+    errs = {}
+    for n in (4, 8):
+        ts = torch.linspace(t_hi, t_lo, n + 1).round().long().tolist()
+        heun, euler = x, x
+        for a, b in zip(ts[:-1], ts[1:]):
+            heun = exercises.heun_step(oracle, heun, a, b, s)
+            euler = exercises.sampling.ddim_step(euler, oracle(euler, torch.full((200,), a)), a, b, s)
+        errs[n] = ((heun - ref).norm(dim=1).mean().item(), (euler - ref).norm(dim=1).mean().item())
+    # halving the step: Heun's error falls ≈4× (second order), Euler's ≈2× (first order)
+    assert errs[4][0] / errs[8][0] > 3.0
+    assert 1.5 < errs[4][1] / errs[8][1] < 2.7
+    assert errs[8][0] < errs[8][1] / 5
