@@ -27,10 +27,15 @@ class ForwardExplorer:
         schedules: ``{name: NoiseSchedule}``; the first is selected (the course uses cosine first).
         seed: the seed of the fixed noise ε for each image, so sliding t is continuous.
         frames: how many ticks a Forward / Reverse run takes from one end to the other.
+        model: optional trained denoiser ``model(x, t)`` (ε, x₀ or v; run unconditionally) for a fourth
+            panel, its x̂₀ beside the perfect denoiser's; ``model_schedule`` the schedule it was trained
+            with. Under another schedule the network is given the t of its own schedule whose ᾱ is
+            closest (it only knows its own timesteps).
     """
 
     def __init__(self, images: dict[str, torch.Tensor], data: torch.Tensor, schedules: dict[str, NoiseSchedule],
-                 seed: int = 0, frames: int = 40, scale: int = 6):
+                 seed: int = 0, frames: int = 40, scale: int = 6, model=None,
+                 model_schedule: NoiseSchedule | None = None):
         if not images:
             raise ValueError("images must be a non-empty dict {name: (C, H, W) tensor}")
         if not schedules:
@@ -41,7 +46,10 @@ class ForwardExplorer:
         for name, img in images.items():
             if img.shape != data.shape[1:]:
                 raise ValueError(f"image {name!r} has shape {tuple(img.shape)}, data items have {tuple(data.shape[1:])}")
+        if (model is None) != (model_schedule is None):
+            raise ValueError("pass model and model_schedule together (the network's own noise schedule), or neither")
         self.images, self.data, self.schedules = images, data, schedules
+        self.model, self.model_schedule = model, model_schedule
         self.T = Ts.pop()
         self.scale = scale
         self.direction = 0
@@ -57,8 +65,9 @@ class ForwardExplorer:
         self.reverse_button = W.Button(description="◀ Reverse", tooltip="remove noise: walk t down to 0")
         self.clock = W.Play(value=0, min=0, max=10 * frames, step=1, interval=80, show_repeat=False,
                             description="clock")
-        self.panels = [W.Image(format="png") for _ in range(3)]
-        self.captions = [W.HTML() for _ in range(3)]
+        n_panels = 3 if model is None else 4
+        self.panels = [W.Image(format="png") for _ in range(n_panels)]
+        self.captions = [W.HTML() for _ in range(n_panels)]
         self.equation = W.HTML()
 
         self.t_slider.observe(lambda _: self.update(), names="value")
@@ -108,18 +117,39 @@ class ForwardExplorer:
         x_t = forward.q_sample(x0[None], t, s, eps[None])
         x0_hat, weights, idx = forward.ideal_denoiser(x_t, t, self.data, s, return_weights=True)
         ab = float(s.alpha_bar[t])
-        return {"t": int(t), "alpha_bar": ab, "x0": x0, "x_t": x_t[0], "x0_hat": x0_hat[0],
-                "top_weight": float(weights[0, 0]), "top_index": int(idx[0, 0]),
-                "mse": float((x0_hat[0] - x0).pow(2).mean())}
+        out = {"t": int(t), "alpha_bar": ab, "x0": x0, "x_t": x_t[0], "x0_hat": x0_hat[0],
+               "top_weight": float(weights[0, 0]), "top_index": int(idx[0, 0]),
+               "mse": float((x0_hat[0] - x0).pow(2).mean())}
+        if self.model is not None:
+            out["x0_net"] = self.network_x0(x_t, ab)[0]
+            out["mse_net"] = float((out["x0_net"] - x0).pow(2).mean())
+        return out
+
+    @torch.no_grad()
+    def network_x0(self, x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        """The network's x̂₀ for a batch x_t at noise level ᾱ (its own schedule's nearest t), clamped to [−1, 1]."""
+        from .sampling import predict_eps_x0
+
+        ms = self.model_schedule
+        t_net = int((ms.alpha_bar - alpha_bar).abs().argmin())
+        tensors = list(self.model.parameters()) if hasattr(self.model, "parameters") else []
+        device = tensors[0].device if tensors else torch.device("cpu")
+        tt = torch.full((x_t.shape[0],), t_net, dtype=torch.long, device=device)
+        _, x0 = predict_eps_x0(self.model, x_t.to(device), tt, ms)
+        return x0.clamp(-1, 1).float().cpu()
 
     def update(self) -> None:
         st = self.state()
-        for panel, img in zip(self.panels, (st["x0"], st["x_t"], st["x0_hat"])):
+        shown = (st["x0"], st["x_t"], st["x0_hat"]) + ((st["x0_net"],) if "x0_net" in st else ())
+        for panel, img in zip(self.panels, shown):
             panel.value = png_bytes(to_numpy_image(img), self.scale)
         self.captions[0].value = "<b>x₀</b> (clean)"
         self.captions[1].value = "<b>x<sub>t</sub></b> (what the model sees)"
         self.captions[2].value = (f"<b>E[x₀ | x<sub>t</sub>]</b> (perfect denoiser)<br>"
-                                  f"top training image weight {st['top_weight']:.2f}")
+                                  f"top training image weight {st['top_weight']:.2f}<br>MSE to x₀ {st['mse']:.3f}")
+        if "x0_net" in st:
+            self.captions[3].value = (f"<b>network's x̂₀</b> (trained model)<br>&nbsp;<br>"
+                                      f"MSE to x₀ {st['mse_net']:.3f}")
         ab = st["alpha_bar"]
         self.equation.value = (
             f"<span style='font-size:1.1em'>t = {st['t']}: &nbsp; x<sub>t</sub> = √ᾱ·x₀ + √(1−ᾱ)·ε "
@@ -129,17 +159,19 @@ class ForwardExplorer:
     def strip(self, ts=(0, 100, 250, 400, 550, 700, 850, 999), figsize_per=1.3):
         """A static figure of the three panels at several t (for readers who cannot run widgets)."""
         keep = self.t_slider.value
-        fig, axes = plt.subplots(3, len(ts), figsize=(figsize_per * len(ts), figsize_per * 3.3))
+        keys = ("x0", "x_t", "x0_hat") + (("x0_net",) if self.model is not None else ())
+        fig, axes = plt.subplots(len(keys), len(ts), figsize=(figsize_per * len(ts), figsize_per * 1.1 * len(keys)),
+                                 squeeze=False)
         try:
             for j, t in enumerate(ts):
                 self.t_slider.value = min(int(t), self.T - 1)
                 st = self.state()
-                for i, key in enumerate(("x0", "x_t", "x0_hat")):
+                for i, key in enumerate(keys):
                     axes[i, j].imshow(to_numpy_image(st[key]), cmap="gray", vmin=0, vmax=1)
                     axes[i, j].set_xticks([])
                     axes[i, j].set_yticks([])
                 axes[0, j].set_title(f"t={st['t']}\nᾱ={st['alpha_bar']:.3f}", fontsize=8)
-            for i, lab in enumerate(("x₀", "x_t", "E[x₀|x_t]")):
+            for i, lab in enumerate(("x₀", "x_t", "E[x₀|x_t]", "network")[:len(keys)]):
                 axes[i, 0].set_ylabel(lab)
         finally:
             self.t_slider.value = keep
@@ -152,7 +184,63 @@ class ForwardExplorer:
         display(self.widget)
 
 
-class SamplerExplorer:
+class _GridExplorer:
+    """Shared by the grid explorers: sizing the image, holding updates, and a static figure."""
+
+    _hold = False
+
+    def _changed(self, _change=None) -> None:
+        if not self._hold:
+            self.update()
+
+    def _show_grid(self, grid, scale: int) -> None:
+        # Show the PNG at its own size (capped at the cell width) instead of stretched to the full cell:
+        # then the controls and the grid fit on one screen.
+        self.image.value = png_bytes(grid, scale)
+        height, width = grid.shape[:2]
+        self.image.layout.width = f"{width * scale}px"
+        self.image.layout.max_width = "100%"
+        self.image.layout.height = "auto"
+
+    def figure(self, settings: list[dict], ncols: int | None = None, size: float = 2.6):
+        """A static figure of the grid under several settings (for readers who cannot run widgets).
+
+        ``settings`` is a list of {control name: value}, e.g. ``[{"steps": 3}, {"steps": 50}]``; the
+        controls are restored afterwards. Returns the matplotlib figure."""
+        controls = self._controls()
+        keep = {k: w.value for k, w in controls.items()}
+        grids, titles = [], []
+        try:
+            for setting in settings:
+                unknown = set(setting) - set(controls)
+                if unknown:
+                    raise ValueError(f"unknown control(s) {sorted(unknown)}; available: {sorted(controls)}")
+                self._hold = True
+                for k, v in setting.items():
+                    controls[k].value = v
+                self._hold = False
+                self.update()
+                grids.append(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))))
+                titles.append(", ".join(f"{k} = {v}" for k, v in setting.items()))
+        finally:
+            self._hold = True
+            for k, v in keep.items():
+                controls[k].value = v
+            self._hold = False
+            self.update()
+        ncols = ncols or len(grids)
+        nrows = int(math.ceil(len(grids) / ncols))
+        fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, grid, title in zip(axes.flat, grids, titles):
+            ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+        fig.tight_layout()
+        return fig
+
+
+class SamplerExplorer(_GridExplorer):
     """Resample a grid live while you change the sampler's steps, η, timestep spacing and seed.
 
     Args:
@@ -183,11 +271,14 @@ class SamplerExplorer:
         self.image = W.Image(format="png")
         self.info = W.HTML()
         for control in (self.steps, self.eta, self.spacing, self.seed, self.label):
-            control.observe(lambda _: self.update(), names="value")
+            control.observe(self._changed, names="value")
         self.widget = W.VBox([W.HBox([self.steps, self.eta]), W.HBox([self.spacing, self.seed, self.label]),
                               self.image, self.info])
         self.last = None
         self.update()
+
+    def _controls(self) -> dict:
+        return {"steps": self.steps, "eta": self.eta, "spacing": self.spacing, "seed": self.seed, "label": self.label}
 
     def update(self) -> None:
         import time
@@ -205,7 +296,7 @@ class SamplerExplorer:
                                                clip_denoised=self.clip_denoised).cpu()
         secs = time.perf_counter() - start
         ts = self._sampling.timesteps(self.schedule.T, int(self.steps.value), self.spacing.value)
-        self.image.value = png_bytes(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.scale)
+        self._show_grid(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.scale)
         shown = ", ".join(map(str, ts[:6].tolist())) + (", …" if len(ts) > 6 else "")
         self.info.value = (f"DDIM, {int(self.steps.value)} steps, η = {float(self.eta.value):.1f}, "
                            f"{self.spacing.value} timesteps [{shown}] — {secs:.2f} s")
@@ -216,7 +307,7 @@ class SamplerExplorer:
         display(self.widget)
 
 
-class GuidanceExplorer:
+class GuidanceExplorer(_GridExplorer):
     """Drag the classifier-free guidance scale and watch a grid of samples (same noise) change.
 
     Args:
@@ -255,11 +346,15 @@ class GuidanceExplorer:
         self.image = W.Image(format="png")
         self.info = W.HTML()
         for control in (self.scale, self.rescale, self.seed, self.condition):
-            control.observe(lambda _: self.update(), names="value")
+            control.observe(self._changed, names="value")
         self.widget = W.VBox([W.HBox([self.scale, self.rescale]), W.HBox([self.condition, self.seed]),
                               self.image, self.info])
         self.last = None
         self.update()
+
+    def _controls(self) -> dict:
+        return {"scale": self.scale, "rescale": self.rescale, "seed": self.seed,
+                ("prompt" if self.tokenizer is not None else "class"): self.condition}
 
     def _cond(self, device) -> torch.Tensor:
         if self.tokenizer is not None:
@@ -283,8 +378,7 @@ class GuidanceExplorer:
         self.last = self._sampling.ddim_sample(guided, x_T, self.schedule, steps=self.steps, progress=False,
                                                clip_denoised=True).cpu()
         secs = time.perf_counter() - start
-        self.image.value = png_bytes(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))),
-                                     self.png_scale)
+        self._show_grid(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.png_scale)
         s = float(self.scale.value)
         meaning = "unconditional" if s == 0 else "plain conditional" if s == 1 else f"guided (w = s − 1 = {s - 1:g})"
         calls = ("one batched (uncond + cond) call per step" if s not in (0.0, 1.0) or self.rescale.value

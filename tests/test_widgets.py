@@ -151,3 +151,71 @@ def test_guidance_explorer_class_and_text_modes():
     assert "unknown word" in tx.info.value and tx.last is before
     with pytest.raises(ValueError, match="exactly one"):
         GuidanceExplorer(Net(), s)
+
+
+def test_network_panel_beside_the_perfect_denoiser():
+    from diffusion_course import gmm
+
+    s = schedules.NoiseSchedule.cosine(1000)
+    g = torch.Generator().manual_seed(0)
+    data = torch.rand(50, 1, 4, 4, generator=g) * 2 - 1
+
+    class Oracle(torch.nn.Module):  # an exact ε-model of a one-Gaussian "data set" around 0.3
+        objective = "eps"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.o = gmm.GaussianMixture(torch.full((1, 16), 0.3), torch.tensor([0.05])).oracle_model(s)
+
+        def forward(self, x, t, cond=None):
+            return self.o(x.flatten(1), t).reshape(x.shape).float()
+
+    ex = ForwardExplorer({"a": data[0]}, data, {"cosine": s, "linear": schedules.NoiseSchedule.linear()},
+                         model=Oracle(), model_schedule=s)
+    assert len(ex.panels) == 4
+    ex.t_slider.value = 999
+    st = ex.state()
+    assert st["x0_net"].shape == data[0].shape
+    assert (st["x0_net"] - 0.3).abs().max() < 0.2    # from pure noise the network says "the data mean"
+    assert "network" in ex.captions[3].value and f"{st['mse_net']:.3f}" in ex.captions[3].value
+    before = bytes(ex.panels[3].value)
+    ex.t_slider.value = 10
+    assert bytes(ex.panels[3].value) != before
+    ex.schedule_menu.value = "linear"      # the network is given its own schedule's nearest-ᾱ timestep
+    assert ex.state()["x0_net"].shape == data[0].shape
+    fig = ex.strip(ts=(0, 999))
+    assert len(fig.axes) == 8
+    with pytest.raises(ValueError, match="together"):
+        ForwardExplorer({"a": data[0]}, data, {"cosine": s}, model=Oracle())
+
+
+def _oracle_image_model(s):
+    from diffusion_course import gmm
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            means = torch.stack([torch.full((16,), -0.5), torch.full((16,), 0.5)])
+            self.oracle = gmm.GaussianMixture(means, torch.tensor([0.1, 0.1])).oracle_model(s)
+
+        def forward(self, x, t, cond=None):
+            return self.oracle(x.flatten(1), t).reshape(x.shape).float()
+
+    return Net()
+
+
+def test_grid_explorers_are_sized_and_have_a_static_figure():
+    from diffusion_course.widgets import SamplerExplorer
+
+    s = schedules.NoiseSchedule.cosine(100)
+    ex = SamplerExplorer(_oracle_image_model(s), s, n=4, image_shape=(1, 4, 4), max_steps=50, scale=3)
+    # 2×2 grid of 4×4 images with 1-pixel padding = 11 pixels wide, shown at 3× its size — not stretched
+    assert ex.image.layout.width == "33px" and ex.image.layout.max_width == "100%"
+    first = ex.last.clone()
+    fig = ex.figure([{"steps": 2}, {"steps": 20, "seed": 3}, {"eta": 1.0}])
+    assert len(fig.axes) == 3 and fig.axes[1].get_title() == "steps = 20, seed = 3"
+    assert torch.equal(ex.last, first) and ex.steps.value == 20 and ex.seed.value == 0   # restored
+    with pytest.raises(ValueError, match="unknown control"):
+        ex.figure([{"stepz": 3}])
