@@ -66,7 +66,7 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
                    cond: torch.Tensor | None = None, p_uncond: float = 0.0, min_snr_gamma: float | None = None,
                    generator: torch.Generator | None = None, null_label: int | None = None,
                    return_details: bool = False, t_sampling: str = "uniform", logsnr_mean: float = 0.0,
-                   logsnr_std: float = 2.0):
+                   logsnr_std: float = 2.0, shard: tuple[int, int] | None = None):
     """One Monte-Carlo estimate of the simple diffusion loss on the batch ``x0``.
 
     Args:
@@ -79,6 +79,8 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
         generator: a CPU generator for t, ε and the dropout mask (reproducible runs).
         t_sampling, logsnr_mean, logsnr_std: how t is drawn (:func:`sample_timesteps`). A non-uniform
             draw reweights the loss over t by its density, like a weighting w(t) would.
+        shard: ``(rank, world)`` for data-parallel training: t, ε and the dropout mask are drawn for the whole
+            batch ``x0`` (as one process would), then only this rank's slice is used.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -90,6 +92,11 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
     t = sample_timesteps(B, schedule, t_sampling, logsnr_mean, logsnr_std, generator).to(dev)
     noise = torch.randn(x0.shape, generator=generator).to(device=dev, dtype=x0.dtype)
     drop = torch.rand(B, generator=generator).to(dev) < p_uncond
+    if shard is not None:  # same draws as one process, then this rank's slice of the global batch
+        rows = slice(shard[0] * B // shard[1], (shard[0] + 1) * B // shard[1])
+        x0, t, noise, drop = x0[rows], t[rows], noise[rows], drop[rows]
+        cond = cond[rows] if cond is not None else None
+        B = x0.shape[0]
     if cond is not None and p_uncond > 0:
         drop_rows = drop.reshape((B,) + (1,) * (cond.ndim - 1))  # one decision per example, also for (B, L) ids
         if null_label is None and hasattr(model, "null_cond"):

@@ -335,3 +335,117 @@ def test_image_and_label_counts_are_compared(tmp_path, monkeypatch):
     (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.arange(10000) % 10))
     x, y = data.load_mnist("test", download=False)
     assert x.shape == (10000, 1, 28, 28) and int(y[13]) == 3
+
+
+# --------------------------------------------------------------------------- 3. exact resume
+import signal  # noqa: E402
+
+from diffusion_course import training  # noqa: E402
+from diffusion_course.nn import MLPDenoiser  # noqa: E402
+from diffusion_course.schedules import NoiseSchedule  # noqa: E402
+from diffusion_course.training import TrainConfig, train  # noqa: E402
+
+S100 = NoiseSchedule.cosine(100)
+PTS = data.toy_2d("moons", 512, generator=torch.Generator().manual_seed(0))
+
+
+def _cfg(path, steps=20, **kw):
+    base = dict(steps=steps, batch_size=32, lr=2e-3, warmup=3, checkpoint_path=str(path), checkpoint_every=5,
+                channels_last=False, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _run(path, steps=20, resume=True, **kw):
+    torch.manual_seed(0)
+    return train(MLPDenoiser(hidden=32, depth=2), S100, PTS, config=_cfg(path, steps, **kw), progress=False,
+                 device="cpu", resume=resume)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("straight") / "run.pt")
+
+
+def _assert_same_run(a, b):
+    assert a.step == b.step
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(a.ema.parameters(), b.ema.parameters()):
+        assert torch.equal(p, q)
+    assert a.history.loss == b.history.loss
+    assert a.history.bucket_count == b.history.bucket_count
+
+
+@pytest.mark.parametrize("point", ["batch", "before_opt_step", "after_opt_step", "after_ema", "after_count"])
+@pytest.mark.parametrize("at_step", [7, 9])  # 9: the step after which a periodic save is due (step 10)
+def test_ctrl_c_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, straight, point, at_step):
+    def fault(p, step):
+        if p == point and step == at_step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_fault_hook", fault)
+    first = _run(tmp_path / "run.pt")
+    assert first.interrupted
+    assert first.step == (at_step if point in ("batch", "before_opt_step") else at_step + 1)
+    assert len(first.history.loss) == first.step
+    monkeypatch.setattr(training, "_fault_hook", None)
+    _assert_same_run(straight, _run(tmp_path / "run.pt"))
+
+
+def test_ctrl_c_during_the_periodic_save_resumes_exactly(tmp_path, monkeypatch, straight):
+    real = checkpoints._write_tmp
+    calls = {"n": 0}
+
+    def interrupted_write(path, payload):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second periodic save (step 10), half-way
+            tmp = real(path, payload[: len(payload) // 2])
+            raise KeyboardInterrupt
+        return real(path, payload)
+
+    monkeypatch.setattr(checkpoints, "_write_tmp", interrupted_write)
+    first = _run(tmp_path / "run.pt")
+    assert first.interrupted and first.step == 10
+    monkeypatch.undo()
+    _assert_same_run(straight, _run(tmp_path / "run.pt"))
+
+
+def test_real_sigint_during_the_update_is_deferred_to_the_step_end(tmp_path, monkeypatch, straight):
+    def ctrl_c(p, step):
+        if p == "after_opt_step" and step == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the weights are being updated
+
+    monkeypatch.setattr(training, "_fault_hook", ctrl_c)
+    first = _run(tmp_path / "run.pt")
+    assert first.interrupted and first.step == 7  # the step was completed, then the interrupt delivered
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(training, "_fault_hook", None)
+    _assert_same_run(straight, _run(tmp_path / "run.pt"))
+
+
+def test_resume_refuses_a_different_recipe_and_names_the_fields(tmp_path):
+    path = tmp_path / "run.pt"
+    _run(path, steps=10)
+    with pytest.raises(ValueError, match=r"lr \(saved 0.002, now 0.001\); objective \(saved 'eps', now 'v'\)"):
+        _run(path, steps=10, objective="v", lr=1e-3)
+    with pytest.raises(ValueError, match=r"steps \(saved 10, now 30: the learning rate"):
+        _run(path, steps=30)  # cosine decay over 30 steps changes the lr of the 10 already trained
+    with pytest.raises(ValueError, match="already at step 10, but steps=5"):
+        _run(path, steps=5, resume="force")  # never "returns step 10 when asked for 5"
+    # allowed: where it saves / how often; an extension that leaves the trained steps' lr unchanged
+    assert _run(path, steps=10, checkpoint_every=2).step == 10
+    res = _run(path, steps=30, resume="force")
+    assert res.step == 30
+    const = tmp_path / "const.pt"
+    _run(const, steps=10, lr_decay="constant")
+    assert _run(const, steps=15, lr_decay="constant").step == 15
+    with pytest.raises(ValueError, match="resume must be"):
+        _run(const, steps=15, resume="yes")
+
+
+def test_extension_by_a_warm_restart_cycle_resumes_without_force(tmp_path):
+    path = tmp_path / "run.pt"
+    _run(path, steps=12, lr_cycle_ends=(8,))
+    assert _run(path, steps=20, lr_cycle_ends=(8, 12)).step == 20
+    straight = _run(tmp_path / "b.pt", steps=20, lr_cycle_ends=(8, 12))
+    assert straight.history.loss[:12] == _run(tmp_path / "c.pt", steps=12, lr_cycle_ends=(8,)).history.loss
