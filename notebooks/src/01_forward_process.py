@@ -4,9 +4,9 @@
 # **Learning goals.** By the end of this chapter you can
 # 1. write the noising process $q(x_t \mid x_{t-1})$ and its closed form $q(x_t \mid x_0)$, and show numerically that they agree;
 # 2. read a noise schedule ($\beta_t$, $\bar\alpha_t$, log-SNR) and say how fast it destroys an image — and what "pure noise" means in numbers;
-# 3. explain what a *perfect* denoiser $\mathbb{E}[x_0 \mid x_t]$ would predict, compute it exactly over 60,000 real images, and see why a network that generalises must be something else.
+# 3. explain what a *perfect* denoiser $\mathbb{E}[x_0 \mid x_t]$ would predict, compute it exactly over 60,000 real images, and see — by putting a trained network beside it — why a network that generalises must be something else.
 #
-# Time: about 2 minutes to run on a laptop CPU, well under a minute on a GPU.
+# Time: 2–3 minutes on a CPU (measured: 158 s on one thread of a busy 2-core machine), well under a minute on a GPU.
 
 # %%
 import math
@@ -130,15 +130,20 @@ print(f"x_499 for 256 images: closed form {one_jump * 1e3:.2f} ms, chain {chain_
 # * **cosine** (Nichol & Dhariwal, 2021): defined through $\bar\alpha_t = f(t)/f(0)$ with
 #   $f(t) = \cos^2\!\left(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\right)$, $s = 0.008$, and $\beta_t$ capped at 0.999.
 #
-# The most useful single number is the **signal-to-noise ratio** $\mathrm{SNR}_t = \bar\alpha_t/(1-\bar\alpha_t)$: the
-# ratio of the signal's weight to the noise's in $x_t$ (for unit-variance data, the ratio of their variances). Plotted on a log scale it shows where each schedule spends its steps.
+# The most useful single number is the **signal-to-noise ratio** $\mathrm{SNR}_t = \bar\alpha_t/(1-\bar\alpha_t)$: the ratio
+# of the signal's *variance* to the noise's in $x_t$ (for unit-variance data). The ratio of their *weights* in
+# $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\varepsilon$ is its square root, $\sqrt{\mathrm{SNR}_t}$. Plotted on a log scale
+# (log-SNR), it shows where each schedule spends its steps.
 
 # %%
 dc.viz.show_source(schedules.NoiseSchedule.cosine)
 dc.viz.plot_schedules({"linear": linear, "cosine": cosine});
+for name, s in [("linear", linear), ("cosine", cosine)]:
+    below = {lvl: int((s.alpha_bar < lvl).nonzero()[0]) for lvl in (0.03, 0.01)}
+    print(f"{name:>6}: ᾱ_t falls below 3% at t = {below[0.03]}, below 1% at t = {below[0.01]}")
 
 # %% [markdown]
-# The linear schedule drives $\bar\alpha_t$ below 3% by $t\approx 600$ and below 1% by $t\approx 670$: its last third of
+# The linear schedule drives $\bar\alpha_t$ below 3% and then below 1% long before $T$ (printed above): its last third of
 # steps see nearly pure noise and teach the model little. The cosine schedule declines gently and keeps a useful SNR for longer.
 # The same image, at the same $t$, under each:
 
@@ -158,14 +163,17 @@ fig.tight_layout()
 
 # %% [markdown]
 # **What does "pure noise" mean, numerically?** At $t = T-1$ the image still contributes $\sqrt{\bar\alpha_T}\,x_0$. For both
-# schedules that coefficient is tiny but *not zero* — a known flaw (Lin et al., 2024): the model trains on $x_T$ that still
-# carries a trace of the image, but at generation time starts from noise that carries none. The zero-terminal-SNR rescale
-# fixes it by shifting $\sqrt{\bar\alpha}$ so that it ends exactly at 0.
+# schedules that coefficient is tiny but *not zero* (Lin et al., 2024, call this a flaw): the model trains on an $x_T$ that
+# still carries a trace of the image, but at generation time starts from noise that carries none. The zero-terminal-SNR
+# rescale shifts $\sqrt{\bar\alpha}$ so that it ends exactly at 0. The table below gives the numbers, and the correlation
+# between $x_0$ and $x_T$ pixels measures the trace directly.
 
 # %%
 zsnr = cosine.rescale_zero_terminal_snr()
+# Stable Diffusion's "scaled linear" schedule: √β linear from √0.00085 to √0.012 over 1000 steps
+sd = schedules.NoiseSchedule.from_betas(torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2)
 print(f"{'schedule':<18} {'ᾱ_T':>10} {'√ᾱ_T (signal left)':>20} {'SNR_T':>10} {'σ_T = √((1−ᾱ)/ᾱ)':>20}")
-for name, s in [("linear", linear), ("cosine", cosine), ("cosine + zero-SNR", zsnr)]:
+for name, s in [("linear", linear), ("cosine", cosine), ("cosine + zero-SNR", zsnr), ("SD scaled-linear", sd)]:
     ab = s.alpha_bar[-1].item()
     sigma = s.sigma[-1].item()
     print(f"{name:<18} {ab:10.2e} {math.sqrt(ab):20.2e} {s.snr[-1].item():10.2e} {sigma:20.3g}")
@@ -175,17 +183,34 @@ x0s = x_test[:2000].flatten(1)
 for name, s in [("linear", linear), ("cosine", cosine)]:
     xT = forward.q_sample(x_test[:2000], torch.full((2000,), 999), s, generator=torch.Generator().manual_seed(4)).flatten(1)
     c = torch.corrcoef(torch.stack([x0s.flatten() - x0s.mean(), xT.flatten()]))[0, 1].item()
-    print(f"{name}: correlation between x_0 and x_T pixels = {c:.4f}")
+    # a correlation estimated from n independent pairs has a standard error of about 1/√n
+    print(f"{name}: correlation between x_0 and x_T pixels = {c:+.4f}  (√ᾱ_T = {math.sqrt(s.alpha_bar[-1]):.1e}; "
+          f"chance level ±{1 / math.sqrt(x0s.numel()):.4f} from {x0s.numel():,} pixel pairs)")
 
 # %% [markdown]
+# How to read it: the signal coefficients $\sqrt{\bar\alpha_T}$ in the table are far below one part in a hundred, so the
+# measured correlations are at the chance level printed beside them — with 2000 images no trace of $x_0$ is detectable.
+# The flaw matters less for how much signal is left than for *what the model learns at the last step*: with SNR > 0 the
+# first sampling step assumes a little signal the starting noise does not have, and models with strongly non-zero terminal
+# SNR (Stable Diffusion's schedule, the last row of the table, keeps far more signal at $T$) cannot make very dark or very
+# bright images (Lin et al., Sec. 3). And one
+# warning for the zero-SNR fix: at SNR = 0, $x_T = \varepsilon$ exactly, so an ε-prediction is trivially right and carries no
+# information about the image — $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ divides by zero. A
+# zero-terminal-SNR schedule therefore needs a v- or x₀-predicting network (Lin et al., Sec. 3.2); chapter 2 compares the
+# three targets.
+#
 # ## 4. The explorer: watch an image walk to noise and back
 #
-# Drag the **t** slider, or press **Forward ▶** / **◀ Reverse** to walk along the cosine schedule. Three panels:
+# Drag the **t** slider, or press **Forward ▶** / **◀ Reverse** to walk along the cosine schedule. Four panels:
 #
 # * **x₀** — the clean image (from the *test* set, so it is not among the training images);
 # * **x_t** — what a diffusion model is given at step $t$;
 # * **E[x₀ | x_t]** — what a **perfect denoiser** would predict: the exact posterior mean of $x_0$ given $x_t$ when the data are
-#   the 60,000 training images. Under the panels the forward formula is written out with the current numbers.
+#   the 60,000 training images;
+# * **network's x̂₀** — what the course's trained network (`fmnist-ddpm`, chapter 2, asked without a label) predicts from
+#   the same $x_t$.
+#
+# Under the panels the forward formula is written out with the current numbers.
 #
 # If $x_0$ is one of $N$ equally likely training images $x^{(1)},\dots,x^{(N)}$, Bayes' rule gives
 #
@@ -198,19 +223,21 @@ for name, s in [("linear", linear), ("cosine", cosine)]:
 dc.viz.show_source(forward.ideal_denoiser)
 
 # %%
+net, net_schedule = dc.pretrained.load("fmnist-ddpm")       # chapter 2's model, on the CPU; its schedule is cosine(1000)
 examples = {}
 for c, name in enumerate(dc.data.FASHION_CLASSES):
     examples[f"{c}: {name}"] = x_test[(y_test == c).nonzero()[0, 0]]
-explorer = dc.widgets.ForwardExplorer(examples, x_train, {"cosine": cosine, "linear": linear})
+explorer = dc.widgets.ForwardExplorer(examples, x_train, {"cosine": cosine, "linear": linear},
+                                      model=net, model_schedule=net_schedule)
 start = time.perf_counter()
 explorer.t_slider.value = 500
-print(f"one update (q_sample + perfect denoiser over {len(x_train):,} images + drawing): "
+print(f"one update (q_sample + perfect denoiser over {len(x_train):,} images + the network + drawing): "
       f"{(time.perf_counter() - start) * 1e3:.0f} ms")
 explorer.t_slider.value = 0
 explorer
 
 # %% [markdown]
-# For readers on GitHub (where widgets do not run), the same three panels at several $t$:
+# For readers on GitHub (where widgets do not run), the same four panels at several $t$:
 
 # %%
 explorer.image_menu.value = "0: T-shirt/top"
@@ -219,45 +246,68 @@ explorer.strip(ts=(0, 200, 350, 450, 550, 650, 750, 999));
 # %% [markdown]
 # ## 5. What the perfect denoiser teaches
 #
-# Move the slider back towards $t=0$ and watch the right panel. At large $t$ it shows a blurry average of many garments
+# Move the slider back towards $t=0$ and watch the third panel. At large $t$ it shows a blurry average of many garments
 # (the noise hides which one it was). As $t$ falls it sharpens — and then **snaps to a single training image**, which is
 # *not* the test image on the left. The perfect denoiser on a finite training set memorises: it can only ever output
 # (averages of) images it has seen. A model that minimised the training loss perfectly would therefore only regenerate
-# the training set.
+# the training set. The fourth panel, the trained network, does something else at small $t$: it cleans up *this* image.
 #
-# Let us measure it: for `n_eval` test images (100 on a CPU), the weight of the most likely training image and the error of the perfect denoiser, as $t$ varies.
+# Let us measure both: for `n_eval` test images (100 on a CPU), the weight of the most likely training image, and the
+# error of the perfect denoiser, of the network and of the nearest training image, as $t$ varies.
 
 # %%
 n_eval = dc.config.budget(quick=20, cpu=100, gpu=200)
-sweep_ts = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
+sweep_ts = [0, 50, 100, 200, 300, 400, 500, 550, 600, 650, 700, 800, 900, 999]
 x0s = x_test[:n_eval]
-top_w, mse = [], []
+top_w, mse, mse_net = [], [], []
 for t in sweep_ts:
     tt = torch.full((n_eval,), t)
     xt = forward.q_sample(x0s, tt, cosine, generator=torch.Generator().manual_seed(5))
     x0_hat, w, _ = forward.ideal_denoiser(xt, tt, x_train, cosine, return_weights=True)
     top_w.append(w[:, 0].mean().item())
     mse.append((x0_hat - x0s).pow(2).mean().item())
+    mse_net.append((explorer.network_x0(xt, float(cosine.alpha_bar[t])) - x0s).pow(2).mean().item())
 
 nearest = torch.cdist(x0s.flatten(1), x_train.flatten(1)).min(1).values.pow(2).mean().item() / 784
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 axes[0].plot(sweep_ts, top_w, "o-")
+axes[0].axhline(0.5, color="gray", lw=0.8, ls=":")
 axes[0].set(xlabel="t", ylabel="weight of the top training image", title="how decided the perfect denoiser is")
-axes[1].plot(sweep_ts, mse, "o-", label="perfect denoiser vs the true test image")
+axes[1].plot(sweep_ts, mse, "o-", label="perfect denoiser (memoriser) vs the true test image")
+axes[1].plot(sweep_ts, mse_net, "s-", label="trained network vs the true test image")
 axes[1].axhline(nearest, color="C3", ls="--", label="nearest training image vs test image")
-axes[1].set(xlabel="t", ylabel="MSE per pixel", title="error of E[x₀|x_t] on test images")
+axes[1].set(xlabel="t", ylabel="MSE per pixel", yscale="log", title="error of the prediction of x₀ on test images")
 for ax in axes:
     ax.grid(alpha=0.3)
-axes[1].legend(fontsize=8);
-print(f"at t={sweep_ts[1]}: top weight {top_w[1]:.3f}, MSE {mse[1]:.4f}; "
-      f"nearest-neighbour MSE {nearest:.4f}")
+axes[1].legend(fontsize=8)
+fig.tight_layout()
+
+commit_t = next((t for t, w in zip(sweep_ts, top_w) if w < 0.5), None)   # first t where it is no longer decided
+print(f"{'t':>5} {'top weight':>10} {'MSE perfect':>12} {'MSE network':>12}")
+for t, w, m, mn in zip(sweep_ts, top_w, mse, mse_net):
+    print(f"{t:>5} {w:10.3f} {m:12.4f} {mn:12.4f}")
+print(f"nearest-neighbour MSE {nearest:.4f}; mean top weight first falls below 0.5 at t = {commit_t}"
+      + (f" (SNR = {cosine.snr[commit_t].item():.2f}: more noise than signal)" if commit_t is not None else ""))
+small = [i for i, t in enumerate(sweep_ts) if 0 < t <= 300]
+beats = [sweep_ts[i] for i in small if mse_net[i] < mse[i]]
+print(f"for 0 < t ≤ 300 the network beats the memoriser at {len(beats)} of {len(small)} timesteps "
+      f"({', '.join(map(str, beats)) or 'none'})")
 
 # %% [markdown]
-# At small $t$ the top weight is ≈ 1 (printed above for $t=100$): the "perfect" denoiser has committed to one training
-# image, and its error on an unseen test image equals the distance to that nearest neighbour (the dashed line) — it cannot do better, because it only knows
-# the training set. A trained network is a *smoothed* version of this function: it cannot represent 60,000 sharp basins,
-# so it interpolates between them — which is precisely why it can generate new garments. (Kadkhodaie et al., 2024, show
-# this transition from memorisation to generalisation as the training set grows.)
+# Read the table from the bottom up. At large $t$ the perfect denoiser is undecided (top weight near 0) and predicts an
+# average; its weight on one training image rises steeply in the middle of the schedule, and the printed line says where
+# it passes one half. **That** is where the perfect denoiser commits to one garment: not at small $t$, but while the image
+# is still mostly noise (look at $x_t$ in the explorer there). Below that, its error on an unseen test image is the
+# distance to that nearest neighbour (the dashed line) — it cannot do better, because it only knows the training set.
+#
+# The network behaves differently, and that is the point of this chapter: at small $t$ its error keeps falling towards
+# zero, far below the memoriser's floor (the last printed line counts the timesteps where it wins), because it denoises
+# *the image it is given* instead of replacing it with a training image. At large $t$ both predict averages and their
+# errors are close — except at the very last step, $t = T-1$, where the network's $\hat x_0 = (x_t-\sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
+# divides by $\sqrt{\bar\alpha_{T-1}}$ (the table of section 3) and a tiny error in $\hat\varepsilon$ becomes a large one in $\hat x_0$
+# (compare the last row of the table above; chapter 2, section 6, shows what this does to a sampler). A trained network is a *smoothed* version of the perfect denoiser: it cannot represent 60,000 sharp
+# basins, so it interpolates between them — which is precisely why it can generate new garments. (Kadkhodaie et al., 2024,
+# show this transition from memorisation to generalisation as the training set grows.)
 #
 # ## 6. Pixel histograms go to $\mathcal{N}(0, 1)$
 #
@@ -279,11 +329,15 @@ for ax, t in zip(axes, [0, 250, 500, 750, 999]):
 axes[0].set_ylabel("density");
 
 # %% [markdown]
-# ## 7. Exercise: write `q_sample` yourself
+# ## 7. Exercises (checked automatically)
 #
-# Implement $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ for a batch. `schedule.alpha_bar` is a 1-D float64
-# tensor of length $T$; `t` is an integer tensor of shape `(B,)`; `x0` and `noise` have shape `(B, C, H, W)`.
-# Replace the body and run the check: it compares your function with the package's on seeded inputs and tells you what differs.
+# Each exercise has a placeholder that fails its check on purpose. Replace the body, run the cell, and read what the
+# check says. The solutions are not on this page: `dc.exercises.solution("q_sample")` prints one when you want it.
+#
+# **7a. Write `q_sample` yourself.** Implement $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ for a batch.
+# `schedule.alpha_bar` is a 1-D float64 tensor of length $T$; `t` is an integer tensor of shape `(B,)`; `x0` and `noise` have
+# shape `(B, C, H, W)`. The check compares your function with the package's on seeded inputs and tells you what differs.
+# (Hint: mind the broadcasting of ᾱ, which has shape `(B,)`, and its dtype.)
 
 # %%
 def my_q_sample(x0, t, schedule, noise):
@@ -294,19 +348,18 @@ def my_q_sample(x0, t, schedule, noise):
 dc.exercises.check(my_q_sample, "q_sample");
 
 # %% [markdown]
-# <details><summary><b>Solution</b> (try first!)</summary>
-#
-# The two traps are broadcasting (ᾱ has shape `(B,)`; it must become `(B, 1, 1, 1)`) and dtype (the schedule is float64).
-#
-# </details>
+# **7b. A perfect denoiser in four lines.** Write $\mathbb{E}[x_0\mid x_t]$ over the rows of `data` (shape `(N, C, H, W)`) the
+# naive way: squared distances from each $x_t$ to every $\sqrt{\bar\alpha_t}\,x^{(i)}$ (`torch.cdist` helps), a softmax of
+# $-d^2/(2(1-\bar\alpha_t))$ over the $N$ images, and the weighted average. `t` has shape `(B,)` and may differ per query.
+# Then think: why does the package's version work in chunks with a running log-sum-exp instead?
 
 # %%
-def solution_q_sample(x0, t, schedule, noise):
-    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+def my_perfect_denoiser(x_t, t, data, schedule):
+    # TODO: your code here (this placeholder returns the data mean, right only when nothing is known about x_0)
+    return data.mean(0, keepdim=True).expand_as(x_t)
 
 
-dc.exercises.check(solution_q_sample, "q_sample");
+dc.exercises.check(my_perfect_denoiser, "perfect_denoiser");
 
 # %% [markdown]
 # ## Summary
@@ -315,8 +368,10 @@ dc.exercises.check(solution_q_sample, "q_sample");
 #   $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\varepsilon$ — checked above against the step-by-step chain.
 # * A schedule is best read through its log-SNR. Cosine keeps useful signal longer than linear; neither reaches exactly zero
 #   SNR at $T$, which the zero-terminal-SNR rescale fixes.
-# * The perfect denoiser $\mathbb{E}[x_0 \mid x_t]$ over a finite training set is a softmax-weighted average of training images; at
-#   small $t$ it memorises. Training a network to approximate it (chapter 2) — imperfectly, smoothly — is what makes generation possible.
+# * The perfect denoiser $\mathbb{E}[x_0 \mid x_t]$ over a finite training set is a softmax-weighted average of training images;
+#   it commits to one training image in the middle of the schedule and below that only returns it — it memorises. The
+#   trained network beside it instead denoises the image it is given, beating the memoriser on unseen images at small $t$.
+#   Approximating $\mathbb{E}[x_0\mid x_t]$ imperfectly, smoothly (chapter 2) is what makes generation possible.
 #
 # **More exercises.**
 # 1. Using `forward.q_step`, show that running the chain with the *linear* schedule also matches `q_sample` at $t = 700$.

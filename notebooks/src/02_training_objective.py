@@ -8,7 +8,7 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: about 7 minutes on a 2-core CPU (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
+# Time: about 8 minutes on a 2-core CPU (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
 # models always train on the CPU (they are too small to gain from a GPU).
 
 # %%
@@ -116,10 +116,9 @@ dc.viz.show_source(dc.nn.ResBlock)
 # * **Where attention sits.** Self-attention costs $O((HW)^2)$, so it only runs at the lowest resolution (7×7 = 49 positions).
 # * **The patch stem.** The first layer folds each 2×2 block of pixels into 4 channels (pixel-unshuffle), so the expensive
 #   convolutions run at 14×14 instead of 28×28 — the largest single speed-up on a CPU — and the last layer unfolds them.
-#   The price, measured (`benchmarks/unet_config_screen.py`, `benchmarks/time_to_quality.py`, README): early in training
-#   a step teaches less than a full-resolution network's step, so for a few CPU-minutes from scratch the stem does not pay
-#   and a plain full-resolution configuration learns fastest (section 4 uses it); the pretrained model, trained for
-#   hours, keeps the stem.
+#   The price, measured by the course's screens ([docs/results.md](../docs/results.md)): early in training a step teaches
+#   less than a full-resolution network's step, so for a few CPU-minutes from scratch the stem does not pay and a plain
+#   full-resolution configuration learns fastest (section 4 uses it); the pretrained model, trained for hours, keeps the stem.
 # * **A class embedding with a null label**: labels 0–9 plus label 10 = "no label". Trained with label dropout, one network
 #   is both conditional and unconditional — what classifier-free guidance (chapter 4) needs.
 #
@@ -152,9 +151,7 @@ for name, kind, shape in shapes:
 # matter as much as the network here:
 #
 # * **A small batch.** On a CPU the images per second hardly depend on the batch size, so batch 32 makes 4× the updates
-#   of batch 128 in the same time — and early in training, updates are what the model is short of. Measured
-#   (`benchmarks/time_to_quality.py`, README, n = 500, floor 8.3): 15 minutes on two cores give FID 41–46 at batch 32
-#   vs 61–65 at batch 128, and batch 32 reaches batch 128's 15-minute quality in about 10 minutes.
+#   of batch 128 in the same time — and early in training, updates are what the model is short of.
 # * **A time budget.** `TrainConfig(max_minutes=3)` stops when the time is spent, however fast the machine (`steps` is
 #   then only a cap), and returns the model like any other run. With the default cosine decay, the learning rate falls
 #   with the spent fraction of the budget, so the short run still ends with small, careful steps.
@@ -162,13 +159,15 @@ for name, kind, shape in shapes:
 #   the noise is too faint to change what the image shows, and near $t=T$ the best answer is an average garment. The
 #   coarse shape of a garment is decided in between. `TrainConfig(t_sampling="logsnr-normal")` draws the log
 #   signal-to-noise ratio $\lambda = \log\frac{\bar\alpha_t}{1-\bar\alpha_t} \sim \mathcal N(0, 2^2)$ and takes the $t$ whose
-#   $\lambda_t$ is nearest — EDM's log-normal noise levels (Karras et al. 2022, Sec. 5) on our discrete schedule. In
+#   $\lambda_t$ is nearest. This is *EDM-style*: Karras et al. (2022, Sec. 5) draw $\log\sigma$ from a normal with their
+#   $P_\text{mean}, P_\text{std}$ for images scaled to $\sigma_\text{data} = 0.5$; our $\mathcal N(0, 2^2)$ on log-SNR is the
+#   same idea with parameters from our own screen, not theirs. In
 #   expectation, drawing $t$ from $p(t)$ is uniform $t$ with the loss weighted by $T\,p(t)$. For a network of unlimited
 #   capacity the minimiser, $\mathbb E[\varepsilon \mid x_t]$ at every $t$ with $p(t) > 0$, does not change; a small network
-#   has to trade accuracy between timesteps, and the draw decides where a short run spends its effort. Measured (README):
-#   5 minutes on one thread, FID 79.5 in both of two seeds vs 104–106 with uniform $t$; with batch 32 on two cores,
-#   15 minutes give FID 33–36 (vs 41–46 uniform), and the batch-128 uniform run's 15-minute quality (FID 61–65) is
-#   passed within 5–7.5 minutes (both seeds at 45–46 by 7.5 minutes).
+#   has to trade accuracy between timesteps, and the draw decides where a short run spends its effort.
+#
+# Each of these three choices made a short CPU run reach a given FID sooner in the course's measured screens; the numbers,
+# with their seeds and spreads, are in [docs/results.md](../docs/results.md).
 
 # %%
 schedule = schedules.NoiseSchedule.cosine(1000)
@@ -203,19 +202,48 @@ print(f"{run.step} steps of batch {demo_cfg.batch_size} in {run.history.wall_tim
 #
 # Four checks that catch almost every broken run.
 #
-# **(a) The loss curve** falls fast at first, then slowly. **(b) The loss per timestep bucket**: for ε-prediction the loss is
-# largest at small $t$ (tiny noise is hard to see) and near zero at large $t$ (when $x_t$ is almost pure noise, $\varepsilon \approx x_t$).
-# A model that has learned nothing scores 1.0 everywhere (predicting 0 for unit-variance noise).
+# **(a) The loss curve** falls fast at first, then slowly. **(b) The loss per timestep** of the *final* model on
+# *held-out* images: for ε-prediction it is largest at small $t$ (tiny noise is hard to see) and near zero at large $t$
+# (when $x_t$ is almost pure noise, $\varepsilon \approx x_t$). A model that has learned nothing scores 1.0 everywhere
+# (predicting 0 for unit-variance noise). The trainer also keeps a per-bucket average of the training loss, but that
+# averages over the whole run — including its first steps at loss ≈ 1 — so it overstates what the final model does; the
+# grey bars show it for comparison.
 
 # %%
+n_held = dc.config.budget(quick=32, cpu=256, gpu=1000)
+ts_loss = list(range(0, schedule.T, 50)) + [schedule.T - 1]
+held = x_test[:n_held].to(device)
+held_labels = y_test[:n_held].to(device)
+g_held = torch.Generator().manual_seed(21)
+noise_held = {t: torch.randn(held.shape, generator=g_held).to(device) for t in ts_loss}   # same noise for both models
+
+
+@torch.no_grad()
+def per_t_loss(model):
+    out = []
+    for t in ts_loss:
+        tt = torch.full((n_held,), t, device=device)
+        xt = forward.q_sample(held, tt, schedule, noise_held[t])
+        out.append((model(xt, tt, held_labels) - noise_held[t]).pow(2).mean().item())
+    return out
+
+
+loss_ema, loss_raw = per_t_loss(run.ema), per_t_loss(run.model)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 dc.viz.plot_loss(run.history, window=25, ax=axes[0])
 buckets = run.history.bucket_means()
-centres = [(i + 0.5) * schedule.T / len(buckets) for i in range(len(buckets))]
-axes[1].bar(centres, buckets, width=schedule.T / len(buckets) * 0.9)
+width = schedule.T / len(buckets)
+centres = [(i + 0.5) * width for i in range(len(buckets))]
+axes[1].bar(centres, buckets, width=width * 0.9, color="lightgray", label="training loss, averaged over the whole run")
+axes[1].plot(ts_loss, loss_ema, "o-", ms=3, color="C0", label=f"final EMA model, {n_held} held-out images")
 axes[1].axhline(1.0, color="C3", ls="--", label="predicting ε̂ = 0")
-axes[1].set(xlabel="t", ylabel="mean ε-MSE", title="loss per timestep bucket")
-axes[1].legend();
+axes[1].set(xlabel="t", ylabel="ε-MSE", yscale="log", title="loss per timestep")
+axes[1].legend(fontsize=8)
+final_bucket = [sum(l for t, l in zip(ts_loss, loss_ema) if int(t // width) == b) /
+                max(1, sum(1 for t in ts_loss if int(t // width) == b)) for b in range(len(buckets))]
+ratios = [r / f for r, f in zip(buckets, final_bucket)]
+print("run-average ÷ final held-out loss, per bucket (small t → large t):", " ".join(f"{r:.1f}" for r in ratios))
+print(f"held-out ε-MSE averaged over t: EMA {sum(loss_ema) / len(loss_ema):.4f}, raw weights {sum(loss_raw) / len(loss_raw):.4f}")
 
 # %% [markdown]
 # **(c) Denoise a held-out image** at several $t$: the model's $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
@@ -242,8 +270,10 @@ ax.set_title("pairs (x_t, model's x̂₀) at t = " + ", ".join(map(str, ts_denoi
 
 # %% [markdown]
 # **(d) Samples from EMA vs raw weights.** The exponential moving average of the weights,
-# $\theta_\text{EMA} \leftarrow 0.99\,\theta_\text{EMA} + 0.01\,\theta$, averages out the noise of the last steps, which usually
-# makes samples cleaner once training has run a while. Same noise, same labels, 50 DDIM steps (chapter 3 explains DDIM):
+# $\theta_\text{EMA} \leftarrow 0.99\,\theta_\text{EMA} + 0.01\,\theta$, averages out the noise of the last ≈100 steps. After a
+# run this short the two sets of weights are close: compare the held-out losses printed under (b) rather than trust your
+# eyes on the grids below — at this stage the difference is small either way. EMA earns its place in long runs with a
+# slower average (the pretrained model uses 0.999). Same noise, same labels, 50 DDIM steps (chapter 3 explains DDIM):
 
 # %%
 n_show = 20
@@ -268,8 +298,18 @@ for ax, (name, net) in zip(axes, [("raw weights", run.model), ("EMA weights", ru
 # | x₀ | $x_0$ | easy: $x_0 \approx x_t$ | hard: guess the image from noise |
 # | v (Salimans & Ho 2022) | $\sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ | ≈ ε | ≈ −x₀ |
 #
-# The loss scale per $t$ is very different, which changes what training pays attention to. On the moons, train one model per
-# target and compare the error *in the same units* (the implied $\hat x_0$) per timestep, and the samples:
+# The three losses are one loss with three weightings. Write $\alpha = \sqrt{\bar\alpha_t}$, $\sigma = \sqrt{1-\bar\alpha_t}$ and let
+# the network's three outputs be consistent ($\hat x_0 = (x_t - \sigma\hat\varepsilon)/\alpha$, $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$).
+# Then $x_0 - \hat x_0 = \frac{\sigma}{\alpha}(\hat\varepsilon - \varepsilon)$ and $v - \hat v = -\frac{1}{\sigma}(x_0 - \hat x_0)$, so
+#
+# $$\lVert\varepsilon-\hat\varepsilon\rVert^2 = \mathrm{SNR}_t\,\lVert x_0-\hat x_0\rVert^2,\qquad
+# \lVert v-\hat v\rVert^2 = (1+\mathrm{SNR}_t)\,\lVert x_0-\hat x_0\rVert^2 .$$
+#
+# In units of the $x_0$-error, ε-prediction weights each $t$ by $\mathrm{SNR}_t$ (huge at small $t$, → 0 at large $t$ — why the
+# ε-loss per timestep above falls towards 0 at large $t$), x₀-prediction by 1, and v by $1+\mathrm{SNR}_t$ (never below 1).
+# **Min-SNR-γ** (Hang et al. 2023) caps the ε weight at γ: $\min(\mathrm{SNR}_t, \gamma)$ in $x_0$ units. On the moons we train one
+# model per target and check the identity on each of them, plot each model's error in the same ($x_0$) units per $t$, and
+# sample:
 
 # %%
 obj_results = {}
@@ -280,30 +320,105 @@ for objective in ["eps", "x0", "v"]:
     obj_results[objective] = training.train(m, toy_schedule, points, config=cfg, device="cpu", progress=False).ema
 
 test_pts = dc.data.toy_2d("moons", 4000, generator=torch.Generator().manual_seed(5))
-fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-for k, (objective, m) in enumerate(obj_results.items()):
-    errs = []
-    ts_eval = list(range(0, toy_schedule.T, 10))
-    with torch.no_grad():
+ts_eval = list(range(0, toy_schedule.T, 10)) + [toy_schedule.T - 1]
+snr = toy_schedule.snr
+x0_err, identity_gap = {}, {}
+with torch.no_grad():
+    for objective, m in obj_results.items():
+        errs, gaps = [], []
         for t in ts_eval:
             tt = torch.full((test_pts.shape[0],), t)
-            xt = forward.q_sample(test_pts, tt, toy_schedule, generator=torch.Generator().manual_seed(t))
-            _, x0_hat = sampling.predict_eps_x0(m, xt, tt, toy_schedule)
-            errs.append((x0_hat - test_pts).pow(2).mean().item())
-    axes[0].plot(ts_eval, errs, label=objective)
-    s = sampling.ddim_sample(m, torch.randn(2000, 2, generator=torch.Generator().manual_seed(6)), toy_schedule,
-                             steps=50, progress=False)
-    dc.viz.plot_points(s, ax=axes[k + 1], title=f"{objective}-prediction, DDIM-50", color=f"C{k}")
-    print(f"{objective:>3}: x̂₀ error at t={ts_eval[1]}: {errs[1]:.2e}, at t={ts_eval[-1]}: {errs[-1]:.3f}")
-axes[0].set(xlabel="t", ylabel="MSE of implied x̂₀", yscale="log", title="x₀ error per timestep")
-axes[0].legend();
+            noise = torch.randn(test_pts.shape, generator=torch.Generator().manual_seed(t))
+            xt = forward.q_sample(test_pts, tt, toy_schedule, noise)
+            eps_hat, x0_hat = sampling.predict_eps_x0(m, xt, tt, toy_schedule)
+            e_x0 = (x0_hat - test_pts).pow(2).sum(1)
+            e_eps = (eps_hat - noise).pow(2).sum(1)
+            errs.append(e_x0.mean().item())
+            if 0 < t < toy_schedule.T - 1:   # the identity, sample by sample: ‖ε − ε̂‖² = SNR · ‖x₀ − x̂₀‖²
+                gaps.append(((e_eps - snr[t] * e_x0).abs() / e_eps.clamp_min(1e-12)).max().item())
+        x0_err[objective], identity_gap[objective] = errs, max(gaps)
+print("largest relative deviation from ‖ε−ε̂‖² = SNR·‖x₀−x̂₀‖² over all points and t:",
+      ", ".join(f"{k} {v:.1e}" for k, v in identity_gap.items()), "(float32 rounding)")
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+t_all = torch.arange(toy_schedule.T)
+for label, w in [("ε: SNR", snr), ("v: 1 + SNR", 1 + snr), ("x₀: 1", torch.ones_like(snr)),
+                 ("ε with min-SNR-5: min(SNR, 5)", snr.clamp(max=5.0))]:
+    axes[0].plot(t_all, w, label=label)
+axes[0].set(xlabel="t", ylabel="weight on ‖x₀ − x̂₀‖²", yscale="log", title="what each loss weights, in x₀ units")
+axes[0].legend(fontsize=8)
+for objective, errs in x0_err.items():
+    axes[1].plot(ts_eval, errs, label=f"{objective}-model")
+axes[1].set(xlabel="t", ylabel="mean ‖x₀ − x̂₀‖²", yscale="log", title="each model's error, in the same units")
+axes[1].legend(fontsize=8)
+fig.tight_layout()
+for objective, errs in x0_err.items():
+    print(f"{objective:>3}-model: x̂₀ error at t={ts_eval[1]}: {errs[1]:.2e}, at t={ts_eval[-1]}: {errs[-1]:.3f}")
 
 # %% [markdown]
-# On this easy data all three work; the differences are in *where* each is accurate (printed above). Recovering $x_0$
-# from an ε-prediction near $t=T$ divides by $\sqrt{\bar\alpha_t}\to 0$ and amplifies any error; predicting $x_0$ directly
-# avoids that, and v behaves like ε at small $t$ and like x₀ at large $t$. **Min-SNR-γ**
-# weighting (Hang et al. 2023) is the other lever: it caps the weight of the easy, high-SNR steps,
-# $w(t) = \min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$ for ε, and speeds up convergence on images.
+# Now sample each model with 50 trailing DDIM steps, exactly as chapter 3 will, and score the samples with the squared
+# MMD to fresh data (0 = same distribution; pure noise scores the number printed last).
+
+# %%
+x_T2 = torch.randn(2000, 2, generator=torch.Generator().manual_seed(6))
+fresh = dc.data.toy_2d("moons", 1500, torch.Generator().manual_seed(7))
+plain = {objective: sampling.ddim_sample(m, x_T2, toy_schedule, steps=50, progress=False)
+         for objective, m in obj_results.items()}
+mmd = {k: dc.metrics.mmd_rbf(v[:1500], fresh) for k, v in plain.items()}
+mmd_noise = dc.metrics.mmd_rbf(x_T2[:1500], fresh)
+ab_last, ab_prev = toy_schedule.alpha_bar[-1].item(), toy_schedule.alpha_bar[-2].item()
+print(f"ᾱ at t = {toy_schedule.T - 1}: {ab_last:.1e} (at t = {toy_schedule.T - 2}: {ab_prev:.1e}); 1/√ᾱ = "
+      f"{ab_last ** -0.5:.0f}: an error of 0.01 in ε̂ becomes {0.01 * ab_last ** -0.5:.0f} in x̂₀ on the first step")
+for k, v in mmd.items():
+    print(f"{k:>3}-prediction, DDIM-50: MMD² = {v:.4f}")
+print(f"pure noise: MMD² = {mmd_noise:.4f}")
+
+# %% [markdown]
+# If a row above is worse than pure noise, that model's sampler broke — and the ε-model is the one at risk. The cosine
+# schedule's last step has $\bar\alpha_{T-1}$ about a thousandth of $\bar\alpha_{T-2}$ (its $\beta$ is capped at 0.999), so the first
+# step of a trailing schedule recovers $\hat x_0 = (x_t - \sigma\hat\varepsilon)/\alpha$ by dividing by a tiny $\alpha$: the
+# identity above says the same thing backwards, an x₀-error is an ε-error divided by $\mathrm{SNR}_t$. The x₀- and v-models
+# predict $x_0$ without that division. Two fixes for the ε-model, each one line:
+#
+# * **clip $\hat x_0$** to where the data live, as image samplers clip to $[-1, 1]$ (`clip_denoised=True`); here a box of ±3;
+# * **skip the degenerate first step**: start at $t = T-2$, where $\bar\alpha$ is a thousand times larger and $x_T\sim\mathcal N(0, I)$ is
+#   still an excellent sample of $q(x_{T-2})$ — `sampling.sample_loop` runs any list of timesteps.
+
+# %%
+class ClipX0(torch.nn.Module):
+    """The ε-model as an x₀-model whose prediction is clamped to [−lim, lim] (x₀-clipping for any data)."""
+    objective = "x0"
+
+    def __init__(self, eps_model, lim):
+        super().__init__()
+        self.inner, self.lim = eps_model, lim
+
+    def forward(self, x, t, cond=None):
+        _, x0 = sampling.predict_eps_x0(self.inner, x, t, toy_schedule)
+        return x0.clamp(-self.lim, self.lim)
+
+
+print(f"data range: x in [{points[:, 0].min():.2f}, {points[:, 0].max():.2f}], "
+      f"y in [{points[:, 1].min():.2f}, {points[:, 1].max():.2f}]")
+eps_model = obj_results["eps"]
+clipped = sampling.ddim_sample(ClipX0(eps_model, 3.0), x_T2, toy_schedule, steps=50, progress=False)
+ts_skip = torch.cat([torch.tensor([toy_schedule.T - 2]), sampling.timesteps(toy_schedule.T, 50, "trailing")[1:]])
+skipped = sampling.sample_loop(
+    eps_model, x_T2, toy_schedule, ts_skip, progress=False,
+    update=lambda x, eps, x0, t, t_prev, i: sampling.ddim_step(x, eps, t, t_prev, toy_schedule, x0=x0))
+fixes = {"ε, plain DDIM-50": plain["eps"], "ε, x̂₀ clipped to ±3": clipped, "ε, first step skipped": skipped,
+         "x₀-prediction": plain["x0"], "v-prediction": plain["v"]}
+fig, axes = plt.subplots(1, len(fixes), figsize=(3.3 * len(fixes), 3.4))
+for k, (ax, (name, pts)) in enumerate(zip(axes, fixes.items())):
+    score = dc.metrics.mmd_rbf(pts[:1500], fresh)
+    dc.viz.plot_points(pts, ax=ax, title=f"{name}\nMMD² = {score:.4f}", color=f"C{k}")
+    print(f"{name:<24} MMD² = {score:.4f}")
+fig.tight_layout()
+
+# %% [markdown]
+# The scores above say which samplers work; the identity says why. The same identity explains the ε-loss chart of
+# section 5 (SNR → 0 multiplies the x₀-error away at large $t$), the targets table (ε is "easy" at large $t$ only in its own
+# units) and min-SNR-γ (a cap on the weight curve in the left plot above).
 #
 # ## 7. The pretrained model
 #
@@ -339,7 +454,7 @@ for c, name in enumerate(dc.data.FASHION_CLASSES):
 # **How good is that, in numbers?** FID compares the statistics of features of generated and real images. The course uses the
 # 128-d features of its own Fashion-MNIST classifier (92 % test accuracy; `dc.metrics`), which is cheap on a CPU. FID is biased
 # upwards at small sample sizes, so it is always reported next to its **floor**: the FID between two disjoint sets of real
-# test images of the same size. A perfect generator scores the floor.
+# test images of the same size (class-balanced, like the samples' labels). A perfect generator scores the floor.
 
 # %%
 clf = dc.pretrained.load("fmnist-classifier", device=device)
@@ -351,16 +466,33 @@ gen = torch.cat([sampling.ddim_sample(model, torch.randn(min(500, n_fid - i), 1,
                                       schedule, steps=50, cond=cond[i:i + 500], clip_denoised=True)
                  for i in range(0, n_fid, 500)])
 secs = time.perf_counter() - start
-fid = dc.metrics.fid(clf, gen.cpu(), dc.metrics.reference_images(n_fid))
-floor = dc.metrics.fid_floor(clf, n_fid)
+# the labels are exactly balanced, so the reference set and the floor are class-balanced too
+fid = dc.metrics.fid(clf, gen.cpu(), dc.metrics.reference_images(n_fid, class_balanced=True))
+floor = dc.metrics.fid_floor(clf, n_fid, class_balanced=True)
 acc = dc.metrics.class_accuracy(clf, gen.cpu(), cond.cpu())
 print(f"n = {n_fid}: FID {fid:.2f} vs floor {floor:.2f} (ratio {fid / floor:.2f}); "
       f"class accuracy {acc:.1%}; sampling took {secs:.0f} s")
 
 # %% [markdown]
-# ## 8. Exercise: the v target
+# ## 8. Exercises (checked automatically)
 #
-# Write $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for a batch, then run the check.
+# The placeholders fail their checks on purpose; `dc.exercises.solution("loss")` prints a solution when you want one.
+#
+# **8a. Algorithm 1's loss.** Given a model `model(x_t, t)`, a clean batch `x0`, timesteps `t` (shape `(B,)`) and the noise
+# `noise`, return the scalar $\frac{1}{B\cdot D}\sum\lVert\varepsilon - \hat\varepsilon_\theta(x_t, t)\rVert^2$ with
+# $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\varepsilon$ (a mean over every element, as `losses.diffusion_loss` uses).
+
+# %%
+def my_loss(model, x0, t, noise, schedule):
+    # TODO: your code here (this placeholder forgets to noise x0, so the check fails until you fix it)
+    return (noise - model(x0, t)).pow(2).mean()
+
+
+dc.exercises.check(my_loss, "loss");
+
+# %% [markdown]
+# **8b. The v target.** Write $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for a batch, then run the check. Then
+# verify the identity of section 6 on your own numbers: $\lVert v-\hat v\rVert^2 = (1+\mathrm{SNR}_t)\lVert x_0-\hat x_0\rVert^2$.
 
 # %%
 def my_v_target(x0, t, schedule, noise):
@@ -370,14 +502,6 @@ def my_v_target(x0, t, schedule, noise):
 
 dc.exercises.check(my_v_target, "v_target");
 
-# %%
-def solution_v_target(x0, t, schedule, noise):
-    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
-    return ab.sqrt() * noise - (1 - ab).sqrt() * x0
-
-
-dc.exercises.check(solution_v_target, "v_target");
-
 # %% [markdown]
 # ## Summary
 #
@@ -386,13 +510,15 @@ dc.exercises.check(solution_v_target, "v_target");
 #   arrow field on 2-D data.
 # * The U-Net: timestep embedding → FiLM in residual blocks; attention only at low resolution; a null label so one
 #   network is conditional and unconditional.
-# * ε, x₀ and v are interchangeable targets with different per-$t$ difficulty; min-SNR weighting rebalances them, and
-#   where $t$ is drawn decides where a short run spends its effort.
-# * Diagnose runs with the loss per timestep, denoising a held-out image, and EMA samples; measure with FID next to its floor.
+# * ε, x₀ and v are one loss with weights SNR, 1 and 1 + SNR on the x₀-error; min-SNR caps the ε weight. An ε-model's
+#   sampler can fail at the degenerate first step of the cosine schedule — clip x̂₀ or skip that step — and where $t$ is
+#   drawn decides where a short run spends its effort.
+# * Diagnose runs with the final model's loss per timestep on held-out images, denoising a held-out image, and EMA vs raw
+#   weights measured, not eyeballed; measure samples with FID next to its (class-balanced) floor.
 #
 # **More exercises.**
 # 1. Train the 2-D model on `"checkerboard"` or `"swiss_roll"`. Which takes more steps, and why?
-# 2. Re-run the demo with `min_snr_gamma=5.0` in `TrainConfig` and compare the loss per bucket.
+# 2. Re-run the demo with `min_snr_gamma=5.0` in `TrainConfig` and compare the held-out loss per timestep.
 # 3. Remove the EMA (set `ema_decay=0.0`) and compare samples at the same step count.
 #
 # **References.**
