@@ -3,6 +3,8 @@
     model, schedule = pretrained.load("fmnist-ddpm")       # class-conditional ε-model, cosine T=1000
     model, schedule = pretrained.load("shapes-t2i")        # text-to-image model; model.tokenizer
     classifier = pretrained.load("fmnist-classifier")      # the metric network behind our FID
+    vae = pretrained.load("fmnist-vae")                    # chapter 5's autoencoder, 1×28×28 ↔ 4×7×7
+    ldm = pretrained.load("fmnist-ldm")                    # latent.LatentDiffusion (a U-Net on the latents)
 
 Each checkpoint is ``data/checkpoints/<name>.pt`` (a ``state_dict``, EMA weights) beside
 ``<name>.json`` (recipe, steps, wall time, device, metrics, sha256). ``python -m
@@ -43,6 +45,32 @@ class DiffusionRecipe:
     text: dict | None = None
     # fine-tuning: the shipped checkpoint whose weights the network starts from (None = fresh init)
     init_from: str | None = None
+
+
+@dataclass
+class AutoencoderRecipe:
+    """Chapter 5's first stage: ``nn.autoencoder.Autoencoder(**model)`` trained by ``latent.train_autoencoder``."""
+    model: dict
+    train: dict
+    quick_steps: int = 30
+    description: str = ""
+
+
+@dataclass
+class LatentRecipe:
+    """A diffusion model on the latents of the autoencoder checkpoint ``vae`` (``latent.LatentDiffusion``).
+
+    ``denoiser`` names the network: "unet" (``nn.UNet(**model)``) or "dit" (``nn.dit.DiT(**model)``). The scale
+    factor is fitted on the whole training set's latents when the recipe runs and stored with the weights."""
+    vae: str
+    denoiser: str
+    model: dict
+    train: dict
+    schedule: str = "cosine"
+    T: int = 1000
+    conditional: bool = True
+    quick_steps: int = 20
+    description: str = ""
 
 
 @dataclass
@@ -92,6 +120,22 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
 
 
 RECIPES["fmnist-ddpm"] = RECIPES["fmnist-ddpm-v1"]
+RECIPES["fmnist-vae"] = AutoencoderRecipe(
+    model=dict(in_channels=1, latent_channels=4, channels=(32, 64, 64), image_size=28),
+    train=dict(steps=4000, batch_size=64, lr=1e-3, warmup=100, beta=1e-4, reconstruction="l1", seed=0,
+               checkpoint_every=250),
+    description="KL autoencoder 1×28×28 → 4×7×7 (f = 4), L1 reconstruction + 1e-4·KL; chapter 5's first stage.",
+)
+RECIPES["fmnist-ldm"] = LatentRecipe(
+    vae="fmnist-vae", denoiser="unet",
+    model=dict(in_channels=4, channels=(64, 128, 128), blocks=1, attention_levels=(2,), num_classes=10, patch=1,
+               heads=4, objective="eps", pad_input=True),
+    train=asdict(TrainConfig(steps=6000, batch_size=64, lr=1e-3, warmup=200, lr_decay="cosine", ema_decay=0.999,
+                             objective="eps", p_uncond=0.2, t_sampling="logsnr-normal", seed=0,
+                             checkpoint_every=250, channels_last=False)),
+    description="class-conditional latent diffusion on fmnist-vae's 4×7×7 latents (zero-padded to 8×8 inside the "
+                "U-Net), 20% label dropout, log-SNR-normal timesteps; cosine schedule, T=1000; EMA weights.",
+)
 
 
 def names() -> list[str]:
@@ -108,11 +152,31 @@ def path_for(name: str) -> Path:
     return CHECKPOINT_DIR / f"{name}.pt"
 
 
+def build_denoiser(kind: str, config: dict) -> torch.nn.Module:
+    """A latent denoiser by kind: "unet" or "dit"."""
+    if kind == "unet":
+        return UNet(**config)
+    if kind == "dit":
+        from .nn.dit import DiT
+
+        return DiT(**config)
+    raise ValueError(f"denoiser must be 'unet' or 'dit', got {kind!r}")
+
+
 def build(name: str) -> torch.nn.Module:
-    """A freshly initialised network with the recipe's architecture."""
+    """A freshly initialised network with the recipe's architecture (a latent model gets a fresh VAE, scale 1)."""
     recipe = _recipe(name)
     if isinstance(recipe, ClassifierRecipe):
         return FashionClassifier(**recipe.model)
+    if isinstance(recipe, AutoencoderRecipe):
+        from .nn.autoencoder import Autoencoder
+
+        return Autoencoder(**recipe.model)
+    if isinstance(recipe, LatentRecipe):
+        from .latent import LatentDiffusion
+
+        return LatentDiffusion(build(recipe.vae), build_denoiser(recipe.denoiser, recipe.model),
+                               schedule_for(name), 1.0)
     if recipe.text is not None:
         tok = tokenizer_for(name)
         model = TextToImageUNet(tok.vocab_size, tok.max_length, start_id=tok.start_id, pad_id=tok.pad_id,
@@ -134,7 +198,7 @@ def tokenizer_for(name: str) -> WordTokenizer:
 
 def schedule_for(name: str) -> NoiseSchedule:
     recipe = _recipe(name)
-    if not isinstance(recipe, DiffusionRecipe):
+    if not isinstance(recipe, (DiffusionRecipe, LatentRecipe)):
         raise ValueError(f"{name!r} is not a diffusion model")
     return get_schedule(recipe.schedule, recipe.T)
 
@@ -147,7 +211,8 @@ def manifest(name: str) -> dict:
 def load(name: str, device: torch.device | str | None = None, train_if_missing: bool = True):
     """Load a checkpoint by name (sha256-checked, ``weights_only=True``).
 
-    Diffusion models return ``(model, schedule)`` in eval mode; the classifier returns the model.
+    Pixel diffusion models return ``(model, schedule)`` in eval mode; the classifier and the autoencoder return
+    the model; a latent model returns a ready ``latent.LatentDiffusion`` (it carries its schedule).
     If the file is missing and ``train_if_missing``, the recipe is trained now (with a progress
     bar; in quick mode only a few steps, and nothing is saved).
     """
@@ -169,6 +234,6 @@ def load(name: str, device: torch.device | str | None = None, train_if_missing: 
         model = run_recipe(name, steps=recipe.quick_steps if is_quick() else None, save=not is_quick(),
                            device=dev)
     model = model.to(dev).eval()
-    if isinstance(recipe, ClassifierRecipe):
+    if isinstance(recipe, (ClassifierRecipe, AutoencoderRecipe, LatentRecipe)):
         return model
     return model, schedule_for(name)

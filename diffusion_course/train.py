@@ -7,6 +7,7 @@ holding the recipe, steps, wall time, device and the measured metrics.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import time
 from dataclasses import asdict
@@ -28,14 +29,15 @@ def _device_name(dev: torch.device) -> str:
 
 @torch.no_grad()
 def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: int = 0, device=None,
-                       sampler=None) -> dict:
+                       sampler=None, noise_shape: tuple[int, ...] = (1, 28, 28)) -> dict:
     """FID (DDIM-``steps``) of unconditional and class-conditional samples, each against its like-for-like floor.
 
     Conditional samples use exactly class-balanced labels, so they are compared with a class-balanced real set
     and a class-balanced floor (two disjoint balanced real sets of ``n``); unconditional samples with a random
     real subset and the random floor. Also the class mix of the unconditional samples (the classifier's
     counts and the largest relative deviation from uniform) and the class accuracy of the conditional ones.
-    ``sampler(x_T, cond) -> images`` replaces DDIM (e.g. a latent model's own ``sample``).
+    ``sampler(x_T, cond) -> images`` replaces DDIM (e.g. a latent model's own ``sample``, with ``noise_shape`` its
+    latent shape).
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     clf = pretrained.load("fmnist-classifier", device=dev)
@@ -51,7 +53,7 @@ def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: in
                                         clip_denoised=True)
     for name, cond in (("uncond", None), ("cond", labels.to(dev))):
         t0 = time.perf_counter()
-        x_T = torch.randn((n, 1, 28, 28), generator=g).to(dev)
+        x_T = torch.randn((n, *noise_shape), generator=g).to(dev)
         xs = torch.cat([sampler(x_T[i:i + 500], None if cond is None else cond[i:i + 500])
                         for i in range(0, n, 500)]).clamp(-1, 1).cpu()
         ref = metrics.reference_images(n, class_balanced=cond is not None)
@@ -101,12 +103,50 @@ def evaluate_text_model(model, schedule, n: int = 200, steps: int = 50, scales=(
     return out
 
 
+@torch.no_grad()
+def evaluate_latent(ldm, n: int = 1000, steps: int = 50, seed: int = 0) -> dict:
+    """``evaluate_diffusion`` for a ``LatentDiffusion``: DDIM in latent space from latent-shaped noise, then decode."""
+    out = evaluate_diffusion(ldm, ldm.schedule, n=n, steps=steps, seed=seed, noise_shape=ldm.latent_shape,
+                             sampler=lambda z_T, cond: ldm.sample(z_T.shape[0], cond=cond, steps=steps, z_T=z_T,
+                                                                  progress=False))
+    out["sampler"] = f"DDIM-{steps} in latent space, eta=0, trailing; decoded"
+    return out
+
+
+@torch.no_grad()
+def evaluate_autoencoder(vae, n: int = 1000, seed: int = 0, device=None) -> dict:
+    """Reconstruction quality on the test set: MSE and PSNR over all 10,000 images, and the **reconstruction
+    FID** — ``n`` test images through encode→decode against ``n`` *other* test images, next to the floor of the
+    same two real sets. It is the best FID any latent model built on this decoder can reach at ``n``."""
+    dev = torch.device(device) if device is not None else next(vae.parameters()).device
+    x, _ = load_fashion_mnist("test")
+    vae = vae.to(dev).eval()
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + 500].to(dev))[0]).clamp(-1, 1).cpu()
+                     for i in range(0, x.shape[0], 500)])
+    mse = float((rec - x).pow(2).mean())
+    clf = pretrained.load("fmnist-classifier", device=dev)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    a, b = perm[:n], perm[n:2 * n]
+    return {"test_mse": mse, "test_psnr_db": 10 * math.log10(4.0 / mse), "test_l1": float((rec - x).abs().mean()),
+            "n": n, "fid_reconstruction": metrics.fid(clf, rec[a], x[b]), "floor": metrics.fid(clf, x[a], x[b])}
+
+
 def evaluate_existing(name: str, device=None) -> dict:
     """Measure a shipped diffusion checkpoint and merge the numbers into its manifest."""
-    model, schedule = pretrained.load(name, device=device, train_if_missing=False)
+    loaded = pretrained.load(name, device=device, train_if_missing=False)
     path = pretrained.path_for(name)
-    evaluate = evaluate_text_model if hasattr(model, "tokenizer") else evaluate_diffusion
-    metrics_now = {**pretrained.manifest(name).get("metrics", {}), **evaluate(model, schedule)}
+    recipe = pretrained.RECIPES[name]
+    if isinstance(recipe, pretrained.AutoencoderRecipe):
+        measured = evaluate_autoencoder(loaded)
+    elif isinstance(recipe, pretrained.LatentRecipe):
+        measured = evaluate_latent(loaded)
+    elif isinstance(recipe, pretrained.ClassifierRecipe):
+        raise ValueError("--eval-only measures diffusion models and autoencoders; the classifier's test accuracy "
+                         "is recorded when it is trained")
+    else:
+        model, schedule = loaded
+        measured = (evaluate_text_model if hasattr(model, "tokenizer") else evaluate_diffusion)(model, schedule)
+    metrics_now = {**pretrained.manifest(name).get("metrics", {}), **measured}
     checkpoints.update_manifest(path, metrics=metrics_now, evaluated=time.strftime("%Y-%m-%d %H:%M:%S"))
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics_now.items()})
     return metrics_now
@@ -152,6 +192,10 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
         if save:
             checkpoints.save(model.state_dict(), path, _manifest(name, recipe, n_steps, t0, dev, info))
         return model
+    if isinstance(recipe, pretrained.AutoencoderRecipe):
+        return _run_autoencoder(name, recipe, steps, save, dev, fresh, evaluate, path, t0)
+    if isinstance(recipe, pretrained.LatentRecipe):
+        return _run_latent(name, recipe, steps, save, dev, fresh, evaluate, path, t0)
     cfg_dict = dict(recipe.train)
     if steps is not None:
         cfg_dict["steps"] = steps
@@ -197,6 +241,89 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
             checkpoints.save(half, path, _manifest(name, recipe, result.step, t0, dev, info))
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in info.items()})
     return ema
+
+
+def _state_path(path: Path, save: bool, fresh: bool) -> str | None:
+    state_path = path.with_suffix(".train.pt")
+    if fresh and state_path.exists():
+        state_path.unlink()
+    return str(state_path) if save else None
+
+
+def _run_autoencoder(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
+    from . import latent
+
+    cfg = latent.AutoencoderConfig(**{**recipe.train, **({"steps": steps} if steps is not None else {}),
+                                      "checkpoint_path": _state_path(path, save, fresh)})
+    x, _ = load_fashion_mnist("train")
+    vae = pretrained.build(name)
+    t_train = time.perf_counter()
+    history = latent.train_autoencoder(vae, x, cfg, device=dev)
+    vae.eval()
+    if save:
+        info = {"train_wall_seconds": time.perf_counter() - t_train,
+                "final_reconstruction_avg_last_100": sum(history["reconstruction"][-100:]) / len(history["reconstruction"][-100:]),
+                "final_kl_avg_last_100": sum(history["kl"][-100:]) / len(history["kl"][-100:])}
+        if evaluate:
+            info.update(evaluate_autoencoder(vae, device=dev))
+        checkpoints.save(_half(vae.state_dict()), path, _manifest(name, recipe, cfg.steps, t0, dev, info))
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
+    return vae
+
+
+def latent_training_set(vae, device=None, cache_dir: Path | None = None,
+                        limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Fashion-MNIST training set as posterior-mean latents and labels: encoded once, cached under
+    ``data/cache`` (keyed by the autoencoder's weights, so a retrained one re-encodes). ``limit`` takes only the
+    first that many images and skips the cache (quick mode uses 2,000: encoding all 60,000 takes minutes on a CPU)."""
+    from . import latent
+    from .config import is_quick
+
+    x, y = load_fashion_mnist("train")
+    if limit is None and is_quick():
+        limit = 2000
+    vae = vae.to(device or "cpu").eval()
+    if limit is not None:
+        return latent.encode_dataset(vae, x[:limit]), y[:limit]
+    cache_dir = cache_dir or pretrained.CHECKPOINT_DIR.parent / "cache"
+    return latent.encode_dataset(vae, x, cache=cache_dir / "fmnist-train-latents.pt"), y
+
+
+def _run_latent(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
+    from .latent import LatentDiffusion, fit_scale_factor
+
+    vae = pretrained.load(recipe.vae, device=dev)
+    latents, y = latent_training_set(vae, device=dev)
+    scale = fit_scale_factor(latents)
+    cfg_dict = dict(recipe.train)
+    if steps is not None:
+        cfg_dict["steps"] = steps
+        cfg_dict["lr_cycle_ends"] = tuple(e for e in cfg_dict.get("lr_cycle_ends", ()) if e < steps)
+    cfg_dict["checkpoint_path"] = _state_path(path, save, fresh)
+    cfg = TrainConfig(**cfg_dict)
+    schedule = pretrained.schedule_for(name)
+    denoiser = pretrained.build_denoiser(recipe.denoiser, recipe.model)
+    result = train(denoiser, schedule, latents * scale, y if recipe.conditional else None, cfg, device=dev)
+    if result.interrupted:
+        raise KeyboardInterrupt(f"training of {name!r} interrupted at step {result.step}"
+                                + (f"; state saved to {cfg.checkpoint_path} (run the same command to resume)"
+                                   if save else ""))
+    ldm = LatentDiffusion(vae, result.ema.eval(), schedule, scale).to(dev).eval()
+    if save:
+        info = {"train_wall_seconds": result.history.wall_time, "scale_factor": scale,
+                "latent_std_before_scaling": float(latents.double().std()),
+                "vae_sha256": pretrained.manifest(recipe.vae).get("sha256"),
+                "final_loss_avg_last_100": sum(result.history.loss[-100:]) / len(result.history.loss[-100:])}
+        checkpoints.save(_half(ldm.state_dict()), path, _manifest(name, recipe, result.step, t0, dev, info))
+        if evaluate:
+            info.update(evaluate_latent(ldm))
+            checkpoints.save(_half(ldm.state_dict()), path, _manifest(name, recipe, result.step, t0, dev, info))
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
+    return ldm
+
+
+def _half(state: dict) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _manifest(name, recipe, steps, t0, dev, info) -> dict:

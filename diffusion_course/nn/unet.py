@@ -137,12 +137,14 @@ class UNet(nn.Module):
         objective: what the output means ("eps", "x0" or "v"); recorded for samplers.
         context_dim: width of a text encoder's output; > 0 adds :class:`CrossAttention` after each
             block of ``cross_attention_levels`` and in the middle. Call with ``context=``/``context_mask=``.
+        pad_input: zero-pad inputs whose size is not a multiple of ``patch·2^(levels−1)`` on the bottom/right
+            and crop the output back (e.g. a 7×7 latent runs as 8×8), instead of refusing them.
     """
 
     def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (64, 128, 128), blocks: int = 1,
                  attention_levels: tuple[int, ...] = (2,), num_classes: int = 0, patch: int = 1,
                  dropout: float = 0.0, heads: int = 4, objective: str = "eps", context_dim: int = 0,
-                 cross_attention_levels: tuple[int, ...] = ()):
+                 cross_attention_levels: tuple[int, ...] = (), pad_input: bool = False):
         super().__init__()
         if objective not in {"eps", "x0", "v"}:
             raise ValueError(f"objective must be 'eps', 'x0' or 'v', got {objective!r}")
@@ -157,6 +159,9 @@ class UNet(nn.Module):
                            dropout=dropout, heads=heads, objective=objective)
         if context_dim:
             self.config.update(context_dim=context_dim, cross_attention_levels=tuple(cross_attention_levels))
+        if pad_input:
+            self.config.update(pad_input=True)
+        self.pad_input = pad_input
         self.context_dim = context_dim
         self.in_channels, self.num_classes, self.patch, self.objective = in_channels, num_classes, patch, objective
         self.levels = len(channels)
@@ -215,7 +220,7 @@ class UNet(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x has {x.shape[1]} channels but the model expects in_channels={self.in_channels}")
         m = self.min_size_multiple
-        if x.shape[2] % m or x.shape[3] % m:
+        if not self.pad_input and (x.shape[2] % m or x.shape[3] % m):
             raise ValueError(f"height and width must be divisible by {m} (patch={self.patch}, "
                              f"{self.levels} levels), got {tuple(x.shape[2:])}")
         if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.shape[0] != x.shape[0]:
@@ -251,6 +256,10 @@ class UNet(nn.Module):
                 return layer(h, context, context_mask)
             return layer(h)
 
+        size = x.shape[-2:]
+        if self.pad_input:
+            m = self.min_size_multiple
+            x = F.pad(x, (0, -size[1] % m, 0, -size[0] % m))
         h = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
         h = self.stem(h)
         skips = [h]
@@ -265,7 +274,8 @@ class UNet(nn.Module):
         for layer in self.up:
             h = apply(layer, torch.cat([h, skips.pop()], dim=1) if isinstance(layer, ResBlock) else h)
         h = self.out(h)
-        return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
+        h = F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
+        return h[..., :size[0], :size[1]] if self.pad_input else h
 
 
 class _Upsample(nn.Module):

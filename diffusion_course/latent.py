@@ -1,0 +1,330 @@
+"""Latent diffusion (Rombach et al. 2022): train an autoencoder once, then run diffusion on its small latents.
+
+    vae = pretrained.load("fmnist-vae")                 # nn.autoencoder.Autoencoder, 1×28×28 ↔ 4×7×7
+    ldm = pretrained.load("fmnist-ldm")                 # LatentDiffusion: .vae .model .schedule .scale_factor
+    z = ldm.encode(x); x = ldm.decode(z)                # scaled posterior mean; decode clamps to [-1, 1]
+    x = ldm.sample(16, cond=torch.arange(16) % 10, steps=50, guidance_scale=2.0)
+
+Three pieces, each a function here:
+1. ``vae_loss`` — reconstruction (L1 or L2) + β·KL with a tiny β (why tiny: see its docstring);
+   ``train_autoencoder`` — the loop (AdamW, EMA-free, atomic checkpoints, exact resume, progress bar).
+2. ``fit_scale_factor`` — 1/std of the latents over the **whole** training set, so the diffusion model sees
+   unit-variance data as it would in pixel space (Stable Diffusion's 0.18215 is this number for its VAE).
+   ``encode_dataset`` encodes a set once (with a progress bar) and caches it, so latent training never re-encodes.
+3. ``LatentDiffusion`` — encode / decode / sample, reusing chapter 3's DDIM loop and chapter 4's guidance wrapper.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoints, guidance, sampling
+from .nn.autoencoder import Autoencoder, kl_to_standard_normal
+from .schedules import NoiseSchedule
+
+RECONSTRUCTIONS = ("l1", "l2")
+
+
+# --------------------------------------------------------------------------- 1. the autoencoder's loss and training
+def vae_loss(vae: Autoencoder, x: torch.Tensor, beta: float = 1e-4, reconstruction: str = "l1",
+             generator: torch.Generator | None = None, return_parts: bool = False):
+    """Per-sample negative ELBO-like loss: Σ_pixels |x − x̂| (or squared) + β·KL(q(z|x) ‖ N(0, I)), averaged
+    over the batch and divided by the number of pixels (so it reads as a per-pixel error).
+
+    Why β is tiny (1e-4 here, Stable Diffusion uses 1e-6 in the same units): with β = 1 the KL term would push
+    q(z|x) towards N(0, I) and the latents would carry little information (blurry reconstructions, the classic VAE
+    trade-off). Latent diffusion does not need the latents to *be* N(0, I) — the diffusion model learns their
+    distribution — it only needs them to be compact, smooth and bounded in scale. A tiny β keeps the posterior
+    from collapsing to a point (a little noise makes the decoder smooth around each latent) while leaving
+    reconstructions almost as good as a plain autoencoder's. What follows: the latents are *not* standard
+    normal, so decoding random N(0, I) latents gives garbage (chapter 5 shows it) and their scale must be fitted.
+    """
+    if reconstruction not in RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
+    if not (isinstance(beta, numbers.Real) and math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    x_rec, mean, logvar = vae(x, generator)
+    diff = x_rec - x
+    rec = (diff.abs() if reconstruction == "l1" else diff.pow(2)).flatten(1).sum(1)
+    kl = kl_to_standard_normal(mean, logvar)
+    pixels = x[0].numel()
+    loss = (rec + beta * kl).mean() / pixels
+    if return_parts:
+        return loss, {"reconstruction": float(rec.detach().mean() / pixels), "kl": float(kl.detach().mean())}
+    return loss
+
+
+@dataclass
+class AutoencoderConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    beta: float = 1e-4
+    reconstruction: str = "l1"
+    seed: int = 0
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 250
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+
+
+def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: AutoencoderConfig | None = None,
+                      progress: bool = True, device: torch.device | str | None = None) -> dict:
+    """Train ``vae`` on ``images`` (N, C, H, W) in [−1, 1]; returns a history dict (loss, reconstruction, kl per step).
+
+    AdamW with linear warm-up then cosine decay to 10 %. With ``config.checkpoint_path`` the state (weights, optimiser,
+    the generator that draws batches and ε, the step, the history) is saved atomically every ``checkpoint_every``
+    steps and on Ctrl-C, and training resumes from it exactly; an interrupt re-raises ``KeyboardInterrupt`` after
+    saving, so a caller never mistakes a half-trained model for a finished one.
+    """
+    from tqdm.auto import tqdm
+
+    from .config import get_device
+
+    cfg = config or AutoencoderConfig()
+    vae._check_images(images[:1])
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf")
+    dev = torch.device(device) if device is not None else get_device()
+    vae.to(dev).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = {"loss": [], "reconstruction": [], "kl": []}
+    step = 0
+    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+    if ckpt is not None and ckpt.exists():
+        state = checkpoints.load(ckpt, map_location=dev, verify=False)
+        if state.get("config") != asdict(cfg):
+            diff = sorted(k for k in asdict(cfg) if state.get("config", {}).get(k) != asdict(cfg)[k])
+            raise ValueError(f"{ckpt} was saved with a different configuration ({', '.join(diff)} differ); "
+                             "delete it or pass the same configuration to resume")
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, history = int(state["step"]), state["history"]
+
+    def save():
+        if ckpt is not None:
+            checkpoints.save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                              "step": step, "history": history, "config": asdict(cfg)}, ckpt)
+
+    data = images.to(dev)
+    bar = tqdm(total=cfg.steps, initial=step, desc="autoencoder", disable=not progress, mininterval=0.5)
+    try:
+        while step < cfg.steps:
+            gen_before = gen.get_state()
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            if step >= cfg.warmup:
+                progress_frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+                lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_frac)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=gen).to(dev)
+            loss, parts = vae_loss(vae, data[idx], cfg.beta, cfg.reconstruction, generator=gen, return_parts=True)
+            if not torch.isfinite(loss):
+                gen.set_state(gen_before)
+                raise FloatingPointError(f"the autoencoder loss became {float(loss)} at step {step}; the weights were "
+                                         f"not updated. Lower the learning rate (lr={cfg.lr}).")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            history["loss"].append(float(loss))
+            history["reconstruction"].append(parts["reconstruction"])
+            history["kl"].append(parts["kl"])
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(rec=f"{sum(history['reconstruction'][-50:]) / len(history['reconstruction'][-50:]):.4f}")
+            if step % cfg.checkpoint_every == 0:
+                save()
+    except KeyboardInterrupt:
+        # The interrupted step either finished (counted, saved below) or never reached opt.step (then its
+        # batch and noise are drawn again on resume, because the generator is rolled back).
+        if len(history["loss"]) == step:
+            gen.set_state(gen_before)
+        save()
+        raise
+    finally:
+        bar.close()
+    save()
+    vae.eval()
+    return history
+
+
+# --------------------------------------------------------------------------- 2. latents: encode once, fit the scale
+@torch.no_grad()
+def encode_dataset(vae: Autoencoder, images: torch.Tensor, batch_size: int = 500, progress: bool = True,
+                   cache: str | Path | None = None) -> torch.Tensor:
+    """Posterior means of ``images`` (N, c, h, w) on the CPU, computed once in batches (progress bar).
+
+    With ``cache`` (a file path) the result is saved there, keyed by a hash of the autoencoder's weights and of
+    the images, and reused when both match — a different VAE or data set recomputes it instead of serving stale
+    latents."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    vae._check_images(images[:1])
+    key = _cache_key(vae, images) if cache is not None else None
+    if cache is not None and Path(cache).exists():
+        stored = checkpoints.load(cache, verify=False)
+        if stored.get("key") == key:
+            return stored["latents"].float()
+    dev = next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    out = [vae.encode(images[i:i + batch_size].to(dev))[0].float().cpu()
+           for i in tqdm(range(0, images.shape[0], batch_size), desc="encoding", disable=not progress, leave=False)]
+    vae.train(was_training)
+    latents = torch.cat(out)
+    if cache is not None:
+        checkpoints.save({"key": key, "latents": latents.half()}, cache)
+        latents = latents.half().float()  # what a cache hit returns, so both paths give the same numbers
+    return latents
+
+
+def _cache_key(vae: nn.Module, images: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    h.update(str(tuple(images.shape)).encode())
+    # a strided sample of the pixels: enough to tell data sets apart without hashing 47 MB
+    flat = images.reshape(-1)
+    h.update(flat[:: max(1, flat.numel() // 100_000)].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fit_scale_factor(latents: torch.Tensor) -> float:
+    """1 / std of **all** the latents given (flattened): multiply by it and the data has unit variance.
+
+    Fit it on the whole training set's latents, not one batch: a batch's std is a noisy estimate, and the
+    diffusion model's noise schedule assumes the data's scale (Rombach et al. 2022, Sec. 4.3.2 / App. G)."""
+    if not isinstance(latents, torch.Tensor) or latents.numel() < 2:
+        raise ValueError("latents must be a tensor with at least 2 elements")
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents contain NaN or inf")
+    std = float(latents.double().std())
+    if std == 0:
+        raise ValueError("latents have zero variance: the autoencoder is degenerate")
+    return 1.0 / std
+
+
+# --------------------------------------------------------------------------- 3. the pipeline
+class LatentDiffusion(nn.Module):
+    """A diffusion model on an autoencoder's latents (Rombach et al. 2022, Eq. 2).
+
+    Args:
+        vae: the (frozen) autoencoder; ``encode`` uses its posterior mean.
+        model: a denoiser ``model(z, t, cond=None)`` on latents of ``vae.latent_shape`` (a U-Net or a DiT).
+        schedule: the noise schedule it was trained with.
+        scale_factor: latents are multiplied by it before diffusion (``fit_scale_factor``) and divided after.
+    """
+
+    def __init__(self, vae: Autoencoder, model: nn.Module, schedule: NoiseSchedule, scale_factor: float):
+        super().__init__()
+        if not (isinstance(scale_factor, numbers.Real) and math.isfinite(scale_factor) and scale_factor > 0):
+            raise ValueError(f"scale_factor must be a positive finite number, got {scale_factor!r}")
+        self.vae, self.model, self.schedule = vae.eval().requires_grad_(False), model, schedule
+        self.register_buffer("_scale", torch.tensor(float(scale_factor)))
+        self._check_model_matches()
+
+    @property
+    def scale_factor(self) -> float:
+        return float(self._scale)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.vae.latent_shape
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.model, "num_classes", 0)
+
+    def _check_model_matches(self) -> None:
+        """A VAE and a denoiser whose latent shapes disagree are refused at construction, not mid-sampling."""
+        c, h, w = self.latent_shape
+        in_ch = getattr(self.model, "in_channels", c)
+        if in_ch != c:
+            raise ValueError(f"the denoiser takes {in_ch}-channel inputs but the autoencoder's latents have {c} "
+                             f"channels ({c}×{h}×{w})")
+        size = getattr(self.model, "input_size", None)
+        if size is not None and tuple(size) != (h, w):
+            raise ValueError(f"the denoiser is built for {tuple(size)} inputs but the latents are {h}×{w}")
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [−1, 1] → scaled posterior means (B, c, h, w)."""
+        mean, _ = self.vae.encode(x.to(self._scale.device))
+        return mean * self._scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents → images clamped to [−1, 1]."""
+        if isinstance(z, torch.Tensor) and not torch.isfinite(z).all():
+            raise ValueError("latents contain NaN or inf")
+        return self.vae.decode(z.to(self._scale.device) / self._scale).clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: torch.Tensor | int | None = None, steps: int = 50, guidance_scale: float = 1.0,
+               eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = True,
+               return_latents: bool = False, z_T: torch.Tensor | None = None):
+        """``n`` images (n, C, H, W) in [−1, 1]: DDIM (chapter 3) in latent space, optional CFG (chapter 4), decode.
+
+        ``cond``: None (unconditional), one label for all, or labels (n,). ``guidance_scale`` s: 1 = plain
+        conditional, s > 1 guided (needs ``cond``). Noise is drawn on the CPU from ``generator`` (same seed →
+        same images on any device), unless ``z_T`` (n, c, h, w) is given."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if not (isinstance(guidance_scale, numbers.Real) and math.isfinite(guidance_scale)):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        dev = self._scale.device
+        if cond is not None:
+            if isinstance(cond, numbers.Integral):
+                cond = torch.full((n,), int(cond), dtype=torch.long)
+            if not isinstance(cond, torch.Tensor) or cond.shape != (n,) or cond.is_floating_point():
+                raise ValueError(f"cond must be None, an int label or an integer tensor of shape ({n},)")
+            if not self.num_classes:
+                raise ValueError("this latent model is unconditional; pass cond=None")
+            if int(cond.min()) < 0 or int(cond.max()) > self.num_classes:
+                raise ValueError(f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null label)")
+            cond = cond.to(dev)
+        elif guidance_scale != 1.0:
+            raise ValueError("guidance_scale != 1 needs cond (the labels to guide towards)")
+        if z_T is None:
+            z_T = torch.randn((n, *self.latent_shape), generator=generator)
+        elif not isinstance(z_T, torch.Tensor) or tuple(z_T.shape) != (n, *self.latent_shape):
+            raise ValueError(f"z_T must have shape ({n}, {', '.join(map(str, self.latent_shape))})")
+        elif not torch.isfinite(z_T).all():
+            raise ValueError("z_T contains NaN or inf")
+        z_T = z_T.to(dev)
+        model, model_cond = self.model, cond
+        if cond is not None and guidance_scale != 1.0:
+            model, model_cond = guidance.classifier_free(self.model, cond, guidance_scale), None
+        z0 = sampling.ddim_sample(model, z_T, self.schedule, steps=steps, eta=eta, generator=generator,
+                                  cond=model_cond, progress=progress)
+        if not torch.isfinite(z0).all():
+            raise FloatingPointError("sampling produced NaN or inf latents")
+        images = self.decode(z0)
+        return (images, z0) if return_latents else images
+
