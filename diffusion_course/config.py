@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import TypeVar
 
 import numpy as np
 import torch
+
+from . import validate
 
 T_ = TypeVar("T_")
 
@@ -20,10 +23,16 @@ _QUICK_ENV = "DIFFUSION_COURSE_QUICK"
 
 def get_device(prefer: str | None = None) -> torch.device:
     """The device to use: ``prefer``, else ``$DIFFUSION_COURSE_DEVICE``, else cuda > mps > cpu."""
+    if isinstance(prefer, torch.device):
+        prefer = str(prefer)
+    if prefer is not None and not isinstance(prefer, str):
+        raise TypeError(f"device must be a str ('cpu', 'cuda', 'cuda:N', 'mps') or torch.device, got {prefer!r}")
     choice = prefer or os.environ.get(_DEVICE_ENV)
     if choice:
-        if choice not in {"cpu", "cuda", "mps"} and not choice.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {choice!r}")
+        source = "device" if prefer else f"${_DEVICE_ENV}"
+        choice = choice.strip().lower()
+        if choice not in {"cpu", "cuda", "mps"} and not re.fullmatch(r"cuda:\d+", choice):
+            raise ValueError(f"{source} must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {choice!r}")
         return torch.device(choice)
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -50,8 +59,7 @@ def budget(*, quick: T_, cpu: T_, gpu: T_, device: torch.device | str | None = N
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a CPU ``torch.Generator`` seeded the same way."""
-    if not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = validate.seed("seed", seed)  # torch accepts 0 <= seed < 2**64; a bool or 2**70 is an error here
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -289,8 +289,12 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None, noise: f
     """
     if name not in TOY_2D_NAMES:
         raise ValueError(f"unknown toy set {name!r}; choose one of {TOY_2D_NAMES}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    from . import validate
+
+    validate.positive_int("n", n)
+    noise = validate.real("noise", noise, low=0.0)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     g = generator
     u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
     z = lambda *s: torch.randn(*s, generator=g)  # noqa: E731

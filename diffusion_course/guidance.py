@@ -25,9 +25,9 @@ al. 2024, "Applying Guidance in a Limited Interval"), plain conditional elsewher
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
+
+from . import validate
 
 
 def null_condition(model, cond: torch.Tensor) -> torch.Tensor:
@@ -54,12 +54,16 @@ class ClassifierFreeGuidance:
                  rescale: float = 0.0, interval: tuple[int, int] | None = None):
         if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
             raise ValueError("cond must be a tensor with a batch dimension (labels (B,) or token ids (B, L))")
-        if not isinstance(scale, numbers.Real) or scale != scale:
-            raise ValueError(f"scale must be a number, got {scale!r}")
-        if not 0.0 <= rescale <= 1.0:
-            raise ValueError(f"rescale must be in [0, 1], got {rescale}")
-        if interval is not None and not (len(interval) == 2 and interval[0] <= interval[1]):
-            raise ValueError(f"interval must be (t_low, t_high) with t_low <= t_high, got {interval}")
+        scale = validate.real("scale", scale)  # finite: s = inf or NaN would turn every sample into NaN
+        rescale = validate.probability("rescale", rescale)
+        if interval is not None:
+            if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+                raise ValueError(f"interval must be (t_low, t_high) with t_low <= t_high, got {interval!r}")
+            interval = (validate.integer("interval[0]", interval[0]), validate.integer("interval[1]", interval[1]))
+            if interval[0] > interval[1]:
+                raise ValueError(f"interval must be (t_low, t_high) with t_low <= t_high, got {interval}")
+        if null_cond is not None and not isinstance(null_cond, torch.Tensor):
+            raise TypeError(f"null_cond must be a tensor like cond, got {type(null_cond).__name__}")
         self.model, self.cond, self.scale = model, cond, float(scale)
         self.null = null_condition(model, cond) if null_cond is None else null_cond.expand_as(cond)
         self.rescale, self.interval = rescale, interval
@@ -115,4 +119,7 @@ def classifier_free(model, cond: torch.Tensor, scale: float, null_cond: torch.Te
 
 def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
     """The bare combination ε_u + s·(ε_c − ε_u) (what the chapter's exercise asks you to write)."""
+    scale = validate.real("scale", scale)
+    if eps_uncond.shape != eps_cond.shape:
+        raise ValueError(f"eps_uncond has shape {tuple(eps_uncond.shape)} but eps_cond has {tuple(eps_cond.shape)}")
     return eps_uncond + scale * (eps_cond - eps_uncond)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import forward
+from . import forward, validate
 from .schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -32,10 +32,12 @@ def timesteps(T: int, steps: int, spacing: str = "trailing") -> torch.Tensor:
     * ``"trailing"``: T−1, T−1−k, … — always starts at T−1
     * ``"linspace"``: round(linspace(0, T−1, steps))
     """
-    if not isinstance(T, int) or T < 1:
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T must be a positive int, got {T!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
+    T = int(T)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an int with 1 <= steps <= T={T}, got {steps!r}")
+    steps = int(steps)
     if spacing == "leading":
         ts = np.arange(0, steps) * (T // steps)
     elif spacing == "trailing":
@@ -74,6 +76,30 @@ def _alpha_bars(schedule: NoiseSchedule, t: torch.Tensor, t_prev: torch.Tensor, 
     return ab, ab_prev
 
 
+def _check_eta(eta) -> float:
+    """η in [0, 1]: 0 is deterministic DDIM, 1 matches DDPM's variance; above 1 σ² would exceed 1 − ᾱ_{t'}."""
+    return validate.real("eta", eta, low=0.0, high=1.0)
+
+
+def _check_inputs(x_t, eps, noise=None, eps_name="eps") -> None:
+    validate.float_tensor("x_t", x_t, min_ndim=1)
+    if not isinstance(eps, torch.Tensor):
+        raise TypeError(f"{eps_name} must be a torch.Tensor, got {type(eps).__name__}")
+    if eps.shape != x_t.shape:
+        raise ValueError(f"{eps_name} has shape {tuple(eps.shape)} but x_t has {tuple(x_t.shape)}")
+    validate.finite(eps_name, eps)
+    if noise is not None:
+        validate.float_tensor("noise", noise)
+        if noise.shape != x_t.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)} but x_t has {tuple(x_t.shape)}")
+
+
+def _x0_from_eps(x_t, eps, ab):
+    if bool((ab == 0).any()):
+        raise forward._zero_snr_error("the sampler needs x̂₀ from an ε-prediction")
+    return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     # Drawn on the CPU, so the same generator gives the same noise on every device.
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
@@ -86,6 +112,8 @@ def predict_eps_x0(model, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSched
     With ``clip_denoised`` x̂₀ is clamped to [−1, 1] and ε̂ recomputed to match it.
     """
     out = model(x, t, cond) if cond is not None else model(x, t)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model must return a tensor, got {type(out).__name__}")
     if out.shape != x.shape:
         raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
     objective = getattr(model, "objective", "eps")
@@ -120,13 +148,12 @@ def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
     """
     if variance not in {"beta_tilde", "beta"}:
         raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
-    if eps.shape != x_t.shape:
-        raise ValueError(f"eps has shape {tuple(eps.shape)} but x_t has {tuple(x_t.shape)}")
+    _check_inputs(x_t, eps, noise)
     t, t_prev = _as_t(t, x_t), _as_t(t_prev, x_t)
     ab, ab_prev = _alpha_bars(schedule, t, t_prev, x_t)
     beta = 1 - ab / ab_prev
     if x0 is None:
-        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        x0 = _x0_from_eps(x_t, eps, ab)
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
     mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x_t
@@ -149,14 +176,12 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
     Pass the model's ``x0`` when it predicts x₀ or v: at ᾱ_t = 0 (zero terminal SNR) x̂₀ cannot be
     recovered from ε̂, while ε̂ = (x_t − √ᾱ x̂₀)/√(1−ᾱ) stays well defined.
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    if eps.shape != x_t.shape:
-        raise ValueError(f"eps has shape {tuple(eps.shape)} but x_t has {tuple(x_t.shape)}")
+    eta = _check_eta(eta)
+    _check_inputs(x_t, eps, noise)
     t, t_prev = _as_t(t, x_t), _as_t(t_prev, x_t)
     ab, ab_prev = _alpha_bars(schedule, t, t_prev, x_t)
     if x0 is None:
-        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        x0 = _x0_from_eps(x_t, eps, ab)
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
         eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
@@ -170,6 +195,10 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
 
 
 # --------------------------------------------------------------------------- the loop
+def objective_is_eps(model) -> bool:
+    return getattr(model, "objective", "eps") == "eps"
+
+
 Update = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -186,21 +215,28 @@ def sample_loop(model, x_T: torch.Tensor, schedule: NoiseSchedule, ts: torch.Ten
 
     if not isinstance(x_T, torch.Tensor) or x_T.ndim < 2:
         raise ValueError("x_T must be a batched tensor (B, ...)")
+    validate.float_tensor("x_T", x_T)
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     if cond is not None and (not isinstance(cond, torch.Tensor) or cond.shape[0] != x_T.shape[0]):
         raise ValueError(f"cond must be a tensor with batch size {x_T.shape[0]}")
     schedule_ts = ts.tolist()
+    n_steps = len(schedule_ts)
     x = x_T
     traj = {"t": [], "x_t": [], "x0_pred": []}
     for i, t_int in enumerate(tqdm(schedule_ts, desc=desc, disable=not progress, leave=False)):
         t_prev_int = schedule_ts[i + 1] if i + 1 < len(schedule_ts) else -1
         t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
         t_prev = torch.full_like(t, t_prev_int)
+        where = f"at step {i + 1} of {n_steps} (t={t_int})"
         eps, x0 = predict_eps_x0(model, x, t, schedule, cond, clip_denoised)
+        validate.finite("the model's prediction", eps if objective_is_eps(model) else x0, where)
         if return_trajectory:
             traj["t"].append(t_int)
             traj["x_t"].append(x.detach().float().cpu())
             traj["x0_pred"].append(x0.detach().float().cpu())
         x = update(x, eps, x0, t, t_prev, i)
+        validate.finite("the sample", x, f"after step {i + 1} of {n_steps} (t={t_int} -> {t_prev_int})")
     if return_trajectory:
         return x, {"t": torch.tensor(traj["t"]), "x_t": torch.stack(traj["x_t"]),
                    "x0_pred": torch.stack(traj["x0_pred"])}
@@ -212,7 +248,9 @@ def ddpm_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, generator: to
                 variance: str = "beta_tilde", progress: bool = True, return_trajectory: bool = False,
                 spacing: str = "trailing"):
     """Ancestral DDPM sampling (Algorithm 2) from x_T, over all T steps (or ``steps`` strided ones)."""
-    ts = timesteps(schedule.T, steps or schedule.T, spacing)
+    if steps is not None:
+        validate.positive_int("steps", steps)  # 0 is an error, not "all T steps"
+    ts = timesteps(schedule.T, schedule.T if steps is None else steps, spacing)
 
     def update(x, eps, x0, t, t_prev, i):
         return ddpm_step(x, eps, t, t_prev, schedule, _noise_like(x, generator), variance, clip_denoised, x0=x0)
@@ -225,8 +263,7 @@ def ddim_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 
                 spacing: str = "trailing", generator: torch.Generator | None = None, clip_denoised: bool = False,
                 cond: torch.Tensor | None = None, progress: bool = True, return_trajectory: bool = False):
     """DDIM sampling (Song et al. 2021) with ``steps`` model calls; deterministic when ``eta == 0``."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = _check_eta(eta)
     ts = timesteps(schedule.T, steps, spacing)
 
     def update(x, eps, x0, t, t_prev, i):
@@ -257,8 +294,7 @@ def dpm_solver_2m_step(x_t: torch.Tensor, x0_pred: torch.Tensor, t, t_prev, sche
     Without them the step is first order. The step to the clean end (t' = −1: σ = 0, h = ∞) is always
     first order and returns x̂₀ exactly (diffusers' ``final_sigmas_type="zero"``).
     """
-    if x0_pred.shape != x_t.shape:
-        raise ValueError(f"x0_pred has shape {tuple(x0_pred.shape)} but x_t has {tuple(x_t.shape)}")
+    _check_inputs(x_t, x0_pred, eps_name="x0_pred")
     if (x0_pred_last is None) != (t_last is None):
         raise ValueError("pass both x0_pred_last and t_last for a second-order step, or neither")
     t, t_prev = _as_t(t, x_t), _as_t(t_prev, x_t)
@@ -320,13 +356,12 @@ def ddim_invert_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_next, schedule: 
         x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t,   x_{t_next} = √ᾱ_{t_next} x̂₀ + √(1−ᾱ_{t_next}) ε̂
     — the η = 0 DDIM update (Song et al. 2021, Eq. 12) with the roles of the two levels swapped.
     """
-    if eps.shape != x_t.shape:
-        raise ValueError(f"eps has shape {tuple(eps.shape)} but x_t has {tuple(x_t.shape)}")
+    _check_inputs(x_t, eps)
     t, t_next = _as_t(t, x_t), _as_t(t_next, x_t)
     if int(t.min()) < -1 or int(t_next.max()) >= schedule.T or bool((t_next <= t).any()):
         raise ValueError(f"need -1 <= t < t_next <= T-1={schedule.T - 1} (inversion goes up the noise levels)")
     ab_next, ab = _alpha_bars(schedule, t_next, t, x_t)
-    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    x0 = _x0_from_eps(x_t, eps, ab)
     return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from . import validate
 
 __all__ = ["NoiseSchedule", "get_schedule"]
 
@@ -20,7 +23,7 @@ class NoiseSchedule:
     """
 
     def __init__(self, betas: torch.Tensor, name: str = "custom"):
-        betas = torch.as_tensor(betas, dtype=torch.float64)
+        betas = _as_betas(betas)
         if betas.ndim != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
         if not torch.isfinite(betas).all():
@@ -39,6 +42,7 @@ class NoiseSchedule:
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
         """β linear from ``beta_start`` to ``beta_end`` (DDPM, Sec. 4)."""
         _check_T(T)
+        beta_start, beta_end = validate.real("beta_start", beta_start), validate.real("beta_end", beta_end)
         if not (0 < beta_start <= beta_end < 1):
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
@@ -50,8 +54,9 @@ class NoiseSchedule:
         ᾱ(t) = f(t)/f(0), f(t) = cos²(((t/T) + s)/(1 + s) · π/2);  β_t = 1 − ᾱ(t+1)/ᾱ(t).
         """
         _check_T(T)
-        if not (0 < max_beta <= 1):
-            raise ValueError(f"max_beta must be in (0, 1], got {max_beta}")
+        max_beta = validate.real("max_beta", max_beta, low=0.0, high=1.0, low_open=True)
+        # s >= 0: the offset that keeps β_0 from being tiny; s <= -1 divides by zero, -1 < s < 0 makes ᾱ > 1
+        s = validate.real("s", s, low=0.0)
 
         def f(u: float) -> float:
             return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -61,7 +66,7 @@ class NoiseSchedule:
 
     @classmethod
     def from_betas(cls, betas, name: str = "custom") -> "NoiseSchedule":
-        return cls(torch.as_tensor(betas, dtype=torch.float64), name=name)
+        return cls(betas, name=name)
 
     # ----------------------------------------------------------------- derived views
     @property
@@ -95,6 +100,9 @@ class NoiseSchedule:
         """
         sqrt_ab = torch.sqrt(self.alpha_bar)
         first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+        if self.T < 2 or not first > last:
+            raise ValueError(f"rescale_zero_terminal_snr needs T >= 2 and a decreasing ᾱ (got T={self.T}): with "
+                             "one step the rescaled schedule would be all noise")
         sqrt_ab = (sqrt_ab - last) * first / (first - last)
         alpha_bar = sqrt_ab**2
         alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
@@ -133,6 +141,23 @@ class NoiseSchedule:
                 f"alpha_bar[T-1]={self.alpha_bar[-1].item():.3e})")
 
 
+def _as_betas(betas) -> torch.Tensor:
+    """β as a float64 tensor; complex, boolean, string or ragged input is an error, never silently cast."""
+    if isinstance(betas, (str, bytes)):
+        raise TypeError(f"betas must be a 1-D sequence or tensor of numbers, got a {type(betas).__name__}: {betas!r:.40}")
+    try:
+        raw = betas if isinstance(betas, torch.Tensor) else torch.as_tensor(np.asarray(betas))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"betas must be a 1-D sequence or tensor of real numbers, got {type(betas).__name__} "
+                        f"({err})") from None
+    if raw.is_complex():
+        raise TypeError(f"betas must be real, got complex dtype {raw.dtype} (the imaginary part would be dropped)")
+    if raw.dtype == torch.bool or not (raw.is_floating_point() or raw.dtype in
+                                       (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"betas must be real numbers, got dtype {raw.dtype}")
+    return raw.to(torch.float64)
+
+
 def _check_T(T: int) -> None:
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
         raise ValueError(f"T must be a positive int, got {T!r}")
@@ -140,6 +165,8 @@ def _check_T(T: int) -> None:
 
 def get_schedule(name: str, T: int = 1000) -> NoiseSchedule:
     """A schedule by name: ``"linear"`` or ``"cosine"`` (optionally with ``"+zsnr"``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str: 'linear' or 'cosine' (optionally '+zsnr'), got {name!r}")
     base, _, suffix = name.partition("+")
     makers = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
     if base not in makers or suffix not in {"", "zsnr"}:

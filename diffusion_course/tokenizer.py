@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -28,9 +28,13 @@ PAD, START = "<pad>", "<start>"
 
 class WordTokenizer:
     def __init__(self, vocab: Sequence[str], max_length: int = 12):
+        if isinstance(vocab, (str, bytes)) or not isinstance(vocab, Iterable):
+            raise TypeError(f"vocab must be a list of words, got {type(vocab).__name__} {vocab!r:.40}")
         words = list(dict.fromkeys(vocab))
-        if not words or any(not re.fullmatch(r"[a-z]+", w) for w in words):
+        if not words or any(not isinstance(w, str) or not re.fullmatch(r"[a-z]+", w) for w in words):
             raise ValueError("vocab must be a non-empty list of lower-case words (letters only)")
+        if isinstance(max_length, bool) or not isinstance(max_length, int):
+            raise TypeError(f"max_length must be an int, got {type(max_length).__name__} {max_length!r}")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 (start token + one word), got {max_length}")
         self.itos = [PAD, START, *words]
@@ -59,6 +63,8 @@ class WordTokenizer:
 
     def encode(self, prompt: str) -> torch.Tensor:
         """One prompt → (max_length,) int64 ids."""
+        if isinstance(prompt, (bytes, bytearray)):
+            raise TypeError("a prompt must be a str, got bytes: decode it first (e.g. prompt.decode('utf-8'))")
         words = self.words(prompt)
         if len(words) > self.max_length - 1:
             raise ValueError(f"prompt has {len(words)} words; at most {self.max_length - 1} fit "
@@ -76,12 +82,26 @@ class WordTokenizer:
         """A prompt or a list of prompts → (B, max_length) int64 ids."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        elif isinstance(prompts, (bytes, bytearray)):
+            raise TypeError("prompts must be a str or a list of str, got bytes: decode them first "
+                            "(e.g. prompts.decode('utf-8'))")
+        elif not isinstance(prompts, Sequence) and not isinstance(prompts, Iterable) or prompts is None:
+            raise TypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
+        prompts = list(prompts)
         if len(prompts) == 0:
             raise ValueError("no prompts given")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__} {p!r:.40}")
         return torch.stack([self.encode(p) for p in prompts])
 
     def decode(self, ids: torch.Tensor) -> str | list[str]:
         """Ids (L,) → prompt; (B, L) → list of prompts. Special tokens are dropped."""
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"ids must be an integer tensor (L,) or (B, L), got {type(ids).__name__}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.ndim not in (1, 2):
+            raise TypeError(f"ids must be an integer tensor (L,) or (B, L), got dtype {ids.dtype}, "
+                            f"shape {tuple(ids.shape)}")
         if ids.ndim == 2:
             return [self.decode(row) for row in ids]
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
@@ -94,4 +114,6 @@ class WordTokenizer:
 
     def null(self, batch_size: int = 1) -> torch.Tensor:
         """The null caption (the empty prompt), (batch_size, max_length)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         return self.encode("").expand(batch_size, -1).clone()

@@ -12,7 +12,7 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
 
-from . import forward
+from . import forward, validate
 from .schedules import NoiseSchedule
 from .viz import png_bytes, to_numpy_image
 
@@ -43,7 +43,10 @@ class ForwardExplorer:
         Ts = {s.T for s in schedules.values()}
         if len(Ts) != 1:
             raise ValueError(f"all schedules must have the same T, got {sorted(Ts)}")
+        # uint8 pixels would make x_t pure noise (q_sample casts ᾱ to the image dtype): float in [-1, 1] only
+        validate.float_tensor("data", data, min_ndim=2)
         for name, img in images.items():
+            validate.float_tensor(f"images[{name!r}]", img)
             if img.shape != data.shape[1:]:
                 raise ValueError(f"image {name!r} has shape {tuple(img.shape)}, data items have {tuple(data.shape[1:])}")
         if (model is None) != (model_schedule is None):

@@ -449,3 +449,240 @@ def test_extension_by_a_warm_restart_cycle_resumes_without_force(tmp_path):
     assert _run(path, steps=20, lr_cycle_ends=(8, 12)).step == 20
     straight = _run(tmp_path / "b.pt", steps=20, lr_cycle_ends=(8, 12))
     assert straight.history.loss[:12] == _run(tmp_path / "c.pt", steps=12, lr_cycle_ends=(8,)).history.loss
+
+
+# --------------------------------------------------------------------------- 4. nothing non-finite passes silently
+import numpy as np  # noqa: E402
+
+from diffusion_course import config, forward, guidance, sampling, schedules, validate  # noqa: E402
+from diffusion_course.tokenizer import WordTokenizer  # noqa: E402
+
+COS = schedules.NoiseSchedule.cosine(50)
+ZSNR = schedules.get_schedule("cosine+zsnr", 50)
+X = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+T = torch.full((4,), 10)
+NAN = float("nan")
+
+
+class _Eps(torch.nn.Module):
+    """A stand-in ε-model: a fixed fraction of x, or NaN from its ``bad_call``-th call on."""
+
+    def __init__(self, bad_call=None, objective="eps"):
+        super().__init__()
+        self.calls, self.bad_call, self.objective = 0, bad_call, objective
+
+    def forward(self, x, t, cond=None):
+        self.calls += 1
+        out = 0.5 * x
+        return out * NAN if self.bad_call is not None and self.calls >= self.bad_call else out
+
+
+def _with_nan(x):
+    x = x.clone()
+    x.view(-1)[3] = NAN
+    return x
+
+
+def test_samplers_name_the_step_where_the_model_went_non_finite():
+    with pytest.raises(validate.NonFiniteError, match=r"the model's prediction contains NaN .* at step 3 of 10 "
+                                                      r"\(t=\d+\)"):
+        sampling.ddim_sample(_Eps(bad_call=3), X, COS, steps=10, progress=False)
+    with pytest.raises(FloatingPointError, match="at step 5 of 50"):  # also a FloatingPointError
+        sampling.ddpm_sample(_Eps(bad_call=5), X, COS, generator=torch.Generator().manual_seed(0), progress=False)
+    with pytest.raises(ValueError, match="at step 2 of 5"):  # and a ValueError
+        sampling.dpm_solver_2m_sample(_Eps(bad_call=2), X, COS, steps=5, progress=False)
+
+    class Huge(_Eps):  # finite predictions whose update overflows
+        def forward(self, x, t, cond=None):
+            return torch.full_like(x, 3e38) if int(t[0]) < 40 else 0.5 * x
+
+    with pytest.raises(validate.NonFiniteError, match=r"the sample contains inf .*after step \d+ of 10"):
+        sampling.ddim_sample(Huge(), X, COS, steps=10, progress=False)
+
+
+HOSTILE = {
+    # samplers and steps
+    "x_T with NaN": (lambda: sampling.ddim_sample(_Eps(), _with_nan(X), COS, steps=5, progress=False),
+                     ValueError, "x_T contains NaN"),
+    "uint8 x_T": (lambda: sampling.ddim_sample(_Eps(), (X > 0).to(torch.uint8), COS, steps=5, progress=False),
+                  TypeError, "x_T must be a floating-point tensor"),
+    "eta NaN": (lambda: sampling.ddim_sample(_Eps(), X, COS, steps=5, eta=NAN, progress=False), ValueError,
+                "eta must be a finite number"),
+    "eta > 1": (lambda: sampling.ddim_sample(_Eps(), X, COS, steps=5, eta=1.5, progress=False), ValueError,
+                r"eta must satisfy 0.0 <= eta <= 1.0"),
+    "eta str": (lambda: sampling.ddim_step(X, X, 10, 5, COS, eta="0.5"), TypeError, "eta must be a real number"),
+    "ddim_step eta > 1": (lambda: sampling.ddim_step(X, X, 10, 5, COS, eta=2.0), ValueError, "eta must satisfy"),
+    "noise with NaN": (lambda: sampling.ddpm_step(X, X, 10, 9, COS, noise=_with_nan(X)), ValueError,
+                       "noise contains NaN"),
+    "noise wrong shape": (lambda: sampling.ddim_step(X, X, 10, 9, COS, eta=1.0, noise=X[:2]), ValueError,
+                          "noise has shape"),
+    "eps with inf": (lambda: sampling.ddim_step(X, X / 0, 10, 9, COS), ValueError, "eps contains"),
+    "ddpm_sample steps=0": (lambda: sampling.ddpm_sample(_Eps(), X, COS, steps=0, progress=False), ValueError,
+                            "steps must satisfy 1 <= steps"),
+    "ddpm_sample steps=-3": (lambda: sampling.ddpm_sample(_Eps(), X, COS, steps=-3, progress=False), ValueError,
+                             "steps must satisfy 1 <= steps"),
+    "ddim_sample steps=0": (lambda: sampling.ddim_sample(_Eps(), X, COS, steps=0, progress=False), ValueError,
+                            "steps must be an int with 1 <= steps"),
+    "ddim_sample steps=2.5": (lambda: sampling.ddim_sample(_Eps(), X, COS, steps=2.5, progress=False), ValueError,
+                              "steps must be an int"),
+    "timesteps T=True": (lambda: sampling.timesteps(True, 1), ValueError, "T must be a positive int"),
+    "zero terminal SNR, eps-model": (lambda: sampling.ddim_sample(_Eps(), X, ZSNR, steps=5, progress=False),
+                                     ValueError, r"ᾱ_t = 0 .*objective='v'"),
+    "zero terminal SNR, ddpm": (lambda: sampling.ddpm_sample(_Eps(), X, ZSNR, progress=False), ValueError,
+                                "zero-terminal-SNR"),
+    "zero terminal SNR, step": (lambda: sampling.ddim_step(X, X, 49, 40, ZSNR), ValueError, "zero-terminal-SNR"),
+    "model returns a list": (lambda: sampling.ddim_sample(lambda x, t: [x], X, COS, steps=2, progress=False),
+                             TypeError, "the model must return a tensor"),
+    # guidance
+    "guidance scale inf": (lambda: guidance.classifier_free(_Eps(), torch.zeros(4, dtype=torch.long), float("inf"),
+                                                            null_cond=torch.ones(4, dtype=torch.long)),
+                           ValueError, "scale must be a finite number"),
+    "guidance scale NaN": (lambda: guidance.cfg_combine(X, X, NAN), ValueError, "scale must be a finite number"),
+    "guidance scale str": (lambda: guidance.cfg_combine(X, X, "3"), TypeError, "scale must be a real number"),
+    "guidance rescale NaN": (lambda: guidance.classifier_free(_Eps(), torch.zeros(4, dtype=torch.long), 2.0,
+                                                              null_cond=torch.ones(4, dtype=torch.long), rescale=NAN),
+                             ValueError, "rescale must be a finite number"),
+    "guidance interval floats": (lambda: guidance.classifier_free(_Eps(), torch.zeros(4, dtype=torch.long), 2.0,
+                                                                  null_cond=torch.ones(4, dtype=torch.long),
+                                                                  interval=(0.5, 10)),
+                                 TypeError, r"interval\[0\] must be an int"),
+    # forward process
+    "uint8 images in q_sample": (lambda: forward.q_sample(torch.full((2, 1, 4, 4), 200, dtype=torch.uint8),
+                                                          torch.tensor([5, 5]), COS),
+                                 TypeError, r"x0 must be a floating-point tensor, got dtype torch.uint8 .*127.5"),
+    "NaN noise in q_sample": (lambda: forward.q_sample(X, T, COS, _with_nan(X)), ValueError, "noise contains NaN"),
+    "int noise in q_sample": (lambda: forward.q_sample(X, T, COS, torch.zeros(4, 1, 4, 4, dtype=torch.long)),
+                              TypeError, "noise must be a floating-point"),
+    "eps_to_x0 t=-1": (lambda: forward.eps_to_x0(X, X, torch.full((4,), -1), COS), ValueError,
+                       r"0 <= t < T=50.*clean end"),
+    "v_to_x0 t=T": (lambda: forward.v_to_x0(X, X, torch.full((4,), 50), COS), ValueError, "0 <= t < T=50"),
+    "eps_to_x0 at zero SNR": (lambda: forward.eps_to_x0(X, X, torch.full((4,), 49), ZSNR), ValueError, "ᾱ_t = 0"),
+    "eps_to_x0 float t": (lambda: forward.eps_to_x0(X, X, torch.full((4,), 3.0), COS), TypeError,
+                          "t must be an integer tensor"),
+    "q_sample schedule str": (lambda: forward.q_sample(X, T, "cosine"), TypeError, "schedule must be a NoiseSchedule"),
+    "ideal_denoiser NaN row": (lambda: forward.ideal_denoiser(X[:1], torch.tensor([5]), _with_nan(X), COS),
+                               ValueError, r"data contains NaN or inf .* in 1 of its 4 rows, e.g. row 0"),
+    "ideal_denoiser chunk 0": (lambda: forward.ideal_denoiser(X[:1], torch.tensor([5]), X, COS, chunk_size=0),
+                               ValueError, "chunk_size must satisfy 1 <= chunk_size"),
+    "ideal_denoiser chunk -1": (lambda: forward.ideal_denoiser(X[:1], torch.tensor([5]), X, COS, chunk_size=-1),
+                                ValueError, "chunk_size"),
+    "ideal_denoiser uint8 data": (lambda: forward.ideal_denoiser(X[:1], torch.tensor([5]), X.to(torch.uint8), COS),
+                                  TypeError, "data must be a floating-point tensor"),
+    # training configuration
+    "grad_clip < 0": (lambda: TrainConfig(grad_clip=-1.0), ValueError, "grad_clip must satisfy 0.0 <= grad_clip"),
+    "checkpoint_every < 0": (lambda: TrainConfig(checkpoint_every=-5), ValueError, "checkpoint_every must satisfy"),
+    "warmup < 0": (lambda: TrainConfig(warmup=-1), ValueError, "warmup must satisfy 0 <= warmup"),
+    "steps=True": (lambda: TrainConfig(steps=True), TypeError, "steps must be an int, got bool"),
+    "steps=1e3": (lambda: TrainConfig(steps=1e3), TypeError, "steps must be an int, got float"),
+    "lr NaN": (lambda: TrainConfig(lr=NAN), ValueError, "lr must be a finite number"),
+    "lr 0": (lambda: TrainConfig(lr=0.0), ValueError, "lr must satisfy 0.0 < lr"),
+    "p_uncond 2": (lambda: TrainConfig(p_uncond=2.0), ValueError, "p_uncond must satisfy"),
+    "ema_decay 1": (lambda: TrainConfig(ema_decay=1.0), ValueError, r"ema_decay must be in \[0, 1\)"),
+    "seed 2**70": (lambda: TrainConfig(seed=2**70), ValueError, "seed must satisfy"),
+    "min_snr_gamma 0": (lambda: TrainConfig(min_snr_gamma=0.0), ValueError, "min_snr_gamma must satisfy"),
+    "amp 'yes'": (lambda: TrainConfig(amp="yes"), TypeError, "amp must be True or False"),
+    "NaN in the training images": (lambda: train(MLPDenoiser(hidden=8), S100, _with_nan(PTS),
+                                                 config=TrainConfig(steps=2, batch_size=4, channels_last=False),
+                                                 progress=False, device="cpu"),
+                                   ValueError, "images contains NaN"),
+    "uint8 training images": (lambda: train(MLPDenoiser(hidden=8), S100, (PTS > 0).to(torch.uint8),
+                                            config=TrainConfig(steps=2, batch_size=4), progress=False, device="cpu"),
+                              TypeError, "images must be a floating-point tensor"),
+    "config is a dict": (lambda: train(MLPDenoiser(hidden=8), S100, PTS, config={"steps": 2}, progress=False,
+                                       device="cpu"), TypeError, "config must be a TrainConfig"),
+    # schedules
+    "get_schedule(None)": (lambda: schedules.get_schedule(None), TypeError, "schedule name must be a str"),
+    "get_schedule('cosin')": (lambda: schedules.get_schedule("cosin"), ValueError, "unknown schedule 'cosin'"),
+    "string betas": (lambda: schedules.NoiseSchedule("0.1 0.2"), TypeError, "betas must be a 1-D sequence"),
+    "list of string betas": (lambda: schedules.NoiseSchedule(["0.1", "0.2"]), TypeError, "betas must be"),
+    "complex betas": (lambda: schedules.NoiseSchedule.from_betas(torch.tensor([0.1 + 0.5j, 0.2])), TypeError,
+                      "betas must be real, got complex"),
+    "complex numpy betas": (lambda: schedules.NoiseSchedule(np.array([0.1, 0.2], dtype=complex)), TypeError,
+                            "complex"),
+    "bool betas": (lambda: schedules.NoiseSchedule([True, True]), TypeError, "betas must be real numbers"),
+    "ragged betas": (lambda: schedules.NoiseSchedule([[0.1], [0.2, 0.3]]), TypeError, "betas must be"),
+    "betas > 1": (lambda: schedules.NoiseSchedule([0.5, 1.5]), ValueError, r"betas must lie in \(0, 1\]"),
+    "cosine(s=-1)": (lambda: schedules.NoiseSchedule.cosine(100, s=-1), ValueError, "s must satisfy 0.0 <= s"),
+    "cosine(s=NaN)": (lambda: schedules.NoiseSchedule.cosine(100, s=NAN), ValueError, "s must be a finite"),
+    "cosine(T=100.0)": (lambda: schedules.NoiseSchedule.cosine(100.0), ValueError, "T must be a positive int"),
+    "linear beta_end str": (lambda: schedules.NoiseSchedule.linear(10, beta_end="0.02"), TypeError,
+                            "beta_end must be a real number"),
+    "zsnr of T=1": (lambda: schedules.NoiseSchedule([0.5]).rescale_zero_terminal_snr(), ValueError, "T >= 2"),
+    # config and seeding
+    "seed_everything(2**70)": (lambda: config.seed_everything(2**70), ValueError, "seed must satisfy 0 <= seed"),
+    "seed_everything(-1)": (lambda: config.seed_everything(-1), ValueError, "seed must satisfy 0 <= seed"),
+    "seed_everything(1.5)": (lambda: config.seed_everything(1.5), TypeError, "seed must be an int"),
+    "seed_everything(True)": (lambda: config.seed_everything(True), TypeError, "got bool"),
+    "get_device('banana')": (lambda: config.get_device("banana"), ValueError, "device must be 'cpu', 'cuda'"),
+    "get_device('cuda:x')": (lambda: config.get_device("cuda:x"), ValueError, "'cuda:N'"),
+    "get_device(0)": (lambda: config.get_device(0), TypeError, "device must be a str"),
+    # tokenizer
+    "tokenizer(None)": (lambda: _tok()(None), TypeError, "prompts must be a str or a list of str, got NoneType"),
+    "tokenizer(bytes)": (lambda: _tok()(b"a red circle"), TypeError, "got bytes: decode"),
+    "tokenizer([str, None])": (lambda: _tok()(["a red circle", None]), TypeError, r"prompts\[1\] must be a str"),
+    "tokenizer.encode(bytes)": (lambda: _tok().encode(b"a red circle"), TypeError, "got bytes"),
+    "tokenizer.decode(list)": (lambda: _tok().decode([1, 2]), TypeError, "ids must be an integer tensor"),
+    "tokenizer.decode(floats)": (lambda: _tok().decode(torch.tensor([1.0, 2.0])), TypeError, "dtype torch.float32"),
+    "tokenizer vocab str": (lambda: WordTokenizer("red circle"), TypeError, "vocab must be a list of words"),
+    "tokenizer max_length 3.5": (lambda: WordTokenizer(["red"], max_length=3.5), TypeError, "max_length must be an int"),
+    "tokenizer unknown char": (lambda: _tok()("a red circle!"), ValueError, "characters the tokeniser does not know"),
+    # data
+    "data split 'Train'": (lambda: data.load_fashion_mnist("Train"), ValueError, "split must be 'train' or 'test'"),
+    "toy_2d n=True": (lambda: data.toy_2d("moons", True), TypeError, "n must be an int, got bool"),
+    "toy_2d n=0": (lambda: data.toy_2d("moons", 0), ValueError, "n must satisfy 1 <= n"),
+    "toy_2d noise NaN": (lambda: data.toy_2d("moons", 5, noise=NAN), ValueError, "noise must be a finite number"),
+    "toy_2d generator seed": (lambda: data.toy_2d("moons", 5, generator=0), TypeError, "generator must be"),
+}
+
+
+def _tok():
+    from diffusion_course import shapes
+    return WordTokenizer(shapes.VOCAB, 10)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_input_gets_a_clear_error(case):
+    fn, exc, pattern = HOSTILE[case]
+    with pytest.raises(exc, match=pattern):
+        fn()
+
+
+def test_ideal_denoiser_never_answers_for_stale_data():
+    data_ = torch.randn(6, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    x_t = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([3, 3])
+    first = forward.ideal_denoiser(x_t, t, data_, COS)
+    # a transposed view: same storage, same shape, different images
+    view = data_.transpose(2, 3)
+    assert torch.allclose(forward.ideal_denoiser(x_t, t, view, COS), forward.ideal_denoiser(x_t, t, view.clone(), COS))
+    assert not torch.allclose(forward.ideal_denoiser(x_t, t, view, COS), first)
+    # edited in place behind torch's back (through a NumPy view: the version counter does not move)
+    data_.numpy()[:] = data_.numpy()[::-1] * 0.5
+    assert torch.allclose(forward.ideal_denoiser(x_t, t, data_, COS), forward.ideal_denoiser(x_t, t, data_.clone(), COS))
+    assert not torch.allclose(forward.ideal_denoiser(x_t, t, data_, COS), first)
+
+
+def test_explorer_refuses_uint8_images():
+    from diffusion_course import widgets
+    imgs = {"a": torch.zeros(1, 4, 4, dtype=torch.uint8)}
+    with pytest.raises(TypeError, match=r"images\['a'\] must be a floating-point tensor.*127.5"):
+        widgets.ForwardExplorer(imgs, torch.zeros(5, 1, 4, 4), {"cosine": COS})
+    with pytest.raises(TypeError, match="data must be a floating-point tensor"):
+        widgets.ForwardExplorer({"a": torch.zeros(1, 4, 4)}, torch.zeros(5, 1, 4, 4, dtype=torch.uint8),
+                                {"cosine": COS})
+
+
+def test_valid_edge_inputs_still_work():
+    """The validators do not reject what is legitimate."""
+    assert sampling.ddim_sample(_Eps(), X, COS, steps=1, eta=1.0, generator=torch.Generator().manual_seed(0),
+                                progress=False).shape == X.shape
+    assert sampling.ddpm_sample(_Eps(), X, COS, steps=None, generator=torch.Generator().manual_seed(0),
+                                progress=False).shape == X.shape
+    assert torch.isfinite(sampling.ddim_sample(_Eps(objective="v"), X, ZSNR, steps=5, progress=False)).all()
+    assert guidance.cfg_combine(X, X, np.float32(2.0)).shape == X.shape
+    assert schedules.NoiseSchedule(np.array([0.1, 0.2], dtype=np.float32)).T == 2
+    assert schedules.NoiseSchedule.cosine(10, s=0.0).T == 10
+    assert config.seed_everything(np.int64(3)).initial_seed() == 3
+    assert config.seed_everything(2**64 - 1).initial_seed() == 2**64 - 1
+    assert TrainConfig(warmup=0, checkpoint_every=0, grad_clip=0.0).warmup == 0
+    assert _tok()(("a red circle", "a blue square")).shape == (2, 10)
