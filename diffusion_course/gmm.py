@@ -26,7 +26,7 @@ import torch
 
 from .schedules import NoiseSchedule
 
-__all__ = ["GaussianMixture", "OracleModel"]
+__all__ = ["GaussianMixture", "OracleModel", "SDEScore"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -238,6 +238,38 @@ class GaussianMixture:
         per_comp = self.means[None] + gain * diff
         return (resp[..., None] * per_comp).sum(1)
 
+    # ----------------------------------------------------------------- continuous time (chapter 6)
+    def _log_joint_scaled(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor):
+        """Like :meth:`_log_joint` for x_t = a·x₀ + s·ε with per-row a = ``scale``, s = ``std`` (N,):
+        component k becomes N(a μ_k, a² σ_k² + s²) — VP (a² + s² = 1) and VE (a = 1) alike."""
+        a = scale.to(torch.float64).cpu().reshape(-1, 1, 1)
+        s = std.to(torch.float64).cpu().reshape(-1, 1, 1)
+        mu = a * self.means[None]
+        var = a**2 * self.variances[None] + s**2
+        diff = x[:, None, :] - mu
+        log_comp = -0.5 * (diff.pow(2) / var + torch.log(var) + _LOG_2PI).sum(-1)
+        return log_comp + self.log_weights, diff, var
+
+    def log_prob_at(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """log p_t(x) of the perturbed mixture x_t = a x₀ + s ε (``scale`` a, ``std`` s: (N,) each), (N,) float64."""
+        x = self._check_x(x).cpu()
+        log_joint, _, _ = self._log_joint_scaled(x, scale, std)
+        return torch.logsumexp(log_joint, dim=1)
+
+    def score_at(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """∇ log p_t(x) of the perturbed mixture x_t = a x₀ + s ε, (N, d) float64."""
+        x = self._check_x(x).cpu()
+        log_joint, diff, var = self._log_joint_scaled(x, scale, std)
+        resp = torch.softmax(log_joint, dim=1)
+        return -(resp[..., None] * diff / var).sum(1)
+
+    def sde_score(self, sde) -> "SDEScore":
+        """The exact continuous-time score ``score_fn(x, t)`` of this mixture under a forward SDE of
+        ``diffusion_course.sde`` (anything with ``alpha_sigma(t) -> (a, s)``): the oracle for chapter 6."""
+        if not hasattr(sde, "alpha_sigma"):
+            raise TypeError(f"sde must be an SDE from diffusion_course.sde, got {type(sde).__name__}")
+        return SDEScore(self, sde)
+
     def oracle_model(self, schedule: NoiseSchedule) -> "OracleModel":
         """A perfect ε-prediction model ``model(x, t) -> ε*(x, t)`` for every sampler in ``sampling``."""
         if not isinstance(schedule, NoiseSchedule):
@@ -303,3 +335,31 @@ class ClassConditionalOracle:
 def class_conditional_oracle(mixture: GaussianMixture, schedule: NoiseSchedule) -> ClassConditionalOracle:
     """See :class:`ClassConditionalOracle`."""
     return ClassConditionalOracle(mixture, schedule)
+
+
+class SDEScore:
+    """``score_fn(x, t) -> ∇ log p_t(x)`` of a :class:`GaussianMixture` under a continuous-time SDE, t a float
+    tensor (B,) in (0, 1]; x (B, d) or (B, ...) with d elements per item. Output in x's shape, dtype and device.
+    ``log_prob(x, t)`` gives the exact log p_t(x) — the true density the PF-ODE likelihood is checked against."""
+
+    def __init__(self, mixture: GaussianMixture, sde):
+        self.mixture, self.sde = mixture, sde
+
+    def _scale_std(self, x: torch.Tensor, t: torch.Tensor):
+        if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point or t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a float tensor of shape (B,)=({x.shape[0]},), got {t!r:.60}")
+        a, s = self.sde.alpha_sigma(t.detach().to(torch.float64).cpu())
+        return a, s
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        a, s = self._scale_std(x, t)
+        out = self.mixture.score_at(flat.cpu(), a, s)   # differentiable in x (exact divergences)
+        return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self._scale_std(x, t)
+        return self.mixture.log_prob_at(x.reshape(x.shape[0], -1).cpu(), a, s)
+
+    def __repr__(self) -> str:
+        return f"SDEScore({self.mixture!r}, {self.sde!r})"
