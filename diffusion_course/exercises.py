@@ -44,6 +44,19 @@ def _cases_cfg(seed: int):
                    scale=scale)
 
 
+def _cases_sde_step(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for B, dt in ((1, -0.01), (4, -0.1), (3, -1e-3)):
+        yield dict(x=torch.randn(B, 2, generator=g), score=torch.randn(B, 2, generator=g),
+                   drift=torch.randn(B, 2, generator=g), g=torch.rand(B, 1, generator=g) * 3, dt=dt,
+                   noise=torch.randn(B, 2, generator=g))
+
+
+def _sde_step_reference(x, score, drift, g, dt, noise):
+    # reverse-time SDE, Euler–Maruyama (Song et al. 2021, Eq. 6); dt < 0 runs time backwards
+    return x + (drift - g**2 * score) * dt + g * (-dt) ** 0.5 * noise
+
+
 def _cfg_reference(eps_uncond, eps_cond, scale):
     from .guidance import cfg_combine
 
@@ -157,6 +170,8 @@ CHECKS: dict[str, tuple[Callable, Callable, str]] = {
     "v_target": (lambda x0, t, schedule, noise: forward.v_target(x0, noise, t, schedule), _cases_forward,
                  "v_target(x0, t, schedule, noise) -> v = √ᾱ·noise − √(1−ᾱ)·x0"),
     "cfg": (_cfg_reference, _cases_cfg, "cfg(eps_uncond, eps_cond, scale) -> guided eps"),
+    "reverse_sde_step": (_sde_step_reference, _cases_sde_step,
+                         "reverse_sde_step(x, score, drift, g, dt, noise) -> x after one Euler–Maruyama step (dt < 0)"),
     "rescale": (_rescale_reference, _cases_rescale,
                 "rescale(eps_uncond, eps_cond, scale, phi) -> guided eps with its per-sample std pulled back"),
     "loss": (_loss_reference, _cases_loss, "loss(model, x0, t, noise, schedule) -> scalar mean ε-MSE"),
@@ -261,3 +276,41 @@ def _check(fn: Callable, name: str, atol: float, seed: int, verbose: bool) -> bo
     if verbose:
         print(f"✅ {name}: matches the reference on all cases")
     return True
+
+
+# --------------------------------------------------------------------------- chapter 5: latent diffusion
+def _cases_kl(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for shape in ((1, 4, 7, 7), (3, 4, 7, 7), (2, 2, 3, 3)):
+        yield dict(mean=torch.randn(shape, generator=g) * 2, logvar=torch.randn(shape, generator=g) * 3 - 2)
+    yield dict(mean=torch.zeros(2, 4, 7, 7), logvar=torch.zeros(2, 4, 7, 7))    # the prior itself: KL = 0
+
+
+def _kl_reference(mean, logvar):
+    from .nn.autoencoder import kl_to_standard_normal
+
+    return kl_to_standard_normal(mean, logvar)
+
+
+def _cases_scale(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for scale, shift in ((5.0, 0.0), (0.2, 1.0), (1.0, -3.0)):
+        yield dict(latents=torch.randn(64, 4, 7, 7, generator=g) * scale + shift)
+
+
+def _scale_reference(latents):
+    from .latent import fit_scale_factor
+
+    return torch.tensor(fit_scale_factor(latents))
+
+
+CHECKS["kl"] = (_kl_reference, _cases_kl, "kl(mean, logvar) -> (B,) KL(N(mean, exp(logvar)) ‖ N(0, I)) summed per sample")
+CHECKS["scale_factor"] = (_scale_reference, _cases_scale,
+                          "scale_factor(latents) -> 0-d tensor s such that latents·s has unit std over the whole set")
+SOLUTIONS["kl"] = """\
+def my_kl(mean, logvar):
+    # ½ Σ (μ² + σ² − 1 − log σ²) over every latent dimension of each sample
+    return 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).flatten(1).sum(1)"""
+SOLUTIONS["scale_factor"] = """\
+def my_scale_factor(latents):
+    return 1 / latents.double().std()          # the std over ALL numbers of the whole set (not per channel or batch)"""
