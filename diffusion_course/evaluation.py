@@ -269,3 +269,63 @@ def format_guidance_table(rows: list[dict]) -> str:
         lines.append(f"{r['scale']:7.2g} {r['rescale']:7.2g} {r['fid']:7.2f} {r['floor']:6.2f} "
                      f"{r['class_accuracy']:9.1%} {r['diversity']:9.3f} {r['saturated']:9.1%} {r['seconds']:7.1f}")
     return "\n".join(lines)
+
+
+def text_prompts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``n`` two-object prompts of pairings seen in training and ``n`` of the held-out pairings — the same
+    prompts (same generator) as ``train.evaluate_text_model`` scores for the shipped checkpoint's manifest."""
+    import random
+
+    from . import shapes
+
+    rng = random.Random(10_000 + seed)
+    seen = [shapes.random_scene(rng, p_single=0.0).caption() for _ in range(n)]
+    unseen = []
+    while len(unseen) < n:
+        scene = shapes.random_scene(rng, p_single=0.0, allow_held_out=True)
+        if scene.is_held_out():
+            unseen.append(scene.caption())
+    return seen, unseen
+
+
+def reversed_order(caption: str) -> str:
+    """The same words in the other order: "a red circle above a blue square" → "a blue square above a red
+    circle" — the opposite scene. As a negative prompt it pushes only on what word order says."""
+    from . import shapes
+
+    sc = shapes.parse_caption(caption)
+    if sc.second is None:
+        raise ValueError(f"reversed_order needs a two-object caption, got {caption!r}")
+    return shapes.Scene(sc.second, sc.relation, sc.first).caption()
+
+
+@torch.no_grad()
+def text_composition(model, schedule, prompts: list[str], scale: float = 3.0, steps: int = 25, seed: int = 0,
+                     negative: list[str] | None = None, interval: tuple[int, int] | None = None,
+                     batch_size: int = 100, progress: bool = True, desc: str = "model calls") -> dict:
+    """Sample one image per prompt (DDIM-``steps``, same x_T for every call with the same seed) and score it:
+    ``rates`` (``shapes.match_rates``), ``counts`` (``shapes.composition_counts``: axis / order / swapped) and
+    the ``samples``. ``negative``: one negative prompt per prompt, used in place of the empty caption as
+    CFG's unconditional input; ``interval``: guide only for t in that range."""
+    from tqdm.auto import tqdm
+
+    from . import guidance, shapes
+
+    if negative is not None and len(negative) != len(prompts):
+        raise ValueError(f"negative must have one prompt per prompt ({len(prompts)}), got {len(negative)}")
+    device = next(model.parameters()).device
+    tok = model.tokenizer
+    x_T = torch.randn((len(prompts), 3, 32, 32), generator=torch.Generator().manual_seed(seed))
+    bar = tqdm(total=steps * -(-len(prompts) // batch_size), desc=desc, disable=not progress, leave=False)
+    counted = _CountCalls(model, bar)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids = tok(prompts[i:i + batch_size]).to(device)
+        null = tok(negative[i:i + batch_size]).to(device) if negative is not None else None
+        guided = guidance.classifier_free(counted, ids, float(scale), null_cond=null, interval=interval)
+        out.append(sampling.ddim_sample(guided, x_T[i:i + batch_size].to(device), schedule, steps=steps,
+                                        progress=False, clip_denoised=True).float().cpu())
+    bar.close()
+    xs = torch.cat(out)
+    return {"rates": shapes.match_rates(xs, prompts), "counts": shapes.composition_counts(xs, prompts),
+            "samples": xs, "scale": scale, "steps": steps, "negative": negative is not None, "interval": interval}

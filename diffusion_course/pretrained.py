@@ -26,8 +26,26 @@ from .schedules import NoiseSchedule, get_schedule
 from .tokenizer import WordTokenizer
 from .training import TrainConfig
 
-CHECKPOINT_DIR = Path(os.environ.get("DIFFUSION_COURSE_CHECKPOINTS",
-                                     Path(__file__).resolve().parent.parent / "data" / "checkpoints"))
+def _find_checkpoint_dir() -> Path:
+    """$DIFFUSION_COURSE_CHECKPOINTS; else the source tree's data/checkpoints (a clone, or ``pip install -e .``);
+    else the copy a regular ``pip install .`` / ``pip install git+…`` puts under <prefix>/share/diffusion-course/
+    (pyproject's data-files); else the source-tree path, where checkpoints trained on demand are written."""
+    import site
+    import sys
+
+    if os.environ.get("DIFFUSION_COURSE_CHECKPOINTS"):
+        return Path(os.environ["DIFFUSION_COURSE_CHECKPOINTS"])
+    source = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+    if source.is_dir():
+        return source
+    for prefix in (sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None) or ""):
+        installed = Path(prefix) / "share" / "diffusion-course" / "checkpoints"
+        if prefix and installed.is_dir():
+            return installed
+    return source
+
+
+CHECKPOINT_DIR = _find_checkpoint_dir()
 
 
 @dataclass
