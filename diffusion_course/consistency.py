@@ -64,8 +64,8 @@ from .schedules import NoiseSchedule
 
 __all__ = ["DISTANCES", "HEADS", "MODES", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
            "teacher_step", "distance", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
-           "DistillResult", "distill", "progressive_target", "progressive_loss", "progressive_distillation",
-           "sample_timesteps", "sample", "ExactConsistencyFunction", "evaluate", "seconds_per_image"]
+           "DistillResult", "distill", "FMNIST_CD_RECIPE", "build_student", "distill_recipe", "progressive_target", "progressive_loss", "progressive_distillation",
+           "sample_timesteps", "renoise", "sample", "check_exercise", "ExactConsistencyFunction", "evaluate", "seconds_per_image"]
 
 DISTANCES = ("l2", "pseudo-huber")
 HEADS = ("eps", "raw")
@@ -396,7 +396,7 @@ def _check_data(images, labels):
 
 def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
             config: DistillConfig | None = None, student: nn.Module | None = None, resume: bool = True,
-            progress: bool = True, device: torch.device | str | None = None) -> DistillResult:
+            progress: bool = True, device: torch.device | str | None = None, until: int | None = None) -> DistillResult:
     """Consistency distillation (``config.mode = "cd"``, Song et al. 2023, Alg. 2) or consistency training
     (``"ct"``, Alg. 3 with iCT's growing N), on an in-memory dataset.
 
@@ -407,6 +407,8 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
             with probability ``p_uncond``, so the student also generates unconditionally).
         student: a :class:`ConsistencyModel`; default: the teacher's network warm-started (CD only).
         resume: continue from ``config.checkpoint_path`` if it exists.
+        until: stop after this step (a resumable part of the run, e.g. to measure along the way); the learning-rate
+            schedule still follows ``config.steps``.
     Returns the online student, its EMA (sample from it), the loss history and the step reached. Ctrl-C saves a
     checkpoint (when a path is set) and returns what was trained.
     """
@@ -471,7 +473,8 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
     start = time.perf_counter() - history.wall_time
     interrupted = False
     try:
-        while step < cfg.steps and history.wall_time < budget_s:
+        last = cfg.steps if until is None else min(cfg.steps, until)
+        while step < last and history.wall_time < budget_s:
             idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen).to(dev)
             x0 = images_dev[idx]
             y = _drop_labels(labels_dev[idx] if labels_dev is not None else None, cfg.p_uncond,
@@ -515,6 +518,42 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
         save_checkpoint()
     student.eval()
     return DistillResult(student=student, ema=ema, history=history, step=step, interrupted=interrupted)
+
+
+# The recipe proposed for the shipped ``fmnist-cd`` (``python -m diffusion_course.train fmnist-cd`` runs it through
+# :func:`distill_recipe`): the live demo's settings, longer, with a larger batch and a lower, decaying rate.
+FMNIST_CD_RECIPE = dict(steps=8000, batch_size=64, lr=1e-4, warmup=200, lr_decay="cosine", grad_clip=1.0, mode="cd",
+                        grid_size=20, distance="pseudo-huber", target_decay=0.0, ema_decay=0.999, p_uncond=0.1,
+                        clip_denoised=True, sigma_data=0.5, sigma_cap=2.0, seed=0, checkpoint_every=200)
+
+
+def build_student(teacher_net: nn.Module, schedule: NoiseSchedule, distill_config: dict | DistillConfig) -> ConsistencyModel:
+    """The student architecture of a recipe: the teacher's network (a fresh copy of its weights) with the ε-head."""
+    cfg = distill_config if isinstance(distill_config, DistillConfig) else DistillConfig(**distill_config)
+    return ConsistencyModel.from_teacher(teacher_net, schedule, grid_size=cfg.grid_size, sigma_data=cfg.sigma_data,
+                                         sigma_cap=cfg.sigma_cap)
+
+
+def distill_recipe(teacher_name: str, distill_config: dict, state_path: str | Path | None = None,
+                   steps: int | None = None, device=None, progress: bool = True, until: int | None = None) -> DistillResult:
+    """Run a distillation recipe from a shipped teacher on Fashion-MNIST (what ``train.py`` calls for ``fmnist-cd``).
+
+    Loads ``pretrained.load(teacher_name)`` and the training set, builds the warm-started student, and runs
+    :func:`distill` with the recipe's :class:`DistillConfig` (``steps`` overrides its length), saving and resuming
+    the training state at ``state_path``. Export ``result.ema`` (its ``state_dict`` loads into
+    :func:`build_student`'s model) and score it with :func:`evaluate`.
+    """
+    from . import pretrained
+    from .data import load_fashion_mnist
+
+    teacher, schedule = pretrained.load(teacher_name, device=device, train_if_missing=False)
+    fields = {**distill_config, "checkpoint_path": str(state_path) if state_path is not None else None}
+    if steps is not None:
+        fields["steps"] = steps
+    cfg = DistillConfig(**fields)
+    x, y = load_fashion_mnist("train")
+    student = build_student(teacher, schedule, cfg)
+    return distill(teacher, schedule, x, y, cfg, student=student, progress=progress, device=device, until=until)
 
 
 # --------------------------------------------------------------------------- progressive distillation
@@ -636,6 +675,14 @@ def sample_timesteps(model, steps: int) -> torch.Tensor:
     return grid[torch.tensor(idx)]
 
 
+def renoise(x0: torch.Tensor, t: int, z: torch.Tensor, schedule: NoiseSchedule, sigma_min: float) -> torch.Tensor:
+    """Alg. 1's re-noising, in the teacher's VP coordinates: y = x̂₀ + √(σ_t² − σ_min²)·z, x_t = √ᾱ_t·y
+    (x̂₀ sits at σ_min, so only the missing variance is added)."""
+    ab = float(schedule.alpha_bar[int(t)])
+    sigma2 = (1 - ab) / ab
+    return math.sqrt(ab) * (x0 + math.sqrt(max(sigma2 - sigma_min**2, 0.0)) * z)
+
+
 @torch.no_grad()
 def sample(model, x_T: torch.Tensor, steps: int = 1, cond: torch.Tensor | None = None,
            generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
@@ -673,10 +720,8 @@ def sample(model, x_T: torch.Tensor, steps: int = 1, cond: torch.Tensor | None =
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
     for tau in ts[1:].tolist():
-        ab = float(schedule.alpha_bar[tau])
-        sigma = math.sqrt((1 - ab) / ab)
         z = torch.randn(x_T.shape, generator=generator, dtype=torch.float32).to(x_T.device, x_T.dtype)
-        x = math.sqrt(ab) * (x0 + math.sqrt(max(sigma**2 - sigma_min**2, 0.0)) * z)
+        x = renoise(x0, tau, z, schedule, sigma_min)
         x0 = model(x, full(tau), cond)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
@@ -762,31 +807,108 @@ def seconds_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x_T: torch.Ten
 
 @torch.no_grad()
 def evaluate(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, teacher=None, teacher_schedule=None,
-             ddim_steps=(50,), batch_size: int = 250, device=None, classifier=None, progress: bool = False) -> dict:
-    """Class-conditional FID (class-balanced labels vs a class-balanced real set and floor, n each) of
-    ``cm``'s k-step samples for k in ``steps`` — and, with a ``teacher``, of its DDIM-k samples at the same NFE and
-    ``ddim_steps`` — all from the same noise. Also class accuracy and sampling seconds. Returns a flat dict."""
+             ddim_steps=(1, 2, 4, 50), dpm_steps=(), batch_size: int = 250, device=None, classifier=None,
+             progress: bool = False) -> dict:
+    """Class-conditional FID of ``cm``'s k-step samples (k in ``steps``) and, with a ``teacher``, of its DDIM-k
+    (``ddim_steps``) and DPM-Solver++(2M)-k (``dpm_steps``) samples — all from the same noise and the same exactly
+    class-balanced labels, against a class-balanced real set of n, next to the class-balanced floor (two disjoint
+    real sets of n). Also class accuracy and the sampling seconds (at ``batch_size``). ``cm=None`` measures the
+    teacher only. Keys: ``fid_cm1``, ``fid_ddim50``, ``fid_dpm10``, ``class_accuracy_…``, ``seconds_…``,
+    ``floor_balanced``, ``n``."""
     from tqdm.auto import tqdm
 
     from . import metrics, pretrained
 
-    dev = torch.device(device) if device is not None else next(cm.parameters()).device
+    if cm is None and teacher is None:
+        raise ValueError("evaluate needs a consistency model, a teacher, or both")
+    some = cm if cm is not None else teacher
+    dev = torch.device(device) if device is not None else next(some.parameters()).device
     clf = classifier if classifier is not None else pretrained.load("fmnist-classifier", device=dev)
     labels = torch.arange(n) % 10
     x_T = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
     ref = metrics.reference_images(n, class_balanced=True)
     out = {"n": n, "floor_balanced": metrics.fid_floor(clf, n, class_balanced=True)}
-    jobs = [(f"cm{k}", lambda xb, yb, k=k: sample(cm, xb, k, cond=yb, generator=torch.Generator().manual_seed(seed + 1)))
-            for k in steps]
+    jobs = []
+    if cm is not None:
+        jobs += [(f"cm{k}", lambda xb, yb, g, k=k: sample(cm, xb, k, cond=yb, generator=g)) for k in steps]
     if teacher is not None:
-        for k in sorted(set(steps) | set(ddim_steps)):
-            jobs.append((f"ddim{k}", lambda xb, yb, k=k: sampling.ddim_sample(
-                teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)))
+        if teacher_schedule is None:
+            raise ValueError("pass teacher_schedule with the teacher")
+        jobs += [(f"ddim{k}", lambda xb, yb, g, k=k: sampling.ddim_sample(
+            teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in ddim_steps]
+        jobs += [(f"dpm{k}", lambda xb, yb, g, k=k: sampling.dpm_solver_2m_sample(
+            teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in dpm_steps]
     for name, fn in tqdm(jobs, desc="FID", disable=not progress):
+        g = torch.Generator().manual_seed(seed + 1)
         t0 = time.perf_counter()
-        xs = torch.cat([fn(x_T[i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev)).clamp(-1, 1).cpu()
+        xs = torch.cat([fn(x_T[i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev), g).clamp(-1, 1).cpu()
                         for i in range(0, n, batch_size)])
+        out[f"seconds_{name}"] = time.perf_counter() - t0
         out[f"fid_{name}"] = metrics.fid(clf, xs, ref)
         out[f"class_accuracy_{name}"] = metrics.class_accuracy(clf, xs, labels)
-        out[f"seconds_{name}"] = time.perf_counter() - t0
     return out
+
+
+# --------------------------------------------------------------------------- exercises
+def _check_boundary(fns, verbose: bool) -> bool:
+    skip_fn, out_fn = fns
+    problems = []
+    for sd, sm in ((0.5, 0.0064), (1.4, 0.002), (0.5, 0.0)):
+        sig = torch.cat([torch.tensor([sm]), torch.logspace(math.log10(max(sm, 1e-4)) + 0.01, 4.3, 60)]).double()
+        try:
+            cs = torch.as_tensor(skip_fn(sig, sd, sm), dtype=torch.float64)
+            co = torch.as_tensor(out_fn(sig, sd, sm), dtype=torch.float64)
+        except Exception as e:  # the learner's code: report, don't crash the notebook
+            problems.append(f"your functions raised {type(e).__name__}: {e}")
+            break
+        if cs.shape != sig.shape or co.shape != sig.shape:
+            problems.append(f"expected tensors of shape {tuple(sig.shape)} (one value per σ)")
+            break
+        if not (torch.isfinite(cs).all() and torch.isfinite(co).all()):
+            problems.append(f"non-finite values (σ_data={sd}, σ_min={sm})")
+        elif abs(cs[0] - 1) > 1e-9 or abs(co[0]) > 1e-9:
+            problems.append(f"c_skip(σ_min)={cs[0]:.4g}, c_out(σ_min)={co[0]:.4g}; f(x, σ_min) = x needs 1 and 0")
+        elif cs[-1].abs() > 0.01:
+            problems.append(f"c_skip(2·10⁴)={cs[-1]:.3g}: at pure noise the input must not be passed through")
+        elif co.abs().max() > 10 * sd or co[-1].abs() < 0.1 * sd:
+            problems.append(f"c_out should stay of the order of σ_data={sd} at high noise (max |c_out| = {co.abs().max():.3g}, "
+                            f"c_out(2·10⁴) = {co[-1]:.3g})")
+    if verbose:
+        print("✅ boundary: your c_skip/c_out satisfy f(x, σ_min) = x and stay bounded" if not problems
+              else "❌ boundary: " + problems[0])
+    return not problems
+
+
+def _check_renoise(fn, verbose: bool) -> bool:
+    from .schedules import NoiseSchedule as _NS
+
+    s = _NS.cosine(1000)
+    g = torch.Generator().manual_seed(0)
+    for t in (999, 499, 250, 1):
+        x0, z = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1, torch.randn(3, 1, 8, 8, generator=g)
+        expected = renoise(x0, t, z, s, float(s.sigma[0]))
+        try:
+            got = fn(x0, t, z, s, float(s.sigma[0]))
+        except Exception as e:
+            if verbose:
+                print(f"❌ renoise: your function raised {type(e).__name__}: {e}\n   expected renoise(x0, t, z, schedule, sigma_min)")
+            return False
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
+            if verbose:
+                print(f"❌ renoise: wrong result at t={t}" + ("" if isinstance(got, torch.Tensor) and got.shape == expected.shape
+                                                              else " (shape or type)"))
+            return False
+    if verbose:
+        print("✅ renoise: matches Alg. 1's re-noising on all cases")
+    return True
+
+
+def check_exercise(fn, name: str, verbose: bool = True) -> bool:
+    """Chapter 7's automatic checks: ``"boundary"`` takes ``(c_skip_fn, c_out_fn)``, each ``(sigma, sigma_data,
+    sigma_min) -> tensor``, and checks the *properties* (boundary condition, bounded at high noise) — any design
+    that has them passes; ``"renoise"`` compares ``fn(x0, t, z, schedule, sigma_min)`` with :func:`renoise`."""
+    if name == "boundary":
+        return _check_boundary(fn, verbose)
+    if name == "renoise":
+        return _check_renoise(fn, verbose)
+    raise ValueError(f"unknown exercise {name!r}; available: ['boundary', 'renoise']")
