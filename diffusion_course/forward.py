@@ -29,8 +29,8 @@ def _check_t(t: torch.Tensor, x: torch.Tensor, schedule: NoiseSchedule, allow_cl
         raise TypeError(f"t must be an integer tensor of shape (B,), got {type(t).__name__}")
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"t must be an integer tensor, got dtype {t.dtype}")
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
+    if t.ndim == 0 or (t.ndim == 1 and t.numel() == 1):
+        t = t.reshape(()).expand(x.shape[0])  # one timestep for the whole batch
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
     low = -1 if allow_clean else 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, metrics, pretrained, sampling
+from . import checkpoints, distributed, metrics, pretrained, sampling
 from .config import get_device
 from .data import load_fashion_mnist
 from .training import TrainConfig, train
@@ -185,6 +185,9 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
     out_dir = _target_dir(name, steps, out, overwrite, save)
     path = out_dir / f"{name}.pt"
     t0 = time.perf_counter()
+    if distributed.world_size() > 1 and not isinstance(recipe, pretrained.DiffusionRecipe):
+        raise ValueError(f"multi-process (torchrun) training runs the diffusion recipes; train {name!r} in one "
+                         "process: python -m diffusion_course.train " + name)
     if isinstance(recipe, pretrained.ClassifierRecipe):
         n_steps = recipe.steps if steps is None else steps
         model, acc = metrics.train_classifier(n_steps, recipe.batch_size, recipe.seed, device=dev)
@@ -201,8 +204,9 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
         cfg_dict["steps"] = steps
         cfg_dict["lr_cycle_ends"] = tuple(e for e in cfg_dict.get("lr_cycle_ends", ()) if e < steps)
     state_path = path.with_suffix(".train.pt")
-    if fresh and state_path.exists():
+    if fresh and state_path.exists() and distributed.is_main():
         state_path.unlink()
+    distributed.barrier()  # every rank sees the same state file (or none) before it decides to resume
     cfg_dict["checkpoint_path"] = str(state_path) if save else None
     cfg = TrainConfig(**cfg_dict)
     if recipe.text is not None:
@@ -223,7 +227,7 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
     if result.interrupted:
         raise KeyboardInterrupt(f"training of {name!r} interrupted at step {result.step}"
                                 + (f"; state saved to {state_path} (run the same command to resume)" if save else ""))
-    if save:
+    if save and distributed.is_main():  # rank 0 alone exports and evaluates
         info = {"train_wall_seconds": result.history.wall_time,
                 "final_loss_avg_last_100": sum(result.history.loss[-100:]) / len(result.history.loss[-100:])}
         half = {k: v.half() if v.is_floating_point() else v for k, v in ema.state_dict().items()}
@@ -364,16 +368,21 @@ def main(argv=None) -> int:
             raise ValueError("--device cuda was asked for, but this torch build sees no CUDA GPU; use --device cpu")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError("--device mps was asked for, but MPS is not available here; use --device cpu")
+        device = distributed.setup(device)  # under torchrun: join the process group, one device per rank
         if args.eval_only:
-            evaluate_existing(args.name, device=device)
+            if distributed.is_main():
+                evaluate_existing(args.name, device=device)
             return 0
         run_recipe(args.name, steps=args.steps, device=device, fresh=args.fresh, evaluate=not args.no_eval,
                    out=args.out, overwrite=args.overwrite)
     except ValueError as err:
         parser.error(str(err))
     except KeyboardInterrupt as err:
-        print(f"\ninterrupted: {err or 'no state saved'}", flush=True)
+        if distributed.is_main():
+            print(f"\ninterrupted: {err or 'no state saved'}", flush=True)
         return 130
+    finally:
+        distributed.cleanup()
     return 0
 
 

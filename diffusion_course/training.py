@@ -319,6 +319,7 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported(including_emulation=False)) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+    distributed.barrier()  # data-parallel: no rank looks for the state file while rank 0 may still write it
     if resume and ckpt is not None and ckpt.exists():
         state = checkpoints.load(ckpt, map_location=dev, verify=False)
         saved_step = int(state["step"])
@@ -466,6 +467,7 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, label
         save_checkpoint()
         if progress and step < cfg.steps:
             print(f"stopped at step {step}: the {cfg.max_minutes:g}-minute budget is spent.")
+    distributed.barrier()  # the final state is on disk before any rank moves on (e.g. to resume from it)
     model.eval()
     return TrainResult(model=model, ema=ema, history=history, step=step, interrupted=interrupted)
 
