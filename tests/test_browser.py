@@ -1,0 +1,208 @@
+"""The explorers in a real browser: JupyterLab on a free local port, headless Chromium driven by playwright.
+
+Each chapter's explorer is built in a small notebook (the real widgets and the shipped models, small grids
+so the kernel answers fast); the test runs it in the browser, moves one control of each explorer, checks
+that the picture on screen changes (pixels, not just a new URL), that the grid explorers are shown at their
+own size rather than stretched to the cell, and that the page logged no JavaScript errors.
+
+Needs the Debian package ``chromium`` and ``pip install playwright`` (never ``playwright install``: the
+system Chromium is used); skips with the reason where either is missing. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright)"),
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian/Ubuntu: apt-get install chromium)"),
+]
+
+CELLS = [
+    # chapter 1: the forward-process explorer with the shipped network's panel
+    '''import torch, diffusion_course as dc
+x_train, _ = dc.data.load_fashion_mnist("train")
+x_test, y_test = dc.data.load_fashion_mnist("test")
+net, net_schedule = dc.pretrained.load("fmnist-ddpm", device="cpu")
+cosine = dc.schedules.NoiseSchedule.cosine(1000)
+ex1 = dc.widgets.ForwardExplorer({"a": x_test[0], "b": x_test[1]}, x_train[:5000], {"cosine": cosine},
+                                 model=net, model_schedule=net_schedule)
+ex1''',
+    # chapter 3: the sampler explorer
+    '''ex3 = dc.widgets.SamplerExplorer(net, net_schedule, n=4, class_names=dc.data.FASHION_CLASSES)
+ex3.steps.value = 5
+ex3''',
+    # chapter 4: class guidance, then text guidance
+    '''ex4 = dc.widgets.GuidanceExplorer(net, net_schedule, class_names=dc.data.FASHION_CLASSES, n=4, steps=4)
+ex4''',
+    '''t2i, t2i_schedule = dc.pretrained.load("shapes-t2i", device="cpu")
+ex4t = dc.widgets.GuidanceExplorer(t2i, t2i_schedule, tokenizer=t2i.tokenizer, n=4, image_shape=(3, 32, 32), steps=4,
+                                   png_scale=4)
+ex4t''',
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    import nbformat
+
+    root = tmp_path_factory.mktemp("lab")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "explorers.ipynb")
+    port, token = _free_port(), "course-browser-test"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
+           "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
+           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--ServerApp.port_retries=0", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+           # only what the test needs: no language server, no terminals
+           "--ServerApp.jpserver_extensions=jupyter_lsp=False", "--ServerApp.terminals_enabled=False"]
+    log = open(root / "lab.log", "w")
+    # its own session, so that the server and the kernels it starts are stopped together at the end
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180   # seconds on an idle machine; generous for a shared one
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-2000:])
+            time.sleep(0.5)
+    yield url, token, root
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    log.close()
+
+
+def _wait_changed(locator, before: bytes, timeout: float = 30.0) -> bytes:
+    """Wait until the element's pixels differ from ``before``; return the new screenshot."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.5)
+        now = locator.screenshot()
+        if now != before:
+            return now
+    raise AssertionError("the image did not change after moving the control")
+
+
+def _settle(locator, wait: float = 1.0, timeout: float = 30.0) -> bytes:
+    """A screenshot once the element has stopped changing (the kernel has answered)."""
+    last = locator.screenshot()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(wait)
+        now = locator.screenshot()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def test_explorers_respond_in_jupyterlab(lab):
+    url, token, root = lab
+    errors = []
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            tempfile.mkdtemp(prefix="chromium-"), executable_path=CHROMIUM, headless=True,
+            viewport={"width": 1400, "height": 1000},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = None
+        try:
+            page = ctx.new_page()
+            page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.goto(f"{url}/lab/tree/explorers.ipynb?token={token}", timeout=60_000)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            # wait for the kernel to be ready, then Run ▸ Run All Cells
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+            cells = page.locator(".jp-Notebook .jp-CodeCell")
+            outputs = [cells.nth(i).locator(".jp-OutputArea") for i in range(len(CELLS))]
+            images = [out.locator("img.widget-image") for out in outputs]
+            for i, imgs in enumerate(images):
+                imgs.first.wait_for(state="visible", timeout=120_000)
+            assert images[0].count() == 4, "chapter 1's explorer should show four panels (with the network's)"
+
+            # chapter 1: type t = 500 into the slider's read-out; x_t and both denoiser panels change
+            ex1_xt = images[0].nth(1)
+            before = _settle(ex1_xt)
+            readout = outputs[0].locator(".widget-readout").first
+            readout.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type("500")
+            page.keyboard.press("Enter")
+            _wait_changed(ex1_xt, before)
+            expect_text = outputs[0].locator(".widget-html", has_text="t = 500")
+            expect_text.first.wait_for(timeout=30_000)
+
+            # chapter 3: a new seed resamples the grid
+            grid3 = images[1].first
+            before = _settle(grid3)
+            seed = outputs[1].locator(".widget-text input").first
+            seed.fill("3")
+            seed.press("Enter")
+            _wait_changed(grid3, before)
+
+            # chapter 4 (classes): another class
+            grid4 = images[2].first
+            before = _settle(grid4)
+            outputs[2].locator("select").first.select_option(index=7)
+            _wait_changed(grid4, before)
+
+            # chapter 4 (text): another prompt
+            grid4t = images[3].first
+            before = _settle(grid4t)
+            prompt = outputs[3].locator(".widget-text input").first
+            prompt.fill("a green square left of a yellow triangle")
+            prompt.press("Enter")
+            _wait_changed(grid4t, before)
+
+            # the grid explorers are shown at their own size, not stretched to the cell's width
+            for img, natural in [(grid3, 3 * 59), (grid4, 3 * 59), (grid4t, 4 * 67)]:
+                box = img.bounding_box()
+                assert box is not None and abs(box["width"] - natural) <= 2, (box, natural)
+        except Exception:
+            if page is not None:   # what the page showed, for whoever reads the failure
+                page.screenshot(path=str(root / "failure.png"), full_page=True)
+                print(f"screenshot of the failing page: {root / 'failure.png'}; server log: {root / 'lab.log'}")
+            raise
+        finally:
+            ctx.close()
+    assert not errors, "JavaScript errors in the page:\n" + "\n".join(errors)
