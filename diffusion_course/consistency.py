@@ -37,6 +37,8 @@ PF-ODE is dy/dσ = ε(y, σ) = −σ ∇log p_σ(y), and one DDIM step is exactl
   σ̃ = min(σ, σ_cap): the ε-coefficient of D grows like σ (at t = 999 an ε-error of 10⁻⁴ is an x₀-error
   of 2), which no network can be trained through, so above σ_cap the coefficients stop growing and the
   student learns its own head there (it must anyway: at SNR 2·10⁻⁹ the teacher's D is a guess of the mean).
+  σ_cap = 2 (t ≈ 700 on the cosine schedule) keeps the warm start exact over the lower 70 % of the grid
+  while no noise level's gradient is amplified more than ≈ 4× (σ_cap/σ_d), so none dominates Adam's scale.
 
 The wrapped model is called like every model in the course, ``cm(x_t, t, cond=None)`` with x_t in the
 teacher's VP coordinates and integer t, and returns f (an x₀ prediction; ``objective = "x0"``), so the
@@ -480,7 +482,8 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
             y = _drop_labels(labels_dev[idx] if labels_dev is not None else None, cfg.p_uncond,
                              student.num_classes, gen)
             if cfg.mode == "cd":
-                n_grid, grid = cfg.grid_size, student.grid
+                grid = student.grid                 # the student's own grid (cfg.grid_size built it by default)
+                n_grid = grid.numel() - 1
             else:
                 n_grid = ct_grid_size(step, cfg.steps, cfg.ct_n_start, cfg.ct_n_end)
                 grid = grids.setdefault(n_grid, make_grid(schedule, n_grid))
