@@ -96,3 +96,32 @@ def test_composition_counts_on_real_renders():
         flipped.append(shapes.Scene(sc.second, sc.relation, sc.first).caption())
     f = shapes.composition_counts(x, flipped)
     assert f["axis"] == f["both_colors"] and f["order"] <= 2
+
+
+def test_text_prompts_reversed_order_and_text_composition():
+    from diffusion_course.nn import TextToImageUNet
+    from diffusion_course.tokenizer import WordTokenizer
+
+    seen, held = evaluation.text_prompts(12)
+    assert len(seen) == len(held) == 12
+    assert not any(shapes.parse_caption(p).is_held_out() for p in seen)
+    assert all(shapes.parse_caption(p).is_held_out() for p in held)
+    assert evaluation.text_prompts(12) == (seen, held)                      # deterministic
+    assert evaluation.reversed_order("a red circle above a blue square") == "a blue square above a red circle"
+    with pytest.raises(ValueError, match="two-object"):
+        evaluation.reversed_order("a red circle")
+
+    s = schedules.NoiseSchedule.cosine(100)
+    tok = WordTokenizer(shapes.VOCAB, 10)
+    torch.manual_seed(0)
+    net = TextToImageUNet(tok.vocab_size, 10, text_dim=16, in_channels=3, channels=(16, 32), attention_levels=(),
+                          cross_attention_levels=(1,), patch=2)
+    net.tokenizer = tok
+    out = evaluation.text_composition(net, s, seen[:4], scale=3.0, steps=2, progress=False,
+                                      negative=[evaluation.reversed_order(p) for p in seen[:4]])
+    assert out["samples"].shape == (4, 3, 32, 32) and out["negative"]
+    assert set(out["rates"]) == {"colors", "shapes", "relation", "all"} and out["counts"]["n"] == 4
+    again = evaluation.text_composition(net, s, seen[:4], scale=3.0, steps=2, progress=False, interval=(50, 99))
+    assert again["interval"] == (50, 99)
+    with pytest.raises(ValueError, match="one prompt per prompt"):
+        evaluation.text_composition(net, s, seen[:4], negative=seen[:2], progress=False)
