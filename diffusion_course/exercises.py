@@ -314,3 +314,26 @@ def my_kl(mean, logvar):
 SOLUTIONS["scale_factor"] = """\
 def my_scale_factor(latents):
     return 1 / latents.double().std()          # the std over ALL numbers of the whole set (not per channel or batch)"""
+
+
+# --------------------------------------------------------------------------- chapter 8: diffusion transformers
+def _cases_patchify(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for shape, p in (((1, 1, 28, 28), 4), ((2, 3, 8, 8), 2), ((2, 4, 7, 7), 1), ((1, 2, 12, 12), 6)):
+        yield dict(x=torch.randn(shape, generator=g), p=p)
+
+
+def _patchify_reference(x, p):
+    from .nn.dit import patchify
+
+    return patchify(x, p)
+
+
+CHECKS["patchify"] = (_patchify_reference, _cases_patchify,
+                      "patchify(x, p) -> (B, (H/p)·(W/p), p·p·C) tokens, patches row-major, each flattened (row, col, channel)")
+SOLUTIONS["patchify"] = """\
+def my_patchify(x, p):
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // p, p, W // p, p)              # split each axis into (patch index, offset in the patch)
+    x = x.permute(0, 2, 4, 3, 5, 1)                        # (B, rows, cols, p, p, C)
+    return x.reshape(B, (H // p) * (W // p), p * p * C)"""

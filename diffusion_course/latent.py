@@ -288,12 +288,17 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, cond: torch.Tensor | int | None = None, steps: int = 50, guidance_scale: float = 1.0,
                eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = True,
-               return_latents: bool = False, z_T: torch.Tensor | None = None):
+               return_latents: bool = False, z_T: torch.Tensor | None = None, spacing: str = "leading"):
         """``n`` images (n, C, H, W) in [−1, 1]: DDIM (chapter 3) in latent space, optional CFG (chapter 4), decode.
 
         ``cond``: None (unconditional), one label for all, or labels (n,). ``guidance_scale`` s: 1 = plain
         conditional, s > 1 guided (needs ``cond``). Noise is drawn on the CPU from ``generator`` (same seed →
-        same images on any device), unless ``z_T`` (n, c, h, w) is given."""
+        same images on any device), unless ``z_T`` (n, c, h, w) is given.
+
+        ``spacing="leading"`` (Stable Diffusion's default in diffusers) starts at t = T − T/steps, not at T − 1: the
+        cosine schedule's last step has ᾱ ≈ 0, where an ε-model's x̂₀ = (z − √(1−ᾱ)ε̂)/√ᾱ amplifies any error in ε̂
+        by 1/√ᾱ. Pixel samplers survive it by clipping x̂₀ to [−1, 1]; latents have no such fixed range (chapter 5
+        measures the difference)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if not (isinstance(guidance_scale, numbers.Real) and math.isfinite(guidance_scale)):
@@ -321,7 +326,7 @@ class LatentDiffusion(nn.Module):
         model, model_cond = self.model, cond
         if cond is not None and guidance_scale != 1.0:
             model, model_cond = guidance.classifier_free(self.model, cond, guidance_scale), None
-        z0 = sampling.ddim_sample(model, z_T, self.schedule, steps=steps, eta=eta, generator=generator,
+        z0 = sampling.ddim_sample(model, z_T, self.schedule, steps=steps, eta=eta, spacing=spacing, generator=generator,
                                   cond=model_cond, progress=progress)
         if not torch.isfinite(z0).all():
             raise FloatingPointError("sampling produced NaN or inf latents")

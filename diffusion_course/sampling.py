@@ -109,7 +109,7 @@ def predict_eps_x0(model, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSched
                    clip_denoised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Call the model and return (ε̂, x̂₀) whatever it predicts (its ``objective``: eps, x0 or v).
 
-    With ``clip_denoised`` x̂₀ is clamped to [−1, 1] and ε̂ recomputed to match it.
+    With ``clip_denoised`` x̂₀ is clamped to [−1, 1] (or to [−c, c] when it is a number c) and ε̂ recomputed to match.
     """
     out = model(x, t, cond) if cond is not None else model(x, t)
     if not isinstance(out, torch.Tensor):
@@ -127,7 +127,9 @@ def predict_eps_x0(model, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSched
     else:
         raise ValueError(f"model.objective must be 'eps', 'x0' or 'v', got {objective!r}")
     if clip_denoised:
-        x0 = x0.clamp(-1, 1)
+        # True clamps to the image range [−1, 1]; a number c clamps to [−c, c] (e.g. the range of scaled latents)
+        bound = 1.0 if clip_denoised is True else float(clip_denoised)
+        x0 = x0.clamp(-bound, bound)
         eps = forward.x0_to_eps(x, x0, t, schedule)
     return eps, x0
 

@@ -109,7 +109,7 @@ def evaluate_latent(ldm, n: int = 1000, steps: int = 50, seed: int = 0) -> dict:
     out = evaluate_diffusion(ldm, ldm.schedule, n=n, steps=steps, seed=seed, noise_shape=ldm.latent_shape,
                              sampler=lambda z_T, cond: ldm.sample(z_T.shape[0], cond=cond, steps=steps, z_T=z_T,
                                                                   progress=False))
-    out["sampler"] = f"DDIM-{steps} in latent space, eta=0, trailing; decoded"
+    out["sampler"] = f"DDIM-{steps} in latent space, eta=0, leading spacing; decoded"
     return out
 
 
@@ -315,6 +315,7 @@ def _run_latent(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
     ldm = LatentDiffusion(vae, result.ema.eval(), schedule, scale).to(dev).eval()
     if save:
         info = {"train_wall_seconds": result.history.wall_time, "scale_factor": scale,
+                "loss_curve": loss_curve(result.history.loss),
                 "latent_std_before_scaling": float(latents.double().std()),
                 "vae_sha256": pretrained.manifest(recipe.vae).get("sha256"),
                 "final_loss_avg_last_100": sum(result.history.loss[-100:]) / len(result.history.loss[-100:])}
@@ -324,6 +325,11 @@ def _run_latent(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
             checkpoints.save(_half(ldm.state_dict()), path, _manifest(name, recipe, result.step, t0, dev, info))
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
     return ldm
+
+
+def loss_curve(losses: list[float], every: int = 100) -> list[list[float]]:
+    """[step, mean training loss of the ``every`` steps ending there] — what a manifest keeps of a run's history."""
+    return [[end, sum(losses[end - every:end]) / every] for end in range(every, len(losses) + 1, every)]
 
 
 def _half(state: dict) -> dict:
