@@ -337,3 +337,8 @@ def my_patchify(x, p):
     x = x.reshape(B, C, H // p, p, W // p, p)              # split each axis into (patch index, offset in the patch)
     x = x.permute(0, 2, 4, 3, 5, 1)                        # (B, rows, cols, p, p, C)
     return x.reshape(B, (H // p) * (W // p), p * p * C)"""
+
+SOLUTIONS.setdefault("reverse_sde_step", """\
+def my_reverse_sde_step(x, score, drift, g, dt, noise):
+    # reverse-time SDE dx = [f(x, t) − g² ∇log p_t(x)] dt + g dw̄ (Song et al. 2021, Eq. 6), Euler–Maruyama with dt < 0
+    return x + (drift - g ** 2 * score) * dt + g * (-dt) ** 0.5 * noise""")

@@ -60,6 +60,14 @@ def _wrong_answers():
                 eps_uncond + scale * (eps_cond - eps_uncond)),
             lambda eps_uncond, eps_cond, scale, phi: eps_uncond + scale * (eps_cond - eps_uncond),
         ],
+        "kl": [lambda mean, logvar: 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).flatten(1).mean(1),   # mean, not sum
+               lambda mean, logvar: 0.5 * (mean ** 2 + logvar - 1 - logvar.exp()).flatten(1).sum(1)],  # σ² and log σ² swapped
+        "scale_factor": [lambda latents: 1 / latents[:16].std(),                 # one batch, not the whole set
+                         lambda latents: latents.std()],                         # std, not 1/std
+        "patchify": [lambda x, p: x.reshape(x.shape[0], -1, p * p * x.shape[1]),  # raw reshape mixes patches
+                     lambda x, p: x.unfold(2, p, p).unfold(3, p, p).reshape(x.shape[0], -1, p * p * x.shape[1])],
+        "reverse_sde_step": [lambda x, score, drift, g, dt, noise: x + (drift + g ** 2 * score) * dt + g * (-dt) ** 0.5 * noise,
+                             lambda x, score, drift, g, dt, noise: x + (drift - g ** 2 * score) * dt],   # no noise
     }
 
 
