@@ -220,8 +220,18 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
     net = pretrained.build(name)
     if recipe.init_from is not None:
         # Fine-tuning: start from another shipped checkpoint's (EMA) weights, e.g. fmnist-ddpm from fmnist-ddpm-v1.
-        start, _ = pretrained.load(recipe.init_from, device="cpu", train_if_missing=False)
-        net.load_state_dict(start.state_dict())
+        from .config import is_quick
+
+        if pretrained.path_for(recipe.init_from).exists():
+            start, _ = pretrained.load(recipe.init_from, device="cpu", train_if_missing=False)
+            net.load_state_dict(start.state_dict())
+        elif is_quick():
+            print(f"{recipe.init_from!r} (the checkpoint {name!r} starts from) is missing: quick mode starts from a "
+                  "fresh network instead")
+        else:
+            raise FileNotFoundError(f"{name!r} fine-tunes {recipe.init_from!r}, whose checkpoint "
+                                    f"{pretrained.path_for(recipe.init_from)} is missing; train it first: "
+                                    f"python -m diffusion_course.train {recipe.init_from}")
     result = train(net, pretrained.schedule_for(name), x, y if recipe.conditional else None, cfg, device=dev)
     ema = result.ema.eval()
     if result.interrupted:
