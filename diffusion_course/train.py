@@ -140,6 +140,8 @@ def evaluate_existing(name: str, device=None) -> dict:
         measured = evaluate_autoencoder(loaded)
     elif isinstance(recipe, pretrained.LatentRecipe):
         measured = evaluate_latent(loaded)
+    elif isinstance(recipe, pretrained.ConsistencyRecipe):
+        measured = evaluate_consistency(loaded, device=device)
     elif isinstance(recipe, pretrained.ClassifierRecipe):
         raise ValueError("--eval-only measures diffusion models and autoencoders; the classifier's test accuracy "
                          "is recorded when it is trained")
@@ -199,6 +201,8 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
         return _run_autoencoder(name, recipe, steps, save, dev, fresh, evaluate, path, t0)
     if isinstance(recipe, pretrained.LatentRecipe):
         return _run_latent(name, recipe, steps, save, dev, fresh, evaluate, path, t0)
+    if isinstance(recipe, pretrained.ConsistencyRecipe):
+        return _run_consistency(name, recipe, steps, save, dev, fresh, evaluate, path, t0)
     cfg_dict = dict(recipe.train)
     if steps is not None:
         cfg_dict["steps"] = steps
@@ -335,6 +339,48 @@ def _run_latent(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
             checkpoints.save(_half(ldm.state_dict()), path, _manifest(name, recipe, result.step, t0, dev, info))
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
     return ldm
+
+
+def evaluate_consistency(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, device=None) -> dict:
+    """FID of a consistency model's 1/2/4-step samples (class-balanced labels and real set, n) and seconds per image
+    at batch 1 and 250 for one step — what a ``fmnist-cd`` manifest records (``consistency.evaluate``)."""
+    from . import consistency
+
+    out = consistency.evaluate(cm, n=n, steps=steps, seed=seed, device=device)
+    dev = next(cm.parameters()).device
+    for batch in (1, 250):
+        x_T = torch.randn((batch, 1, 28, 28), generator=torch.Generator().manual_seed(seed)).to(dev)
+        out[f"seconds_per_image_cm1_batch{batch}"] = consistency.seconds_per_image(
+            lambda x: consistency.sample(cm, x, 1), x_T)
+    return out
+
+
+def _run_consistency(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
+    from . import consistency
+
+    from .config import is_quick
+
+    if not pretrained.path_for(recipe.teacher).exists() and not is_quick():
+        raise FileNotFoundError(f"{name!r} distils {recipe.teacher!r}, whose checkpoint "
+                                f"{pretrained.path_for(recipe.teacher)} is missing; train it first: "
+                                f"python -m diffusion_course.train {recipe.teacher}")
+    result = consistency.distill_recipe(recipe.teacher, recipe.distill, state_path=_state_path(path, save, fresh),
+                                        steps=steps, device=dev)
+    if result.interrupted:
+        raise KeyboardInterrupt(f"distillation of {name!r} interrupted at step {result.step}"
+                                + ("; state saved beside the checkpoint (run the same command to resume)"
+                                   if save else ""))
+    cm = result.ema.eval()
+    if save:
+        info = {"train_wall_seconds": result.history.wall_time, "loss_curve": loss_curve(result.history.loss),
+                "teacher_sha256": pretrained.manifest(recipe.teacher).get("sha256"),
+                "final_loss_avg_last_100": sum(result.history.loss[-100:]) / len(result.history.loss[-100:])}
+        checkpoints.save(_half(cm.state_dict()), path, _manifest(name, recipe, result.step, t0, dev, info))
+        if evaluate:
+            info.update(evaluate_consistency(cm, device=dev))
+            checkpoints.save(_half(cm.state_dict()), path, _manifest(name, recipe, result.step, t0, dev, info))
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
+    return cm
 
 
 def loss_curve(losses: list[float], every: int = 100) -> list[list[float]]:

@@ -351,3 +351,23 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="labels"):
         C.distill(GMM.oracle_model(S), S, data, torch.zeros(3, dtype=torch.long), C.DistillConfig(steps=1),
                   student=_student_2d(), progress=False)
+
+
+def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_missing_teacher(tmp_path, monkeypatch):
+    from diffusion_course import pretrained, train
+
+    recipe = pretrained.RECIPES["fmnist-cd"]
+    assert recipe.teacher == "fmnist-ddpm" and recipe.distill["mode"] == "cd"
+    cm = train.run_recipe("fmnist-cd", steps=2, save=False, device="cpu", evaluate=False)
+    assert isinstance(cm, C.ConsistencyModel) and cm.schedule.T == 1000
+    # the exported EMA loads into the recipe's architecture (what pretrained.load does with the shipped file)
+    fresh = pretrained.build("fmnist-cd")
+    fresh.load_state_dict(cm.state_dict())
+    x = C.sample(fresh, torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), 2,
+                           cond=torch.tensor([3, 7]), generator=torch.Generator().manual_seed(1))
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all()
+    # outside quick mode a missing teacher is a clear error, not a silently untrained one
+    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setenv("DIFFUSION_COURSE_QUICK", "0")
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        train.run_recipe("fmnist-cd", out=tmp_path, device="cpu")
