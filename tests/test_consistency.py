@@ -371,3 +371,17 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
     monkeypatch.setenv("DIFFUSION_COURSE_QUICK", "0")
     with pytest.raises(FileNotFoundError, match="train it first"):
         train.run_recipe("fmnist-cd", out=tmp_path, device="cpu")
+
+
+@pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd").exists(),
+                    reason="fmnist-cd checkpoint not distilled yet")
+def test_shipped_fmnist_cd_loads_samples_and_records_fid_at_1_2_4_steps():
+    from diffusion_course import pretrained
+
+    cm = pretrained.load("fmnist-cd", device="cpu")
+    man = pretrained.manifest("fmnist-cd")
+    assert isinstance(cm, C.ConsistencyModel) and man["recipe"]["teacher"] == "fmnist-ddpm"
+    m = man["metrics"]
+    assert all(m[f"fid_cm{k}"] > m["floor_balanced"] for k in (1, 2, 4))
+    x = C.sample(cm, torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)), 1, cond=torch.tensor([0, 5, 9]))
+    assert x.shape == (3, 1, 28, 28) and torch.isfinite(x).all() and x.abs().max() <= 1

@@ -116,3 +116,18 @@ def test_dit_flops_grow_with_size_and_tokens():
     p4 = profiling.flops_per_forward(DiT(input_size=28, patch=4, in_channels=1, **DIT_CONFIGS["XS"]), (1, 28, 28))
     p2 = profiling.flops_per_forward(DiT(input_size=28, patch=2, in_channels=1, **DIT_CONFIGS["XS"]), (1, 28, 28))
     assert p2 > 3.5 * p4                                  # 196 tokens vs 49: ≥ 4× the linear work, more attention
+
+
+@pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-ldm-dit").exists(),
+                    reason="fmnist-ldm-dit checkpoint not trained yet")
+def test_shipped_latent_dit_loads_samples_and_records_its_fid():
+    from diffusion_course import latent, pretrained
+
+    ldm = pretrained.load("fmnist-ldm-dit", device="cpu")
+    man = pretrained.manifest("fmnist-ldm-dit")
+    assert isinstance(ldm, latent.LatentDiffusion) and isinstance(ldm.model, DiT) and ldm.model.num_tokens == 49
+    assert man["steps"] == pretrained.RECIPES["fmnist-ldm-dit"].train["steps"]
+    assert man["metrics"]["fid_cond"] > man["metrics"]["floor_balanced"] > 0
+    x = ldm.sample(4, cond=torch.tensor([0, 1, 2, 3]), steps=5, generator=torch.Generator().manual_seed(0),
+                   progress=False)
+    assert x.shape == (4, 1, 28, 28) and torch.isfinite(x).all()

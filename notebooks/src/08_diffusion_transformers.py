@@ -266,7 +266,7 @@ plt.show()
 #   sequence and attend *jointly* (each modality with its own weights), instead of chapter 4's one-way cross-attention;
 #   the timestep (and a pooled text vector) still enters through adaLN, exactly as in the block above.
 # * **Rectified-flow training** (SD3): the same transformer trained to predict a velocity along straight noise-to-data
-#   paths, with logit-normal timesteps — the next chapter.
+#   paths, with logit-normal timesteps — a close relative of chapter 2's v-objective and its log-SNR-normal timesteps.
 # * **Spacetime patches** (Sora): a video latent cut into $p_t\times p\times p$ patches becomes one long token sequence; the
 #   patchify above with a third axis.
 #
