@@ -38,7 +38,7 @@ import torch
 from .schedules import NoiseSchedule
 
 __all__ = ["SDE", "VPSDE", "VESDE", "DiscreteVPSDE", "score_from_eps", "ScoreFromEps", "euler_maruyama",
-           "predictor_corrector", "probability_flow", "pf_ode_velocity", "solve_ode", "langevin",
+           "predictor_corrector", "probability_flow", "pf_ode_velocity", "solve_ode", "time_grid", "langevin",
            "annealed_langevin", "divergence", "hutchinson_divergence", "log_likelihood", "flow_log_likelihood",
            "dequantize", "bits_per_dim", "nats_to_bits_per_dim", "ddpm_elbo_bpd", "independent_pixel_bpd"]
 
@@ -350,8 +350,35 @@ def score_from_eps(model, schedule: NoiseSchedule, cond=None, time: str = "fract
 
 
 # =========================================================================== samplers
-def _time_grid(sde: SDE, steps: int, like: torch.Tensor, t_start: float = 1.0) -> torch.Tensor:
-    return torch.linspace(t_start, sde.t_min, steps + 1, dtype=torch.float64).tolist()
+SPACINGS = ("uniform", "logsnr")
+
+
+def time_grid(sde: SDE, steps: int, t_start: float = 1.0, spacing: str = "uniform") -> list[float]:
+    """The ``steps + 1`` descending times t_start = t_0 > … > t_N = ``sde.t_min`` of a fixed-step sampler.
+
+    ``"uniform"``: equal steps in t (Song et al. 2021). ``"logsnr"``: equal steps in λ = log(α²/σ²) (the grid of
+    DPM-Solver, Lu et al. 2022). For a discrete cosine schedule β(t) is huge near t = 1 (the last β_i is capped at
+    0.999), so uniform steps there are far too long and Euler–Maruyama diverges; equal steps in λ are short exactly
+    where the SNR changes fast. λ(t) is inverted by interpolation on a dense grid (λ is monotone in t)."""
+    steps = _check_steps(steps)
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "uniform":
+        return torch.linspace(t_start, sde.t_min, steps + 1, dtype=torch.float64).tolist()
+    import numpy as np
+
+    dense = torch.linspace(t_start, sde.t_min, 20001, dtype=torch.float64)
+    alpha, sigma = sde.alpha_sigma(dense)
+    lam = (2 * (alpha.double().log() - sigma.double().log())).numpy()      # increasing as t decreases
+    if not np.all(np.diff(lam) > 0):
+        raise ValueError("log-SNR is not strictly monotone on this SDE's time range; use spacing='uniform'")
+    grid = np.interp(np.linspace(lam[0], lam[-1], steps + 1), lam, dense.numpy()).tolist()
+    grid[0], grid[-1] = float(t_start), float(sde.t_min)
+    return grid
+
+
+def _time_grid(sde: SDE, steps: int, like: torch.Tensor, t_start: float = 1.0, spacing: str = "uniform") -> list[float]:
+    return time_grid(sde, steps, t_start, spacing)
 
 
 def _call_score(score_fn, x, t_value):
@@ -378,15 +405,16 @@ def em_step(score_fn: ScoreFn, x: torch.Tensor, t: float, t_next: float, sde: SD
 
 
 def euler_maruyama(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: int,
-                   generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False):
+                   generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
+                   spacing: str = "uniform"):
     """Sample the reverse SDE with ``steps`` Euler–Maruyama steps from t = 1 to ``sde.t_min`` (Song et al. 2021,
-    Eq. 6; NFE = steps). The last step returns its noise-free mean (Song et al.'s "denoise" step).
-    With ``return_trajectory`` also returns the states (steps + 1, B, …)."""
+    Eq. 6; NFE = steps) on the :func:`time_grid` of ``spacing``. The last step returns its noise-free mean (Song
+    et al.'s "denoise" step). With ``return_trajectory`` also returns the states (steps + 1, B, …)."""
     from tqdm.auto import tqdm
 
     _check_sde(sde)
     x = _check_batch("x_T", x_T)
-    ts = _time_grid(sde, _check_steps(steps), x)
+    ts = _time_grid(sde, _check_steps(steps), x, spacing=spacing)
     traj = [x]
     with torch.no_grad():
         for i in tqdm(range(steps), desc="Euler–Maruyama", disable=not progress, leave=False):
@@ -407,19 +435,19 @@ def langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha: 
 
 def predictor_corrector(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: int, snr: float = 0.16,
                         corrector_steps: int = 1, generator: torch.Generator | None = None,
-                        return_trajectory: bool = False, progress: bool = False):
+                        return_trajectory: bool = False, progress: bool = False, spacing: str = "uniform"):
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1; the VE / VP forms are Algorithms 2–3).
 
     Predictor: one Euler–Maruyama step of the reverse SDE from t_i to t_{i+1}. Corrector: ``corrector_steps``
     Langevin steps at t_{i+1}, x ← x + ε s + √(2ε) z, with step ε = 2α (snr ‖z‖/‖s‖)² (α = 1 for VE,
     α = exp(−β(t)Δt) ≈ 1 − β_i for VP, as in Algorithms 4–5). No corrector after the final, noise-free predictor step.
-    NFE = steps + corrector_steps · (steps − 1).
+    NFE = steps + corrector_steps · (steps − 1). ``spacing``: the predictor's :func:`time_grid`.
     """
     from tqdm.auto import tqdm
 
     _check_sde(sde)
     x = _check_batch("x_T", x_T)
-    ts = _time_grid(sde, _check_steps(steps), x)
+    ts = _time_grid(sde, _check_steps(steps), x, spacing=spacing)
     if not isinstance(snr, (int, float)) or not snr > 0:
         raise ValueError(f"snr must be a positive number, got {snr!r}")
     if not isinstance(corrector_steps, int) or corrector_steps < 0:
@@ -511,8 +539,11 @@ def pf_ode_velocity(score_fn: ScoreFn, sde: SDE) -> Callable[[torch.Tensor, torc
 
 
 def solve_ode(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float, method: str = "rk45",
-              steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5) -> tuple[torch.Tensor, int]:
+              steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5,
+              grid: list[float] | None = None) -> tuple[torch.Tensor, int]:
     """Integrate dx/dt = velocity(x, t) from t_start to t_end (either direction); returns (x(t_end), NFE).
+    The fixed-step methods step on ``grid`` (times from t_start to t_end, ``steps + 1`` of them) when given,
+    else on equal steps.
 
     * ``"euler"``: x ← x + h v(x, t), ``steps`` steps, NFE = steps (first order).
     * ``"heun"``: the trapezoidal predictor–corrector x ← x + h/2 (v(x, t) + v(x + h v, t + h)), NFE = 2·steps
@@ -547,7 +578,10 @@ def solve_ode(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float,
         return out[-1], nfe
     if steps is None:
         raise ValueError(f"method={method!r} needs steps (a positive int)")
-    grid = torch.linspace(t_start, t_end, _check_steps(steps) + 1, dtype=torch.float64).tolist()
+    if grid is None:
+        grid = torch.linspace(t_start, t_end, _check_steps(steps) + 1, dtype=torch.float64).tolist()
+    elif len(grid) != _check_steps(steps) + 1 or abs(grid[0] - t_start) > 1e-12 or abs(grid[-1] - t_end) > 1e-12:
+        raise ValueError(f"grid must hold steps + 1 = {steps + 1} times from t_start to t_end, got {len(grid)}")
     for t0, t1 in zip(grid[:-1], grid[1:]):
         h = t1 - t0
         d = v(x, t0)
@@ -560,13 +594,14 @@ def solve_ode(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float,
 
 
 def probability_flow(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, method: str = "rk45", steps: int | None = None,
-                     rtol: float = 1e-5, atol: float = 1e-5) -> tuple[torch.Tensor, int]:
+                     rtol: float = 1e-5, atol: float = 1e-5, spacing: str = "uniform") -> tuple[torch.Tensor, int]:
     """Sample by integrating the probability-flow ODE (Song et al. 2021, Eq. 13) from t = 1 down to
-    ``sde.t_min``: ``method`` "rk45" (adaptive, torchdiffeq dopri5), "euler" or "heun" (``steps`` steps).
-    Deterministic: the same x_T always gives the same x₀. Returns (x₀, NFE)."""
+    ``sde.t_min``: ``method`` "rk45" (adaptive, torchdiffeq dopri5), "euler" or "heun" (``steps`` steps on the
+    :func:`time_grid` of ``spacing``). Deterministic: the same x_T always gives the same x₀. Returns (x₀, NFE)."""
     _check_sde(sde)
+    grid = time_grid(sde, steps, 1.0, spacing) if method != "rk45" and steps is not None else None
     with torch.no_grad():
-        return solve_ode(pf_ode_velocity(score_fn, sde), x_T, 1.0, sde.t_min, method, steps, rtol, atol)
+        return solve_ode(pf_ode_velocity(score_fn, sde), x_T, 1.0, sde.t_min, method, steps, rtol, atol, grid=grid)
 
 
 # =========================================================================== likelihood

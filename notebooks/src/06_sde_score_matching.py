@@ -22,6 +22,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 import diffusion_course as dc
 from diffusion_course import gmm, metrics, pretrained, sampling, schedules, sde, training
@@ -370,29 +371,40 @@ learned_runs = run_three(learned, "learned score (MLP, DSM)")
 # The shipped `fmnist-ddpm` was trained as a discrete ε-model; through `score_from_eps` it is a continuous score
 # for the same SDE, and every sampler above runs on it unchanged (unconditionally here, `cond=None`). At a stated
 # budget of network calls, from the same noise, with FID in the course classifier's features next to the
-# real-vs-real floor at the same n:
+# real-vs-real floor at the same n.
+#
+# One thing changes from 2-D: **where the steps go.** The cosine schedule's last β_i is capped at 0.999, so β(t) of its
+# SDE is ≈ 7000 on the last 1/T of time, and equal steps in t are far too long there — Euler–Maruyama's drift factor
+# 1 − β(t)Δt/2 goes negative (section 3 printed it). Fixed-step samplers therefore step **equally in log-SNR**
+# λ = log(α²/σ²) (`spacing="logsnr"`, DPM-Solver's grid): short steps where the SNR changes fast. The first row keeps
+# equal steps in t to show the failure. DDIM runs as in chapter 3, with x̂₀ clipped to [−1, 1] (unclipped, its first
+# step from t = 999 multiplies ε̂'s error by 1/√ᾱ ≈ 2·10⁴ — chapter 2's lesson).
 
 # %%
 model, fm_schedule = pretrained.load("fmnist-ddpm", device=device)
 clf = pretrained.load("fmnist-classifier", device=device)
 fm_score = sde.score_from_eps(model, fm_schedule)
 FS = fm_score.sde
-n_fid = budget(quick=16, cpu=128, gpu=1000)
-nfe_fid = budget(quick=4, cpu=30, gpu=50)
+n_fid = budget(quick=16, cpu=96, gpu=1000)
+nfe_fid = budget(quick=4, cpu=50, gpu=100)
+print("first 6 of the log-SNR grid's times:", [round(t, 4) for t in sde.time_grid(FS, nfe_fid, spacing="logsnr")[:6]])
 x_T = torch.randn(n_fid, 1, 28, 28, generator=seed(20)).to(device)
 samplers = {   # each takes a batch of x_T and its batch index (fresh SDE noise per batch)
-    f"reverse SDE, EM-{nfe_fid}": lambda z, b: sde.euler_maruyama(fm_score, z, FS, nfe_fid, generator=seed(100 + b)),
+    f"reverse SDE, EM-{nfe_fid}, equal t-steps": lambda z, b: sde.euler_maruyama(fm_score, z, FS, nfe_fid,
+                                                                                  generator=seed(100 + b)),
+    f"reverse SDE, EM-{nfe_fid}": lambda z, b: sde.euler_maruyama(fm_score, z, FS, nfe_fid, generator=seed(100 + b),
+                                                                  spacing="logsnr"),
     f"PC-{nfe_fid // 2} (+{nfe_fid // 2 - 1} corrector)": lambda z, b: sde.predictor_corrector(
-        fm_score, z, FS, nfe_fid // 2, generator=seed(200 + b)),
+        fm_score, z, FS, nfe_fid // 2, generator=seed(200 + b), spacing="logsnr"),
     f"PF-ODE, Heun-{nfe_fid // 2}": lambda z, b: sde.probability_flow(fm_score, z, FS, method="heun",
-                                                                   steps=nfe_fid // 2)[0],
+                                                                   steps=nfe_fid // 2, spacing="logsnr")[0],
     f"DDIM-{nfe_fid} (Euler in σ̄)": lambda z, b: sampling.ddim_sample(model, z, fm_schedule, steps=nfe_fid,
-                                                                     progress=False),
+                                                                     clip_denoised=True, progress=False),
 }
 ref_imgs = metrics.reference_images(n_fid)
 floor = metrics.fid_floor(clf, n_fid)
 fm_samples, fid_rows = {}, []
-for name, fn in samplers.items():
+for name, fn in tqdm(samplers.items(), desc="samplers"):
     t0 = time.perf_counter()
     with torch.no_grad():
         xs = torch.cat([fn(x_T[i:i + 64], i) for i in range(0, n_fid, 64)]).clamp(-1, 1).cpu()
@@ -400,10 +412,10 @@ for name, fn in samplers.items():
     fid_rows.append((name, metrics.fid(clf, xs, ref_imgs), time.perf_counter() - t0))
 print(f"n = {n_fid}, {nfe_fid} network calls per image; floor (two real sets of {n_fid}) = {floor:.1f}")
 for name, f, secs in fid_rows:
-    print(f"  {name:<34} FID {f:6.1f}   ({secs:.0f} s)")
-fig, axes = plt.subplots(1, len(fm_samples), figsize=(4 * len(fm_samples), 4.3))
+    print(f"  {name:<40} FID {f:6.1f}   ({secs:.0f} s)")
+fig, axes = plt.subplots(1, len(fm_samples), figsize=(3.4 * len(fm_samples), 3.8))
 for ax, (name, xs) in zip(axes, fm_samples.items()):
-    dc.viz.show_images(xs[:16], nrow=4, ax=ax, title=name)
+    dc.viz.show_images(xs[:16], nrow=4, ax=ax, title=name.replace(", equal", ",\nequal"))
 plt.show()
 
 # %% [markdown]
@@ -417,7 +429,7 @@ t0 = time.perf_counter()
 rk_tol = budget(quick=5e-2, cpu=1e-3, gpu=1e-3)
 rk_x, rk_nfe = sde.probability_flow(fm_score, x_T[:n_rk], FS, method="rk45", rtol=rk_tol, atol=rk_tol)
 print(f"PF-ODE dopri5 (rtol = atol = {rk_tol:g}): {rk_nfe} network calls for {n_rk} images ({time.perf_counter() - t0:.0f} s); "
-      f"max |x − Heun-{nfe_fid // 2}| = {(rk_x.clamp(-1, 1).cpu() - fm_samples[list(samplers)[2]][:n_rk]).abs().max():.3f}")
+      f"max |x − Heun-{nfe_fid // 2}| = {(rk_x.clamp(-1, 1).cpu() - fm_samples[list(samplers)[3]][:n_rk]).abs().max():.3f}")
 dc.viz.show_images(rk_x.clamp(-1, 1).cpu()[:16], nrow=8, title=f"PF-ODE, adaptive (NFE {rk_nfe})")
 plt.show()
 
