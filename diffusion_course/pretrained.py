@@ -193,7 +193,7 @@ RECIPES["fmnist-ldm-dit"] = LatentRecipe(
 
 
 # Chapter 7's distilled student. Batch 32, 3000 steps: what fits in about an hour on one CPU thread
-# (0.93 s a step: a teacher DDIM step, the target's and the student's forward and a backward); see
+# (0.9–1.5 s a step, measured: a teacher DDIM step, the target's and the student's forward and a backward); see
 # consistency.FMNIST_CD_RECIPE for the rest of the settings.
 RECIPES["fmnist-cd"] = ConsistencyRecipe(
     teacher="fmnist-ddpm",
