@@ -316,6 +316,10 @@ class DistillConfig:
     lr: float = 2e-4                  # a fine-tuning rate: the student starts from the teacher
     warmup: int = 50
     lr_decay: str = "cosine"          # "cosine" (to 10 %) or "constant"
+    # Warm restarts, as in training.TrainConfig: each listed step ends a cosine cycle and the next starts at
+    # lr·restart_lr_scale, so a recipe can be extended while its first cycle stays bit-identical (resumable).
+    lr_cycle_ends: tuple[int, ...] = ()
+    restart_lr_scale: float = 1.0
     grad_clip: float = 1.0
     mode: str = "cd"                  # "cd" (with a teacher) or "ct" (consistency training, no teacher)
     grid_size: int = 20               # N: the teacher's DDIM-N grid (CD)
@@ -350,6 +354,15 @@ class DistillConfig:
             raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive (or None), got {self.max_minutes}")
+        ends = tuple(self.lr_cycle_ends)
+        if any(isinstance(e, bool) or not isinstance(e, int) for e in ends) or list(ends) != sorted(set(ends)) \
+                or any(not self.warmup < e < self.steps for e in ends):
+            raise ValueError(f"lr_cycle_ends must be increasing int steps between warmup and steps, got {ends}")
+        self.lr_cycle_ends = ends
+        if not self.restart_lr_scale > 0:
+            raise ValueError(f"restart_lr_scale must be positive, got {self.restart_lr_scale}")
+        if self.max_minutes is not None and ends:
+            raise ValueError("max_minutes cannot be combined with lr_cycle_ends (warm restarts are step-based)")
 
 
 @dataclass
@@ -369,14 +382,26 @@ class DistillResult:
 
 
 def _lr(step: int, cfg: DistillConfig, elapsed: float) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    if cfg.lr_decay == "constant":
-        return cfg.lr
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    if cfg.max_minutes is not None:
-        progress = max(progress, elapsed / (60 * cfg.max_minutes))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    from .training import lr_at  # one learning-rate schedule for the course (warm-up, cosine, warm restarts)
+
+    return lr_at(step, cfg, elapsed)
+
+
+def _check_resume_lr(saved: dict, cfg: DistillConfig, saved_step: int, path) -> None:
+    """Resuming must not change the learning rate of the steps already trained (a longer recipe is only a
+    continuation when it adds a cycle with ``lr_cycle_ends``); otherwise the result is no recipe's output."""
+    fields = {k: v for k, v in saved.items() if k in DistillConfig.__dataclass_fields__}
+    fields["lr_cycle_ends"] = tuple(fields.get("lr_cycle_ends", ()))
+    try:
+        old = DistillConfig(**fields)
+        same = all(_lr(s, old, 0.0) == _lr(s, cfg, 0.0) for s in range(min(saved_step, cfg.steps)))
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(f"the training state {path} was saved with a different learning-rate schedule "
+                         f"(steps {saved.get('steps')}, lr_cycle_ends {saved.get('lr_cycle_ends', ())}); its "
+                         f"{saved_step} steps would not be this recipe's. Start fresh (delete it, or train with "
+                         "--fresh), or extend the recipe with lr_cycle_ends=(old steps,)")
 
 
 def _drop_labels(y, p: float, num_classes: int, gen: torch.Generator):
@@ -447,6 +472,8 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
         state = checkpoints.load(ckpt, map_location=dev, verify=False)
+        if isinstance(state.get("config"), dict):
+            _check_resume_lr(state["config"], cfg, int(state["step"]), ckpt)
         student.load_state_dict(state["student"])
         ema.load_state_dict(state["ema"])
         if state.get("target") is not None and target is not student:
@@ -556,6 +583,7 @@ def distill_recipe(teacher_name: str, distill_config: dict, state_path: str | Pa
     fields = {**distill_config, "checkpoint_path": str(state_path) if state_path is not None else None}
     if steps is not None:
         fields["steps"] = steps
+        fields["lr_cycle_ends"] = tuple(e for e in fields.get("lr_cycle_ends", ()) if e < steps)
     cfg = DistillConfig(**fields)
     x, y = load_fashion_mnist("train")
     student = build_student(teacher, schedule, cfg)

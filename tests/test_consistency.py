@@ -232,6 +232,38 @@ def test_distillation_on_2d_moves_towards_the_exact_map_and_resumes_exactly(tmp_
         assert torch.equal(a, b)
 
 
+def test_a_recipe_extended_by_a_warm_restart_resumes_exactly_and_a_changed_schedule_is_refused(tmp_path):
+    """How fmnist-cd was lengthened: a second cosine cycle (lr_cycle_ends) leaves the first cycle's steps as they
+    were, so resuming the shorter run's state equals running the longer recipe from scratch."""
+    data = GMM.sample(2048, generator=_gen(21))[0].float()
+    oracle = GMM.oracle_model(S)
+    base = dict(batch_size=128, lr=2e-3, warmup=10, lr_decay="cosine", grid_size=10, distance="l2", p_uncond=0.0,
+                clip_denoised=False, ema_decay=0.9, sigma_data=SIGMA_DATA_2D)
+    short = C.DistillConfig(steps=60, **base)
+    longer = C.DistillConfig(steps=120, lr_cycle_ends=(60,), restart_lr_scale=0.5, **base)
+    whole = C.distill(oracle, S, data, None, longer, student=_student_2d(), progress=False, device="cpu")
+    path = tmp_path / "cd.train.pt"
+    C.distill(oracle, S, data, None, C.DistillConfig(**{**short.__dict__, "checkpoint_path": str(path)}),
+              student=_student_2d(), progress=False, device="cpu")
+    resumed = C.distill(oracle, S, data, None, C.DistillConfig(**{**longer.__dict__, "checkpoint_path": str(path)}),
+                        student=_student_2d(), progress=False, device="cpu")
+    assert resumed.step == 120
+    for a, b in zip(resumed.ema.parameters(), whole.ema.parameters()):
+        assert torch.equal(a, b)
+    # the restart really restarts: the rate after step 60 jumps back up to half the peak
+    assert C._lr(59, longer, 0.0) < 0.2 * base["lr"] and C._lr(60, longer, 0.0) == pytest.approx(0.5 * base["lr"])
+    # resuming the 60-step state under a plain 120-step cosine would change the lr of its 60 steps: refused
+    plain = C.DistillConfig(**{**short.__dict__, "steps": 120, "checkpoint_path": str(tmp_path / "b.train.pt")})
+    C.distill(oracle, S, data, None, C.DistillConfig(**{**short.__dict__, "checkpoint_path": plain.checkpoint_path}),
+              student=_student_2d(), progress=False, device="cpu")
+    with pytest.raises(ValueError, match="lr_cycle_ends"):
+        C.distill(oracle, S, data, None, plain, student=_student_2d(), progress=False, device="cpu")
+    for bad in [dict(lr_cycle_ends=(5,)), dict(lr_cycle_ends=(80, 70)), dict(lr_cycle_ends=(130,)),
+                dict(lr_cycle_ends=(60,), restart_lr_scale=0.0), dict(lr_cycle_ends=(60,), max_minutes=1.0)]:
+        with pytest.raises(ValueError):
+            C.DistillConfig(**{**base, "steps": 120, **bad})
+
+
 # --------------------------------------------------------------------------- sampling
 def test_multistep_sampling_shapes_range_determinism():
     cm = C.ConsistencyModel(_tiny_unet(), S, grid_size=20).eval()
