@@ -149,7 +149,7 @@ def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: Autoencode
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             opt.step()
             step += 1
-            history["loss"].append(float(loss))
+            history["loss"].append(loss.item())
             history["reconstruction"].append(parts["reconstruction"])
             history["kl"].append(parts["kl"])
             bar.update(1)
