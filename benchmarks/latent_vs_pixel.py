@@ -92,9 +92,12 @@ def main() -> None:
         out[f"{key}_fid_cond"], out[f"{key}_floor_balanced"] = m.get("fid_cond"), m.get("floor_balanced")
         out[f"{key}_fid_uncond"], out[f"{key}_floor"] = m.get("fid_uncond"), m.get("floor")
     out["vae_fid_reconstruction"], out["vae_floor"] = m_vae.get("fid_reconstruction"), m_vae.get("floor")
-    print(f"FID (n = 1000, DDIM-50, manifests): pixel cond {out['pixel_fid_cond']}, latent cond {out['latent_fid_cond']} "
-          f"(balanced floor {out['latent_floor_balanced']}); decoder's reconstruction FID {out['vae_fid_reconstruction']} "
-          f"(floor {out['vae_floor']})")
+    def num(v):
+        return f"{v:.2f}" if isinstance(v, (int, float)) else "unmeasured"
+
+    print(f"FID (n = 1000, DDIM-50, manifests): pixel cond {num(out['pixel_fid_cond'])}, latent cond "
+          f"{num(out['latent_fid_cond'])} (balanced floor {num(out['latent_floor_balanced'])}); decoder's reconstruction "
+          f"FID {num(out['vae_fid_reconstruction'])} (floor {num(out['vae_floor'])})")
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     out["resolution_sweep"] = resolution_sweep(sizes)
