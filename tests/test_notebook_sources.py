@@ -1,0 +1,35 @@
+"""The committed notebooks are what their percent-format sources in notebooks/src build, and they carry the
+outputs of a real run (readers on GitHub see results) without errors: a notebook edited by hand, or a source
+changed without re-executing its chapter, fails here."""
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted((ROOT / "notebooks" / "src").glob("*.py"))
+
+
+def _nbbuild():
+    spec = importlib.util.spec_from_file_location("nbbuild", ROOT / "tools" / "nbbuild.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_chapter_has_a_source_and_a_notebook():
+    assert len(SOURCES) >= 8
+    assert {p.stem for p in SOURCES} == {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_committed_notebook_is_built_from_its_source_and_was_executed(src):
+    built = _nbbuild().build(src)
+    nb = nbformat.read(ROOT / "notebooks" / f"{src.stem}.ipynb", as_version=4)
+    assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in built.cells], (
+        f"{src.stem}.ipynb differs from notebooks/src/{src.name}: run python tools/nbbuild.py --execute {src.stem[:2]}")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert sum(bool(c.get("outputs")) for c in code) >= len(code) // 2, "committed without the outputs of a run"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"the committed run raised: {errors[0].get('ename')}: {errors[0].get('evalue')}"
