@@ -553,7 +553,10 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
 # The recipe of the shipped ``fmnist-cd`` (``python -m diffusion_course.train fmnist-cd`` runs it through
 # :func:`distill_recipe`): the live demo's settings, longer, with a lower, decaying rate. Batch 32 × 3000 steps is
 # what one CPU thread does in about an hour (0.9–1.4 s a step; batch 64 costs 3× per step here, not 2×: cache effects).
-FMNIST_CD_RECIPE = dict(steps=3000, batch_size=32, lr=1e-4, warmup=200, lr_decay="cosine", grad_clip=1.0, mode="cd",
+# The loss was still falling at step 3000 (0.54 → 0.45 over the last half), so the recipe was extended by a second
+# cosine cycle of 3000 steps at half the peak rate, resumed from the saved state at step 3000 (which it leaves as is).
+FMNIST_CD_RECIPE = dict(steps=6000, lr_cycle_ends=(3000,), restart_lr_scale=0.5,
+                        batch_size=32, lr=1e-4, warmup=200, lr_decay="cosine", grad_clip=1.0, mode="cd",
                         grid_size=20, distance="pseudo-huber", target_decay=0.0, ema_decay=0.999, p_uncond=0.1,
                         clip_denoised=True, sigma_data=0.5, sigma_cap=2.0, seed=0, checkpoint_every=200)
 
