@@ -382,9 +382,17 @@ ax.set(xscale="log", yscale="log", xlabel="network calls (NFE)", ylabel="FID", t
 ax.legend(fontsize=8)
 plt.show()
 r1, r2 = res["fid_cm1"] / res[f"fid_ddim{ref_steps}"], res["fid_cm2"] / res[f"fid_ddim{ref_steps}"]
-print(f"targets (issue 16, at n = 1000): 2-step within 1.5× of DDIM-{ref_steps} — here {r2:.2f}× →", "met" if r2 <= 1.5 else "NOT met",
-      f"; 1-step within 3× — here {r1:.2f}× →", "met" if r1 <= 3 else "NOT met",
-      f"(at n = {n_fid} two real sets differ by {floor:.1f}, so only large gaps mean anything)")
+print(f"here, n = {n_fid}: 2-step {r2:.2f}×, 1-step {r1:.2f}× the teacher's DDIM-{ref_steps} — but two real sets already differ "
+      f"by {floor:.1f} at this n, about the teacher's own FID, so this table cannot judge a 1.5× target")
+# The targets are judged at n = 1000, where the floor is small: the shipped models' manifests (same protocol).
+cd_m = dc.pretrained.manifest("fmnist-cd").get("metrics", {}) if main_name.startswith("fmnist-cd") else {}
+teacher_m = dc.pretrained.manifest("fmnist-ddpm").get("metrics", {})
+if "fid_cm2" in cd_m and "fid_cond" in teacher_m:
+    t50 = teacher_m["fid_cond"]
+    q1, q2 = cd_m["fid_cm1"] / t50, cd_m["fid_cm2"] / t50
+    print(f"n = 1000 (manifests): 2-step {cd_m['fid_cm2']:.2f} / teacher DDIM-50 {t50:.2f} = {q2:.2f}× →",
+          "met" if q2 <= 1.5 else "NOT met", f"(target ≤ 1.5×); 1-step {cd_m['fid_cm1']:.2f} = {q1:.2f}× →",
+          "met" if q1 <= 3 else "NOT met", "(≤ 3×)")
 
 # %% [markdown]
 # **Latency.** Per image at batch 1 (what an interactive app pays) and at batch 256 (throughput):
