@@ -45,7 +45,7 @@ def test_vae_loss_parts_and_validation():
     vae = Autoencoder(channels=(8, 16, 16))
     x = torch.rand(4, 1, 28, 28) * 2 - 1
     loss, parts = latent.vae_loss(vae, x, beta=0.0, generator=torch.Generator().manual_seed(0), return_parts=True)
-    assert abs(float(loss) - parts["reconstruction"]) < 1e-5 and parts["kl"] > 0
+    assert abs(loss.item() - parts["reconstruction"]) < 1e-5 and parts["kl"] > 0
     loss_b = latent.vae_loss(vae, x, beta=1.0, generator=torch.Generator().manual_seed(0))
     assert float(loss_b) > float(loss)
     with pytest.raises(ValueError, match="reconstruction"):
