@@ -47,7 +47,7 @@ def test_vae_loss_parts_and_validation():
     loss, parts = latent.vae_loss(vae, x, beta=0.0, generator=torch.Generator().manual_seed(0), return_parts=True)
     assert abs(loss.item() - parts["reconstruction"]) < 1e-5 and parts["kl"] > 0
     loss_b = latent.vae_loss(vae, x, beta=1.0, generator=torch.Generator().manual_seed(0))
-    assert float(loss_b) > float(loss)
+    assert loss_b.item() > loss.item()
     with pytest.raises(ValueError, match="reconstruction"):
         latent.vae_loss(vae, x, reconstruction="l3")
     with pytest.raises(ValueError, match="beta"):
