@@ -5,7 +5,8 @@
     python benchmarks/teacher_screen.py --minutes 0 --init v1      # only evaluate the starting point
 
 ``--init v1`` starts from the weights of ``fmnist-ddpm-v1`` (the first shipped model: 8,000 steps, uniform t,
-10 % label dropout) and fine-tunes them; ``scratch`` starts from a fresh network of the same architecture.
+10 % label dropout) and fine-tunes them; ``shipped`` continues the current ``fmnist-ddpm`` (to screen a further
+fine-tune); ``scratch`` starts from a fresh network of the same architecture.
 Both are measured by ``train.evaluate_diffusion``: class-conditional samples (balanced labels) against a
 class-balanced real set and floor, unconditional samples against a random real set and floor, and the class
 mix of the unconditional samples. Time is training time on ``--threads`` threads (sampling not counted).
@@ -23,7 +24,7 @@ from diffusion_course import data, pretrained, train as train_cli, training
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, required=True)
-    ap.add_argument("--init", choices=("v1", "scratch"), default="v1")
+    ap.add_argument("--init", choices=("v1", "shipped", "scratch"), default="v1")
     ap.add_argument("--p-uncond", type=float, default=0.2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -37,8 +38,9 @@ def main() -> None:
         raise SystemExit("--minutes must be >= 0")
     torch.set_num_threads(args.threads)
     model = pretrained.build("fmnist-ddpm-v1")
-    if args.init == "v1":
-        model.load_state_dict(pretrained.load("fmnist-ddpm-v1", device="cpu")[0].state_dict())
+    if args.init != "scratch":
+        start = "fmnist-ddpm-v1" if args.init == "v1" else "fmnist-ddpm"
+        model.load_state_dict(pretrained.load(start, device="cpu")[0].state_dict())
     schedule = pretrained.schedule_for("fmnist-ddpm")
     info = vars(args).copy()
     if args.minutes > 0:
