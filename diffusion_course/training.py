@@ -182,6 +182,11 @@ def _state(model, ema, opt, gen, step, history, cfg, scaler=None) -> dict:
 _RESUME_FREE = {"checkpoint_path", "checkpoint_every", "amp", "compile", "channels_last"}
 
 
+# Fields that shape the learning-rate schedule beyond the steps already trained: they may change on resumption
+# exactly when the learning rate of every trained step stays the same.
+_SCHEDULE_SHAPE = ("steps", "lr_cycle_ends", "restart_lr_scale")
+
+
 def _norm(v):
     return tuple(_norm(x) for x in v) if isinstance(v, (list, tuple)) else v
 
@@ -189,27 +194,28 @@ def _norm(v):
 def config_differences(saved: dict, cfg: TrainConfig, saved_step: int) -> list[str]:
     """What makes a saved run and ``cfg`` different recipes (empty: resuming continues the same run).
 
-    ``steps`` and ``lr_cycle_ends`` may change when the learning rate of every step already trained stays the
-    same (e.g. a recipe extended by another warm-restart cycle); every other recipe field must be equal.
+    ``steps``, ``lr_cycle_ends`` and ``restart_lr_scale`` may change when the learning rate of every step already
+    trained stays the same (e.g. a one-cycle recipe extended by a warm-restart cycle); every other recipe field
+    must be equal.
     """
     defaults = asdict(TrainConfig())
     now = asdict(cfg)
     out = []
     for key, value in now.items():
-        if key in _RESUME_FREE or key in ("steps", "lr_cycle_ends"):
+        if key in _RESUME_FREE or key in _SCHEDULE_SHAPE:
             continue
         before = saved.get(key, defaults[key])
         if _norm(before) != _norm(value):
             out.append(f"{key} (saved {before!r}, now {value!r})")
-    if _norm(saved.get("steps")) != cfg.steps or _norm(saved.get("lr_cycle_ends", ())) != cfg.lr_cycle_ends:
+    if any(_norm(saved.get(key, defaults[key])) != _norm(now[key]) for key in _SCHEDULE_SHAPE):
         try:
             old = TrainConfig(**{k: v for k, v in saved.items() if k in defaults})
             same_lr = all(lr_at(s, old) == lr_at(s, cfg) for s in range(saved_step))
         except (TypeError, ValueError):
             same_lr = False
         if not same_lr:
-            for key in ("steps", "lr_cycle_ends"):
-                if _norm(saved.get(key)) != _norm(now[key]):
+            for key in _SCHEDULE_SHAPE:
+                if _norm(saved.get(key, defaults[key])) != _norm(now[key]):
                     out.append(f"{key} (saved {saved.get(key)!r}, now {now[key]!r}: the learning rate of the "
                                f"{saved_step} steps already trained would differ)")
     return out

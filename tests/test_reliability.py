@@ -453,6 +453,18 @@ def test_extension_by_a_warm_restart_cycle_resumes_without_force(tmp_path):
     assert straight.history.loss[:12] == _run(tmp_path / "c.pt", steps=12, lr_cycle_ends=(8,)).history.loss
 
 
+def test_a_one_cycle_run_extended_by_a_restart_at_a_new_peak_resumes_without_force(tmp_path):
+    # How fmnist-ddpm grew from fmnist-ddpm-v2: a one-cycle run (restart_lr_scale never used) gets a second cycle
+    # at half the peak; the trained steps' lr is unchanged, so it resumes, and matches the run made in one go.
+    path = tmp_path / "run.pt"
+    _run(path, steps=10)
+    resumed = _run(path, steps=18, lr_cycle_ends=(10,), restart_lr_scale=0.5)
+    _assert_same_run(resumed, _run(tmp_path / "b.pt", steps=18, lr_cycle_ends=(10,), restart_lr_scale=0.5))
+    # changing the restart peak of a cycle already under way changes trained steps' lr: refused, and named
+    with pytest.raises(ValueError, match="restart_lr_scale"):
+        _run(path, steps=18, lr_cycle_ends=(10,), restart_lr_scale=0.25)
+
+
 # --------------------------------------------------------------------------- 4. nothing non-finite passes silently
 import numpy as np  # noqa: E402
 
