@@ -75,7 +75,8 @@ def main():
         args.ddim_steps = tuple(sorted(set(args.ddim_steps) | {50}))   # the teacher's reference line
     device = config.get_device(args.device)
     torch.manual_seed(0)
-    teacher, schedule = pretrained.load("fmnist-ddpm", device=device)
+    teacher_name = pretrained.RECIPES["fmnist-cd"].teacher   # the student is judged against its own teacher
+    teacher, schedule = pretrained.load(teacher_name, device=device)
     cm, cm_name = load_student(args, teacher, schedule, device)
     clf = pretrained.load("fmnist-classifier", device=device)
     t0 = time.perf_counter()
@@ -83,7 +84,7 @@ def main():
                                ddim_steps=args.ddim_steps, dpm_steps=args.dpm_steps, batch_size=256,
                                classifier=clf, progress=True)
     floor = res["floor_balanced"]
-    print(f"{cm_name} vs its teacher fmnist-ddpm; n = {args.n}, device {device} ({platform.machine()}, "
+    print(f"{cm_name} vs its teacher {teacher_name}; n = {args.n}, device {device} ({platform.machine()}, "
           f"{torch.get_num_threads()} threads); measured in {time.perf_counter() - t0:.0f} s")
     print(f"{'sampler':<24} {'NFE':>4} {'FID':>7} {'FID/floor':>9} {'FID/DDIM-50':>11} {'class acc':>9} {'ms/img@256':>10}")
     rows = ([("consistency", k, f"cm{k}") for k in args.cm_steps] + [("DDIM", k, f"ddim{k}") for k in args.ddim_steps]

@@ -389,7 +389,7 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
     from diffusion_course import pretrained, train
 
     recipe = pretrained.RECIPES["fmnist-cd"]
-    assert recipe.teacher == "fmnist-ddpm" and recipe.distill["mode"] == "cd"
+    assert recipe.teacher == "fmnist-ddpm-v2" and recipe.distill["mode"] == "cd"
     cm = train.run_recipe("fmnist-cd", steps=2, save=False, device="cpu", evaluate=False)
     assert isinstance(cm, C.ConsistencyModel) and cm.schedule.T == 1000
     # the exported EMA loads into the recipe's architecture (what pretrained.load does with the shipped file)
@@ -412,7 +412,7 @@ def test_shipped_fmnist_cd_loads_samples_and_records_fid_at_1_2_4_steps():
 
     cm = pretrained.load("fmnist-cd", device="cpu")
     man = pretrained.manifest("fmnist-cd")
-    assert isinstance(cm, C.ConsistencyModel) and man["recipe"]["teacher"] == "fmnist-ddpm"
+    assert isinstance(cm, C.ConsistencyModel) and man["recipe"]["teacher"] == pretrained.RECIPES["fmnist-cd"].teacher
     m = man["metrics"]
     assert all(m[f"fid_cm{k}"] > m["floor_balanced"] for k in (1, 2, 4))
     x = C.sample(cm, torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)), 1, cond=torch.tensor([0, 5, 9]))

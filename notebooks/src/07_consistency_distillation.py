@@ -278,11 +278,13 @@ print(f"(teacher DDIM-{start} MMD {metrics.mmd_rbf(teacher_full, ref2):.4f}; cha
 #
 # ## 6. Fashion-MNIST: distilling the course's own model
 #
-# The teacher is chapter 2's `fmnist-ddpm`. DDIM with 1, 2 or 4 steps gives blurs — the one-step DDIM output *is* the
+# The teacher is the one the shipped student was distilled from, `fmnist-ddpm-v2` (the recipe says so: chapter 2's model
+# has since trained further, and a student is judged against its own teacher). DDIM with 1, 2 or 4 steps gives blurs — the one-step DDIM output *is* the
 # denoiser $E[x_0\mid x_T]$, an average over everything — while DDIM-50 gives the teacher's real quality:
 
 # %%
-teacher, sched = dc.pretrained.load("fmnist-ddpm", device=device)
+teacher_name = dc.pretrained.RECIPES["fmnist-cd"].teacher
+teacher, sched = dc.pretrained.load(teacher_name, device=device)
 clf = dc.pretrained.load("fmnist-classifier", device=device)
 x_train, y_train = dc.data.load_fashion_mnist("train")
 n_show = dc.config.budget(quick=10, cpu=20, gpu=20)
@@ -382,11 +384,15 @@ ax.set(xscale="log", yscale="log", xlabel="network calls (NFE)", ylabel="FID", t
 ax.legend(fontsize=8)
 plt.show()
 r1, r2 = res["fid_cm1"] / res[f"fid_ddim{ref_steps}"], res["fid_cm2"] / res[f"fid_ddim{ref_steps}"]
-print(f"here, n = {n_fid}: 2-step {r2:.2f}×, 1-step {r1:.2f}× the teacher's DDIM-{ref_steps} — but two real sets already differ "
-      f"by {floor:.1f} at this n, about the teacher's own FID, so this table cannot judge a 1.5× target")
+print(f"here, n = {n_fid}: 2-step {r2:.2f}×, 1-step {r1:.2f}× the teacher's DDIM-{ref_steps}", end="")
+if floor > 0.5 * res[f"fid_ddim{ref_steps}"]:   # sampling noise alone is then a large part of the teacher's FID
+    print(f" — but two real sets already differ by {floor:.1f} at this n, against the teacher's "
+          f"{res[f'fid_ddim{ref_steps}']:.1f}, so this table cannot judge a 1.5× target")
+else:
+    print(" →", "met" if r2 <= 1.5 else "NOT met", "(2-step ≤ 1.5×);", "met" if r1 <= 3 else "NOT met", "(1-step ≤ 3×)")
 # The targets are judged at n = 1000, where the floor is small: the shipped models' manifests (same protocol).
 cd_m = dc.pretrained.manifest("fmnist-cd").get("metrics", {}) if main_name.startswith("fmnist-cd") else {}
-teacher_m = dc.pretrained.manifest("fmnist-ddpm").get("metrics", {})
+teacher_m = dc.pretrained.manifest(teacher_name).get("metrics", {})
 if "fid_cm2" in cd_m and "fid_cond" in teacher_m:
     t50 = teacher_m["fid_cond"]
     q1, q2 = cd_m["fid_cm1"] / t50, cd_m["fid_cm2"] / t50
