@@ -114,8 +114,6 @@ class ClassifierRecipe:
     model: dict = field(default_factory=lambda: {"feature_dim": 128})
 
 
-FMNIST_DDPM_STEPS = 13000
-
 RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
     "fmnist-ddpm-v1": DiffusionRecipe(
         model=dict(in_channels=1, channels=(64, 128), blocks=1, attention_levels=(1,), num_classes=10,
@@ -170,7 +168,7 @@ RECIPES["fmnist-ddpm-v2"] = DiffusionRecipe(
 RECIPES["fmnist-ddpm"] = DiffusionRecipe(
     model=RECIPES["fmnist-ddpm-v1"].model,
     init_from="fmnist-ddpm-v1",
-    train=asdict(TrainConfig(**{**RECIPES["fmnist-ddpm-v2"].train, "steps": FMNIST_DDPM_STEPS,
+    train=asdict(TrainConfig(**{**RECIPES["fmnist-ddpm-v2"].train, "steps": 13000,
                                 "lr_cycle_ends": (5500,), "restart_lr_scale": 0.5})),
     description="class-conditional Fashion-MNIST ε-model (cosine schedule, T=1000, EMA weights): fmnist-ddpm-v1 "
                 "fine-tuned with 20% label dropout and log-SNR-normal timesteps in two cosine cycles, so cond=None "

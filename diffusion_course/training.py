@@ -216,8 +216,8 @@ def config_differences(saved: dict, cfg: TrainConfig, saved_step: int) -> list[s
         if not same_lr:
             for key in _SCHEDULE_SHAPE:
                 if _norm(saved.get(key, defaults[key])) != _norm(now[key]):
-                    out.append(f"{key} (saved {saved.get(key)!r}, now {now[key]!r}: the learning rate of the "
-                               f"{saved_step} steps already trained would differ)")
+                    out.append(f"{key} (saved {saved.get(key, defaults[key])!r}, now {now[key]!r}: the learning "
+                               f"rate of the {saved_step} steps already trained would differ)")
     return out
 
 
