@@ -87,6 +87,9 @@ class AutoencoderConfig:
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
 
 
+_AE_RESUME_FREE = {"checkpoint_path", "checkpoint_every"}
+
+
 def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: AutoencoderConfig | None = None,
                       progress: bool = True, device: torch.device | str | None = None) -> dict:
     """Train ``vae`` on ``images`` (N, C, H, W) in [−1, 1]; returns a history dict (loss, reconstruction, kl per step).
@@ -113,8 +116,11 @@ def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: Autoencode
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
     if ckpt is not None and ckpt.exists():
         state = checkpoints.load(ckpt, map_location=dev, verify=False)
-        if state.get("config") != asdict(cfg):
-            diff = sorted(k for k in asdict(cfg) if state.get("config", {}).get(k) != asdict(cfg)[k])
+        # where the state lives and how often it is written do not change the run (a state moved to the
+        # shipped folder, or saved more often, resumes); every other field does
+        saved_cfg, now_cfg = state.get("config", {}), asdict(cfg)
+        diff = sorted(k for k in now_cfg if k not in _AE_RESUME_FREE and saved_cfg.get(k) != now_cfg[k])
+        if diff:
             raise ValueError(f"{ckpt} was saved with a different configuration ({', '.join(diff)} differ); "
                              "delete it or pass the same configuration to resume")
         vae.load_state_dict(state["model"])

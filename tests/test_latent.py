@@ -99,6 +99,15 @@ def test_training_learns_and_resumes_exactly_after_ctrl_c(tmp_path, monkeypatch)
     assert len(hist2["loss"]) == 12
     for k, v in full.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
+    # the state moved to another folder (and saved more often) resumes as the same run: nothing left to train
+    moved = tmp_path / "elsewhere" / "vae.train.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    hist3 = latent.train_autoencoder(Autoencoder(channels=(8, 16, 16)), x,
+                                     latent.AutoencoderConfig(**{**ckpt_cfg.__dict__, "checkpoint_path": str(moved),
+                                                                 "checkpoint_every": 1}),
+                                     progress=False, device="cpu")
+    assert hist3["loss"] == hist2["loss"]
     # a resume with a different configuration is refused, naming the field
     with pytest.raises(ValueError, match="lr"):
         latent.train_autoencoder(Autoencoder(channels=(8, 16, 16)), x,
