@@ -64,7 +64,9 @@ def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: in
         else:
             counts = metrics.class_counts(clf, xs)
             out["uncond_class_counts"] = counts.tolist()
-            out["uncond_class_max_deviation"] = float((counts.float() / (n / 10) - 1).abs().max())
+            out["uncond_class_max_deviation"] = metrics.max_class_deviation(counts)
+            # the same measure on the real set the FID compares with: what a perfect model would score at this n
+            out["uncond_class_max_deviation_real"] = metrics.max_class_deviation(metrics.class_counts(clf, ref))
     out["fid_cond_over_floor"] = out["fid_cond"] / out["floor_balanced"]
     out["fid_uncond_over_floor"] = out["fid_uncond"] / out["floor"]
     return out

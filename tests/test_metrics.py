@@ -53,6 +53,33 @@ def test_diversity(clf, test_set):
     assert metrics.diversity(clf, x[:200]) > 0.3
 
 
+def test_max_class_deviation_and_its_real_data_level(clf, test_set):
+    assert metrics.max_class_deviation(torch.full((10,), 100)) == 0.0
+    assert metrics.max_class_deviation(torch.tensor([150, 50, 100, 100])) == pytest.approx(0.5)
+    # a random real subset of 1000 is not at 0: sampling noise and the classifier's confusions (measured: 0.10-0.31
+    # over 20 subsets, mean 0.19), which is why evaluate_diffusion records the real set's value beside the model's
+    x, _ = test_set
+    real = metrics.max_class_deviation(metrics.class_counts(clf, metrics.reference_images(1000)))
+    assert 0.05 < real < 0.35
+    # a set drawn from two classes only is far off
+    assert metrics.max_class_deviation(metrics.class_counts(clf, x[:1000][test_set[1][:1000] < 2])) > 3
+    for bad in (torch.tensor([]), torch.tensor([-1, 5]), torch.zeros(3), torch.ones(2, 2)):
+        with pytest.raises(ValueError, match="counts"):
+            metrics.max_class_deviation(bad)
+
+
+def test_evaluate_diffusion_scores_a_sampler_of_real_images_at_zero_and_records_the_real_class_mix():
+    from diffusion_course.train import evaluate_diffusion
+
+    n = 200
+    real = {None: metrics.reference_images(n), "cond": metrics.reference_images(n, class_balanced=True)}
+    out = evaluate_diffusion(None, None, n=n, device="cpu",
+                             sampler=lambda x_T, cond: real[None if cond is None else "cond"][:x_T.shape[0]])
+    assert out["fid_uncond"] < 1e-6 and out["fid_cond"] < 1e-6 and out["floor"] > 1
+    assert out["uncond_class_max_deviation"] == out["uncond_class_max_deviation_real"] > 0
+    assert sum(out["uncond_class_counts"]) == n
+
+
 def test_mmd(test_set):
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(400, 2, generator=g), torch.randn(400, 2, generator=g)
