@@ -387,6 +387,48 @@ def _lr(step: int, cfg: DistillConfig, elapsed: float) -> float:
     return lr_at(step, cfg, elapsed)
 
 
+# Fields a resumed run may change without changing what it computes: where and how often the state is written, and
+# the wall-clock budget. The schedule's length (steps, lr_cycle_ends, restart_lr_scale) may change when the learning
+# rate of every trained step stays the same (_check_resume_lr); every other field must be the saved run's.
+_DISTILL_RESUME_FREE = {"checkpoint_path", "checkpoint_every", "max_minutes", "steps", "lr_cycle_ends",
+                        "restart_lr_scale"}
+
+
+def teacher_fingerprint(teacher) -> str | None:
+    """sha256 of a teacher network's weights (names, dtypes, values), or None for a teacher without weights (an
+    exact oracle) — what a distillation state records so that resuming it with another teacher is refused."""
+    if not isinstance(teacher, nn.Module):
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in teacher.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_resume(state: dict, cfg: DistillConfig, teacher, path) -> None:
+    """A saved distillation resumes only as the same run: same settings (``_DISTILL_RESUME_FREE`` aside), same
+    learning rate on its trained steps, same teacher. States saved before the teacher was recorded skip that check."""
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    now = asdict(cfg)
+    diff = [f"{k} (saved {saved[k]!r}, now {now[k]!r})" for k in now
+            if k not in _DISTILL_RESUME_FREE and k in saved
+            and (tuple(saved[k]) if isinstance(saved[k], list) else saved[k]) != now[k]]
+    if diff:
+        raise ValueError(f"the training state {path} was saved with different settings: {'; '.join(diff)}. Resume "
+                         "with the same settings, or start fresh (delete it, or train with --fresh)")
+    if saved:
+        _check_resume_lr(saved, cfg, int(state["step"]), path)
+    saved_teacher, now_teacher = state.get("teacher_fingerprint"), teacher_fingerprint(teacher)
+    if saved_teacher is not None and saved_teacher != now_teacher:
+        raise ValueError(f"the training state {path} was distilled from a different teacher (weights sha256 "
+                         f"{saved_teacher[:12]}…, now {str(now_teacher)[:12]}…): resuming would mix two teachers. "
+                         "Start fresh (delete it, or train with --fresh)")
+
+
 def _check_resume_lr(saved: dict, cfg: DistillConfig, saved_step: int, path) -> None:
     """Resuming must not change the learning rate of the steps already trained (a longer recipe is only a
     continuation when it adds a cycle with ``lr_cycle_ends``); otherwise the result is no recipe's output."""
@@ -470,10 +512,10 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
     gen = torch.Generator().manual_seed(cfg.seed)
     history, step = DistillHistory(), 0
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+    fingerprint = teacher_fingerprint(teacher) if ckpt is not None else None
     if resume and ckpt is not None and ckpt.exists():
         state = checkpoints.load(ckpt, map_location=dev, verify=False)
-        if isinstance(state.get("config"), dict):
-            _check_resume_lr(state["config"], cfg, int(state["step"]), ckpt)
+        _check_resume(state, cfg, teacher, ckpt)
         student.load_state_dict(state["student"])
         ema.load_state_dict(state["ema"])
         if state.get("target") is not None and target is not student:
@@ -491,7 +533,7 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
                               "target": None if target is student else target.state_dict(),
                               "optimizer": opt.state_dict(), "generator": gen.get_state(),
                               "torch_rng": torch.get_rng_state(), "step": step, "history": asdict(history),
-                              "config": asdict(cfg)}, ckpt)
+                              "config": asdict(cfg), "teacher_fingerprint": fingerprint}, ckpt)
 
     images_dev = images.to(dev)
     labels_dev = labels.to(dev) if labels is not None else None

@@ -5,6 +5,7 @@ The independent reference is a Gaussian mixture whose PF-ODE is integrated accur
 distillation loss must vanish on it (up to the teacher DDIM step's own discretisation error) and not on
 a perturbed one. The integrator itself is checked against many-step DDIM on the exact ε.
 """
+import copy
 import math
 
 import pytest
@@ -230,6 +231,34 @@ def test_distillation_on_2d_moves_towards_the_exact_map_and_resumes_exactly(tmp_
     for a, b in zip(list(resumed.student.parameters()) + list(resumed.ema.parameters()),
                     list(res.student.parameters()) + list(res.ema.parameters())):
         assert torch.equal(a, b)
+
+
+def test_a_saved_distillation_resumes_only_as_the_same_run_same_settings_and_same_teacher(tmp_path):
+    data = GMM.sample(1024, generator=_gen(31))[0].float()
+    torch.manual_seed(0)
+    teacher, other = MLPDenoiser(dim=2, hidden=32, depth=2), MLPDenoiser(dim=2, hidden=32, depth=2)
+    assert C.teacher_fingerprint(teacher) == C.teacher_fingerprint(copy.deepcopy(teacher))
+    assert C.teacher_fingerprint(teacher) != C.teacher_fingerprint(other)
+    assert C.teacher_fingerprint(GMM.oracle_model(S)) is None
+    path = tmp_path / "cd.train.pt"
+    cfg = C.DistillConfig(steps=4, batch_size=64, warmup=1, grid_size=10, distance="l2", p_uncond=0.0,
+                          clip_denoised=False, sigma_data=SIGMA_DATA_2D, checkpoint_path=str(path), checkpoint_every=2)
+    C.distill(teacher, S, data, None, cfg, student=_student_2d(10), progress=False, device="cpu")
+    assert torch.load(path, weights_only=False)["teacher_fingerprint"] == C.teacher_fingerprint(teacher)
+    for change, name in ((dict(grid_size=20), "grid_size"), (dict(distance="pseudo-huber"), "distance"),
+                         (dict(seed=1), "seed"), (dict(batch_size=32), "batch_size")):
+        with pytest.raises(ValueError, match=name):
+            C.distill(teacher, S, data, None, C.DistillConfig(**{**cfg.__dict__, **change}),
+                      student=_student_2d(10), progress=False, device="cpu")
+    with pytest.raises(ValueError, match="different teacher"):
+        C.distill(other, S, data, None, cfg, student=_student_2d(10), progress=False, device="cpu")
+    # the state moved elsewhere, saved more often, with a time budget: the same run, nothing left to train
+    moved = tmp_path / "moved.train.pt"
+    moved.write_bytes(path.read_bytes())
+    res = C.distill(teacher, S, data, None, C.DistillConfig(**{**cfg.__dict__, "checkpoint_path": str(moved),
+                                                                "checkpoint_every": 1, "max_minutes": 5.0}),
+                    student=_student_2d(10), progress=False, device="cpu")
+    assert res.step == 4 and len(res.history.loss) == 4
 
 
 def test_a_recipe_extended_by_a_warm_restart_resumes_exactly_and_a_changed_schedule_is_refused(tmp_path):
