@@ -418,7 +418,7 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
     from diffusion_course import pretrained, train
 
     recipe = pretrained.RECIPES["fmnist-cd"]
-    assert recipe.teacher == "fmnist-ddpm-v2" and recipe.distill["mode"] == "cd"
+    assert recipe.teacher == "fmnist-ddpm" and recipe.distill["mode"] == "cd"
     cm = train.run_recipe("fmnist-cd", steps=2, save=False, device="cpu", evaluate=False)
     assert isinstance(cm, C.ConsistencyModel) and cm.schedule.T == 1000
     # the exported EMA loads into the recipe's architecture (what pretrained.load does with the shipped file)

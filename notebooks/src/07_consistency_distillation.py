@@ -278,9 +278,9 @@ print(f"(teacher DDIM-{start} MMD {metrics.mmd_rbf(teacher_full, ref2):.4f}; cha
 #
 # ## 6. Fashion-MNIST: distilling the course's own model
 #
-# The teacher is the one the shipped student was distilled from, `fmnist-ddpm-v2` (the recipe says so: chapter 2's model
-# has since trained further, and a student is judged against its own teacher). DDIM with 1, 2 or 4 steps gives blurs — the one-step DDIM output *is* the
-# denoiser $E[x_0\mid x_T]$, an average over everything — while DDIM-50 gives the teacher's real quality:
+# The teacher is chapter 2's `fmnist-ddpm`, the model the shipped student was distilled from (the recipe names it, and a
+# student is always judged against its own teacher). DDIM with 1, 2 or 4 steps gives blurs — the one-step DDIM output
+# *is* the denoiser $E[x_0\mid x_T]$, an average over everything — while DDIM-50 gives the teacher's real quality:
 
 # %%
 teacher_name = dc.pretrained.RECIPES["fmnist-cd"].teacher
