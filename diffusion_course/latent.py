@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,7 +93,8 @@ _AE_RESUME_FREE = {"checkpoint_path", "checkpoint_every"}
 
 def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: AutoencoderConfig | None = None,
                       progress: bool = True, device: torch.device | str | None = None) -> dict:
-    """Train ``vae`` on ``images`` (N, C, H, W) in [−1, 1]; returns a history dict (loss, reconstruction, kl per step).
+    """Train ``vae`` on ``images`` (N, C, H, W) in [−1, 1]; returns a history dict (loss, reconstruction, kl per step;
+    ``segments``: steps, seconds and threads of each run that trained it — one, plus one per resume).
 
     AdamW with linear warm-up then cosine decay to 10 %. With ``config.checkpoint_path`` the state (weights, optimiser,
     the generator that draws batches and ε, the step, the history) is saved atomically every ``checkpoint_every``
@@ -128,7 +130,13 @@ def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: Autoencode
         gen.set_state(state["generator"])
         step, history = int(state["step"]), state["history"]
 
+    # each run of this function is one segment (a resume starts another), so a resumed run's cost is not lost
+    history.setdefault("segments", []).append({"from_step": step, "to_step": step, "seconds": 0.0,
+                                               "threads": torch.get_num_threads(), "device": str(dev)})
+    segment, t_segment = history["segments"][-1], time.perf_counter()
+
     def save():
+        segment["to_step"], segment["seconds"] = step, time.perf_counter() - t_segment
         if ckpt is not None:
             checkpoints.save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                               "step": step, "history": history, "config": asdict(cfg)}, ckpt)

@@ -107,6 +107,15 @@ def _balanced_indices(labels: torch.Tensor, n: int, generator: torch.Generator, 
     return torch.cat(out)
 
 
+def balanced_disjoint_indices(labels: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint class-balanced index sets of ``n`` (the pair :func:`fid_floor` compares with
+    ``class_balanced=True``), so anything else measured on the same two sets is like-for-like with that floor."""
+    # one permutation per class, so the two halves are disjoint
+    first = _balanced_indices(labels, n, torch.Generator().manual_seed(seed))
+    second = _balanced_indices(labels, n, torch.Generator().manual_seed(seed), skip=n // 10 + 1)
+    return first, second
+
+
 def fid_floor(classifier: FashionClassifier, n: int, seed: int = 0, class_balanced: bool = False) -> float:
     """FID between two disjoint sets of ``n`` real test images: the best a model can score at n.
 
@@ -120,9 +129,7 @@ def fid_floor(classifier: FashionClassifier, n: int, seed: int = 0, class_balanc
         raise ValueError(f"n must be at most {x.shape[0] // 2} for the floor, got {n}")
     g = torch.Generator().manual_seed(seed)
     if class_balanced:
-        # one permutation per class, so the two halves are disjoint
-        first = _balanced_indices(y, n, torch.Generator().manual_seed(seed))
-        second = _balanced_indices(y, n, torch.Generator().manual_seed(seed), skip=n // 10 + 1)
+        first, second = balanced_disjoint_indices(y, n, seed)
         return fid(classifier, x[first], x[second])
     perm = torch.randperm(x.shape[0], generator=g)
     return fid(classifier, x[perm[:n]], x[perm[n:2 * n]])

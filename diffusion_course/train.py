@@ -119,9 +119,11 @@ def evaluate_latent(ldm, n: int = 1000, steps: int = 50, seed: int = 0) -> dict:
 def evaluate_autoencoder(vae, n: int = 1000, seed: int = 0, device=None) -> dict:
     """Reconstruction quality on the test set: MSE and PSNR over all 10,000 images, and the **reconstruction
     FID** — ``n`` test images through encode→decode against ``n`` *other* test images, next to the floor of the
-    same two real sets. It is the best FID any latent model built on this decoder can reach at ``n``."""
+    same two real sets. It is the best FID any latent model built on this decoder can reach at ``n``. The
+    ``_balanced`` pair does the same on the two class-balanced sets of ``metrics.fid_floor(class_balanced=True)``:
+    the cap to read a latent model's class-conditional FID (balanced labels) against."""
     dev = torch.device(device) if device is not None else next(vae.parameters()).device
-    x, _ = load_fashion_mnist("test")
+    x, y = load_fashion_mnist("test")
     vae = vae.to(dev).eval()
     rec = torch.cat([vae.decode(vae.encode(x[i:i + 500].to(dev))[0]).clamp(-1, 1).cpu()
                      for i in range(0, x.shape[0], 500)])
@@ -129,8 +131,11 @@ def evaluate_autoencoder(vae, n: int = 1000, seed: int = 0, device=None) -> dict
     clf = pretrained.load("fmnist-classifier", device=dev)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     a, b = perm[:n], perm[n:2 * n]
-    return {"test_mse": mse, "test_psnr_db": 10 * math.log10(4.0 / mse), "test_l1": float((rec - x).abs().mean()),
-            "n": n, "fid_reconstruction": metrics.fid(clf, rec[a], x[b]), "floor": metrics.fid(clf, x[a], x[b])}
+    ba, bb = metrics.balanced_disjoint_indices(y, n, seed)
+    return {"test_mse": mse, "test_psnr_db": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf, "test_l1": float((rec - x).abs().mean()),
+            "n": n, "fid_reconstruction": metrics.fid(clf, rec[a], x[b]), "floor": metrics.fid(clf, x[a], x[b]),
+            "fid_reconstruction_balanced": metrics.fid(clf, rec[ba], x[bb]),
+            "floor_balanced": metrics.fid(clf, x[ba], x[bb])}
 
 
 def evaluate_existing(name: str, device=None) -> dict:
@@ -281,7 +286,8 @@ def _run_autoencoder(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
     history = latent.train_autoencoder(vae, x, cfg, device=dev)
     vae.eval()
     if save:
-        info = {"train_wall_seconds": time.perf_counter() - t_train,
+        segments = history.get("segments") or [{"seconds": time.perf_counter() - t_train}]
+        info = {"train_wall_seconds": sum(seg["seconds"] for seg in segments), "train_segments": segments,
                 "final_reconstruction_avg_last_100": sum(history["reconstruction"][-100:]) / len(history["reconstruction"][-100:]),
                 "final_kl_avg_last_100": sum(history["kl"][-100:]) / len(history["kl"][-100:])}
         if evaluate:

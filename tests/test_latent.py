@@ -97,6 +97,10 @@ def test_training_learns_and_resumes_exactly_after_ctrl_c(tmp_path, monkeypatch)
     again = Autoencoder(channels=(8, 16, 16))
     hist2 = latent.train_autoencoder(again, x, ckpt_cfg, progress=False, device="cpu")
     assert len(hist2["loss"]) == 12
+    # the run's cost survives the interruption: one segment per run, contiguous steps, all timed
+    assert [(seg["from_step"], seg["to_step"]) for seg in hist2["segments"]] == [(0, 6), (6, 12)]
+    assert all(seg["seconds"] > 0 and seg["threads"] >= 1 for seg in hist2["segments"])
+    assert [(seg["from_step"], seg["to_step"]) for seg in hist["segments"]] == [(0, 12)]
     for k, v in full.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
     # the state moved to another folder (and saved more often) resumes as the same run: nothing left to train
@@ -199,6 +203,21 @@ def test_shipped_autoencoder_reconstructs_real_test_images():
     assert mse < 0.02
 
 
+@pytest.mark.skipif(not (ldm_shipped and vae_shipped), reason="fmnist-ldm / fmnist-vae not trained yet")
+@pytest.mark.parametrize("name", ["fmnist-ldm", "fmnist-ldm-dit"])
+def test_shipped_latent_models_were_trained_on_the_shipped_autoencoder(name):
+    # chapters 5 and 8 read fmnist-vae's reconstruction FID as the cap of these models: that only holds when the
+    # autoencoder bundled in each latent checkpoint is the shipped one (a retrained VAE must ship with retrained models)
+    if not pretrained.path_for(name).exists():
+        pytest.skip(f"{name} not trained yet")
+    vae_sha = pretrained.manifest("fmnist-vae")["sha256"]
+    assert pretrained.manifest(name)["metrics"]["vae_sha256"] == vae_sha
+    bundled = pretrained.load(name, device="cpu").vae.state_dict()
+    shipped = pretrained.load("fmnist-vae", device="cpu").state_dict()
+    assert bundled.keys() == shipped.keys()
+    assert all(torch.equal(bundled[k], shipped[k]) for k in shipped)
+
+
 @pytest.mark.skipif(not ldm_shipped, reason="fmnist-ldm checkpoint not trained yet")
 def test_shipped_latent_model_loads_and_samples():
     ldm = pretrained.load("fmnist-ldm", device="cpu")
@@ -208,3 +227,32 @@ def test_shipped_latent_model_loads_and_samples():
     x = ldm.sample(4, cond=torch.tensor([0, 1, 2, 3]), steps=5, generator=torch.Generator().manual_seed(0),
                    progress=False)
     assert x.shape == (4, 1, 28, 28) and torch.isfinite(x).all()
+
+
+class _IdentityAutoencoder(torch.nn.Module):
+    """encode→decode returns the image itself: its reconstruction FID must equal the floor on the same sets."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, x):
+        return x, torch.zeros_like(x)
+
+    def decode(self, z):
+        return z
+
+
+def test_reconstruction_fid_of_a_perfect_decoder_is_the_floor_on_the_same_sets_random_and_balanced():
+    from diffusion_course import metrics, train
+
+    m = train.evaluate_autoencoder(_IdentityAutoencoder(), n=200)
+    assert m["test_mse"] == 0.0
+    assert m["fid_reconstruction"] == pytest.approx(m["floor"], abs=1e-6)
+    assert m["fid_reconstruction_balanced"] == pytest.approx(m["floor_balanced"], abs=1e-6)
+    clf = pretrained.load("fmnist-classifier", device="cpu")
+    assert m["floor_balanced"] == pytest.approx(metrics.fid_floor(clf, 200, class_balanced=True), abs=1e-6)
+    assert m["floor"] == pytest.approx(metrics.fid_floor(clf, 200), abs=1e-6)
+    assert m["test_psnr_db"] == math.inf
+    a, b = metrics.balanced_disjoint_indices(torch.arange(1000) % 10, 50)
+    assert len(set(a.tolist()) & set(b.tolist())) == 0 and torch.bincount(torch.arange(1000)[a] % 10).tolist() == [5] * 10
