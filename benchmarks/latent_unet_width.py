@@ -1,6 +1,6 @@
 """How slim can the latent U-Net be? Step cost against the pixel model, and the FID each width reaches.
 
-    python benchmarks/latent_unet_width.py [--widths 32,48,64] [--steps 6000] [--n 1000] [--threads 1]
+    python benchmarks/latent_unet_width.py [--widths 32,48,64] [--steps 6000] [--n 1000] [--threads 1] [--timing-only]
                                            [--json benchmarks/results/latent_unet_width.json]
 
 Chapter 5's target asks for a latent training step ≥ 4× cheaper than the pixel model's (``fmnist-ddpm``'s network,
@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--timing-only", action="store_true", help="only the step times, no training")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,15 +44,32 @@ def main():
     scale = latent.fit_scale_factor(latents)
     schedule = pretrained.schedule_for("fmnist-ldm")
     shape = tuple(latents.shape[1:])
-    pixel_step = profiling.train_step_seconds(pretrained.build("fmnist-ddpm"), (1, 28, 28), args.batch)
+    # every step time is taken up front, back to back (pixel before and after the latent nets), so the ratios
+    # compare like with like even when the machine's load changes during the long training part
+    pixel_net = pretrained.build("fmnist-ddpm")
+    nets = {w: pretrained.build_denoiser("unet", {**recipe.model, "channels": (w, 2 * w, 2 * w)}) for w in widths}
+    pixel_before = profiling.train_step_seconds(pixel_net, (1, 28, 28), args.batch)
+    step_times = {w: profiling.train_step_seconds(net, shape, args.batch) for w, net in nets.items()}
+    pixel_after = profiling.train_step_seconds(pixel_net, (1, 28, 28), args.batch)
+    pixel_step = (pixel_before + pixel_after) / 2
     out = {"steps": args.steps, "batch": args.batch, "n": args.n, "threads": args.threads,
-           "pixel_step_s": pixel_step, "vae_fid_reconstruction_balanced": vm.get("fid_reconstruction_balanced"),
-           "widths": {}}
-    print(f"pixel fmnist-ddpm network: {pixel_step:.3f} s per training step at batch {args.batch}")
+           "pixel_step_s": pixel_step, "pixel_step_s_before_after": [pixel_before, pixel_after],
+           "vae_fid_reconstruction_balanced": vm.get("fid_reconstruction_balanced"), "widths": {}}
+    print(f"pixel fmnist-ddpm network: {pixel_before:.3f} / {pixel_after:.3f} s per training step at batch "
+          f"{args.batch} (before / after timing the latent nets)")
     for w in widths:
-        model_cfg = {**recipe.model, "channels": (w, 2 * w, 2 * w)}
-        net = pretrained.build_denoiser("unet", model_cfg)
-        step_s = profiling.train_step_seconds(net, shape, args.batch)
+        print(f"channels ({w}, {2 * w}, {2 * w}): step {step_times[w]:.3f} s → {pixel_step / step_times[w]:.2f}× "
+              f"cheaper than the pixel model's (target ≥ 4×), {profiling.flops_per_forward(nets[w], shape) / 1e6:.0f} "
+              f"MFLOPs per forward", flush=True)
+    if args.timing_only:
+        out["widths"] = {w: {"step_s": step_times[w], "step_speedup_vs_pixel": pixel_step / step_times[w]}
+                         for w in widths}
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        return
+    for w in widths:
+        net = nets[w]
+        step_s = step_times[w]
         flops = profiling.flops_per_forward(net, shape)
         cfg = training.TrainConfig(**{**recipe.train, "steps": args.steps, "checkpoint_path": None})
         t0 = time.perf_counter()
@@ -64,8 +82,7 @@ def main():
                "fid_cond": ev["fid_cond"], "floor_balanced": ev["floor_balanced"], "fid_uncond": ev["fid_uncond"],
                "class_accuracy_cond": ev.get("class_accuracy_cond")}
         out["widths"][w] = row
-        print(f"channels ({w}, {2 * w}, {2 * w}): {row['params'] / 1e6:.2f} M params, step {step_s:.3f} s "
-              f"({row['step_speedup_vs_pixel']:.1f}× cheaper than pixel; target ≥ 4×), trained {train_s / 60:.1f} min, "
+        print(f"channels ({w}, {2 * w}, {2 * w}): {row['params'] / 1e6:.2f} M params, trained {train_s / 60:.1f} min, "
               f"cond FID {ev['fid_cond']:.2f} (balanced floor {ev['floor_balanced']:.2f}, "
               f"{ev['fid_cond'] / ev['floor_balanced']:.1f}×), uncond {ev['fid_uncond']:.2f}", flush=True)
         if args.json:
