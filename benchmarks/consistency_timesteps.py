@@ -41,6 +41,8 @@ def main():
     args = ap.parse_args()
     if args.max_steps < 2:
         raise SystemExit("--max-steps must be at least 2")
+    if args.stride < 1 or args.n < 2:
+        raise SystemExit(f"--stride must be >= 1 and --n >= 2, got {args.stride} and {args.n}")
 
     torch.manual_seed(0)
     cm = pretrained.load(args.model, device="cpu")

@@ -36,6 +36,8 @@ def main():
     widths = [int(w) for w in args.widths.split(",")]
     if not widths or min(widths) < 8 or any(w % 8 for w in widths):
         raise SystemExit("--widths must be multiples of 8 (GroupNorm groups), e.g. 32,48,64")
+    if args.steps < 1 or args.n < 2 or args.batch < 1:
+        raise SystemExit(f"--steps and --batch must be >= 1 and --n >= 2, got {args.steps}, {args.batch}, {args.n}")
 
     recipe = pretrained.RECIPES["fmnist-ldm"]
     vae = pretrained.load("fmnist-vae", device="cpu")

@@ -132,7 +132,8 @@ def evaluate_autoencoder(vae, n: int = 1000, seed: int = 0, device=None) -> dict
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     a, b = perm[:n], perm[n:2 * n]
     ba, bb = metrics.balanced_disjoint_indices(y, n, seed)
-    return {"test_mse": mse, "test_psnr_db": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf, "test_l1": float((rec - x).abs().mean()),
+    psnr = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf  # a perfect reconstruction has no finite PSNR
+    return {"test_mse": mse, "test_psnr_db": psnr, "test_l1": float((rec - x).abs().mean()),
             "n": n, "fid_reconstruction": metrics.fid(clf, rec[a], x[b]), "floor": metrics.fid(clf, x[a], x[b]),
             "fid_reconstruction_balanced": metrics.fid(clf, rec[ba], x[bb]),
             "floor_balanced": metrics.fid(clf, x[ba], x[bb])}
