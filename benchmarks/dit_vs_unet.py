@@ -1,7 +1,10 @@
 """DiT vs the course U-Net at matched training compute, a DiT scaling sweep, and a patch-size sweep.
 
     python benchmarks/dit_vs_unet.py [--steps 1500] [--batch 32] [--n-fid 500] [--threads 1] [--json out.json]
-                                     [--runs unet,dit-XS,dit-S,dit-M] [--patch-sweep 7,4,2] [--patch-steps 800]
+                                     [--runs unet,dit,dit-XS,dit-S,dit-M] [--patch-sweep 7,4,2] [--patch-steps 800]
+
+``unet`` and ``dit`` are the architectures of the shipped ``fmnist-ldm`` and ``fmnist-ldm-dit`` (sized to the same
+FLOPs per forward); ``dit-XS/S/M`` are ``nn.dit.DIT_CONFIGS``.
 
 Every run trains from scratch on the cached latents of ``fmnist-vae`` (class-conditional, 20 % label dropout,
 log-SNR-normal timesteps, the recipe of ``fmnist-ldm``) for the same number of steps at the same batch; cost is
@@ -37,6 +40,8 @@ def held_out_loss(model, x0, y, schedule, seed: int = 0) -> float:
 def build(kind: str, space: str = "latent", patch: int = 1):
     if kind == "unet":
         return pretrained.build_denoiser("unet", pretrained.RECIPES["fmnist-ldm"].model)
+    if kind == "dit":   # the shipped fmnist-ldm-dit's DiT, sized to the U-Net's FLOPs
+        return pretrained.build_denoiser("dit", pretrained.RECIPES["fmnist-ldm-dit"].model)
     size = kind.split("-")[1]
     if space == "latent":
         return DiT(input_size=7, patch=1, in_channels=4, num_classes=10, **DIT_CONFIGS[size])
@@ -69,7 +74,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--n-fid", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", default="unet,dit-XS,dit-S,dit-M")
+    ap.add_argument("--runs", default="unet,dit,dit-XS,dit-S,dit-M")
     ap.add_argument("--patch-sweep", default="7,4,2")
     ap.add_argument("--patch-steps", type=int, default=800)
     ap.add_argument("--json", default=None)

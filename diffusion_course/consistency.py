@@ -611,12 +611,15 @@ def build_student(teacher_net: nn.Module, schedule: NoiseSchedule, distill_confi
 
 
 def distill_recipe(teacher_name: str, distill_config: dict, state_path: str | Path | None = None,
-                   steps: int | None = None, device=None, progress: bool = True, until: int | None = None) -> DistillResult:
+                   steps: int | None = None, device=None, progress: bool = True, until: int | None = None,
+                   init_from: str | None = None) -> DistillResult:
     """Run a distillation recipe from a shipped teacher on Fashion-MNIST (what ``train.py`` calls for ``fmnist-cd``).
 
     Loads ``pretrained.load(teacher_name)`` and the training set, builds the warm-started student, and runs
     :func:`distill` with the recipe's :class:`DistillConfig` (``steps`` overrides its length), saving and resuming
-    the training state at ``state_path``. Export ``result.ema`` (its ``state_dict`` loads into
+    the training state at ``state_path``. ``init_from`` names a shipped consistency checkpoint whose weights the
+    student starts from instead of the teacher's (a further cycle; quick mode falls back to the teacher's weights
+    when it is missing). Export ``result.ema`` (its ``state_dict`` loads into
     :func:`build_student`'s model) and score it with :func:`evaluate`.
     """
     from . import pretrained
@@ -632,6 +635,19 @@ def distill_recipe(teacher_name: str, distill_config: dict, state_path: str | Pa
     cfg = DistillConfig(**fields)
     x, y = load_fashion_mnist("train")
     student = build_student(teacher, schedule, cfg)
+    if init_from is not None:
+        if pretrained.path_for(init_from).exists():
+            start = pretrained.load(init_from, device="cpu", train_if_missing=False)
+            if start.schedule.T != schedule.T or start.config["grid_size"] != student.config["grid_size"]:
+                raise ValueError(f"{init_from!r} (T={start.schedule.T}, grid {start.config['grid_size']}) does not "
+                                 f"match the recipe's student (T={schedule.T}, grid {student.config['grid_size']})")
+            student.load_state_dict(start.state_dict())
+        elif is_quick():
+            print(f"{init_from!r} (the student's starting point) is missing: quick mode starts from the teacher")
+        else:
+            raise FileNotFoundError(f"the student starts from {init_from!r}, whose checkpoint "
+                                    f"{pretrained.path_for(init_from)} is missing; train it first: "
+                                    f"python -m diffusion_course.train {init_from}")
     return distill(teacher, schedule, x, y, cfg, student=student, progress=progress, device=device, until=until)
 
 

@@ -374,7 +374,7 @@ def _run_consistency(name, recipe, steps, save, dev, fresh, evaluate, path, t0):
                                 f"{pretrained.path_for(recipe.teacher)} is missing; train it first: "
                                 f"python -m diffusion_course.train {recipe.teacher}")
     result = consistency.distill_recipe(recipe.teacher, recipe.distill, state_path=_state_path(path, save, fresh),
-                                        steps=steps, device=dev)
+                                        steps=steps, device=dev, init_from=recipe.init_from)
     if result.interrupted:
         raise KeyboardInterrupt(f"distillation of {name!r} interrupted at step {result.step}"
                                 + ("; state saved beside the checkpoint (run the same command to resume)"

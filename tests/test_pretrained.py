@@ -121,3 +121,36 @@ def test_cli_device_errors_are_clear(capsys):
         with pytest.raises(SystemExit):
             train_cli.main(["fmnist-classifier", "--device", dev])
         assert words in capsys.readouterr().err
+
+
+def _recipe_mismatches(recorded: dict, current: dict, where: str = "") -> list[str]:
+    """Fields a manifest recorded whose value the current recipe no longer has (fields added to a config since are
+    absent from older manifests, and their defaults reproduce the old behaviour; descriptions may be reworded)."""
+    out = []
+    for key, value in recorded.items():
+        if key == "description" or key not in current:
+            continue
+        if isinstance(value, dict) and isinstance(current[key], dict):
+            out += _recipe_mismatches(value, current[key], f"{where}{key}.")
+        elif value != current[key]:
+            out.append(f"{where}{key}: shipped {value!r}, recipe {current[key]!r}")
+    return out
+
+
+def test_every_shipped_checkpoint_was_made_by_its_current_recipe(monkeypatch):
+    """`python -m diffusion_course.train NAME` must re-make what ships: a recipe edited without retraining fails."""
+    import json
+    from dataclasses import asdict, replace
+
+    def current(name):
+        return json.loads(json.dumps(asdict(pretrained.RECIPES[name])))
+
+    shipped = [n for n in pretrained.names() if pretrained.path_for(n).exists()]
+    assert len(shipped) >= 8
+    for name in shipped:
+        assert _recipe_mismatches(pretrained.manifest(name)["recipe"], current(name)) == [], name
+    # the check can fail: a recipe whose steps changed after its checkpoint shipped
+    ldm = pretrained.RECIPES["fmnist-ldm"]
+    monkeypatch.setitem(pretrained.RECIPES, "fmnist-ldm", replace(ldm, train={**ldm.train, "steps": 1}))
+    assert _recipe_mismatches(pretrained.manifest("fmnist-ldm")["recipe"], current("fmnist-ldm")) == [
+        f"train.steps: shipped {ldm.train['steps']}, recipe 1"]
