@@ -107,8 +107,9 @@ print("each block is the identity at init:", identity)
 # ## 3. DiT in latent space
 #
 # Chapter 5's latents are 4×7×7; with $p = 1$ every latent position is a token: 49 tokens, no padding needed (the U-Net had
-# to pad to 8×8). The shipped `fmnist-ldm-dit` is chapter 5's `LatentDiffusion` with a DiT-S denoiser, trained by the
-# project with the same recipe as `fmnist-ldm`:
+# to pad to 8×8). The shipped `fmnist-ldm-dit` is chapter 5's `LatentDiffusion` with a DiT denoiser sized to cost what
+# chapter 5's U-Net costs per forward — dim 64, depth 6, 4 heads: DiT-S at half the width — trained by the project with
+# the same recipe as `fmnist-ldm`:
 
 # %%
 ldm_dit = pretrained.load("fmnist-ldm-dit", device=device)
@@ -191,14 +192,16 @@ show_attention(pixel_runs[4]["model"], dc.forward.q_sample(img, t_mid, schedule,
 
 # %%
 unet = pretrained.build_denoiser("unet", pretrained.RECIPES["fmnist-ldm"].model)
-flops = {"U-Net (fmnist-ldm)": profiling.flops_per_forward(unet, (4, 7, 7))}
+flops = {"U-Net (fmnist-ldm)": profiling.flops_per_forward(unet, (4, 7, 7)),
+         "DiT (fmnist-ldm-dit)": profiling.flops_per_forward(
+             pretrained.build_denoiser("dit", pretrained.RECIPES["fmnist-ldm-dit"].model), (4, 7, 7))}
 for name, cfg in DIT_CONFIGS.items():
     flops[f"DiT-{name}"] = profiling.flops_per_forward(DiT(input_size=7, patch=1, in_channels=4, **cfg), (4, 7, 7))
 for name, f in flops.items():
     print(f"{name:>20}: {f / 1e6:6.1f} MFLOPs per forward")
 
 # %% [markdown]
-# The shipped U-Net and DiT-S latent models were trained with the same recipe (same steps, batch, data, timesteps), so
+# The shipped U-Net and DiT latent models were trained with the same recipe (same steps, batch, data, timesteps), so
 # their training compute differs only by the ratio above. Their FIDs (n = 1000, class-balanced, DDIM-50, from the
 # manifests) and a live check at a small n:
 
@@ -206,32 +209,32 @@ for name, f in flops.items():
 ldm_unet = pretrained.load("fmnist-ldm", device=device)
 um = pretrained.manifest("fmnist-ldm").get("metrics", {})
 for name, m, steps in (("U-Net", um, pretrained.manifest("fmnist-ldm").get("steps")),
-                       ("DiT-S", dm, pretrained.manifest("fmnist-ldm-dit").get("steps"))):
+                       ("DiT", dm, pretrained.manifest("fmnist-ldm-dit").get("steps"))):
     print(f"{name}: FID cond {m.get('fid_cond', float('nan')):.2f} (balanced floor {m.get('floor_balanced', float('nan')):.2f}), "
           f"uncond {m.get('fid_uncond', float('nan')):.2f} (floor {m.get('floor', float('nan')):.2f}), {steps} steps")
 clf = pretrained.load("fmnist-classifier", device=device)
 n_fid = dc.config.budget(quick=20, cpu=200, gpu=1000)
 ref = metrics.reference_images(n_fid, class_balanced=True)
 labels = torch.arange(n_fid) % 10
-for name, model in (("U-Net", ldm_unet), ("DiT-S", ldm_dit)):
+for name, model in (("U-Net", ldm_unet), ("DiT", ldm_dit)):
     xs = model.sample(n_fid, cond=labels, steps=50, generator=torch.Generator().manual_seed(0), progress=False)
     print(f"live, n = {n_fid}: {name} FID {metrics.fid(clf, xs.cpu(), ref):.1f} "
           f"(balanced floor {metrics.fid_floor(clf, n_fid, class_balanced=True):.1f})")
 train_flops = {name: 3 * flops[key] * 32 * pretrained.manifest(ck).get("steps", 0)
-               for name, key, ck in (("U-Net", "U-Net (fmnist-ldm)", "fmnist-ldm"), ("DiT-S", "DiT-S", "fmnist-ldm-dit"))}
+               for name, key, ck in (("U-Net", "U-Net (fmnist-ldm)", "fmnist-ldm"), ("DiT", "DiT (fmnist-ldm-dit)", "fmnist-ldm-dit"))}
 ratio = dm.get("fid_cond", float("nan")) / um.get("fid_cond", float("nan"))
-print(f"training compute: U-Net {train_flops['U-Net'] / 1e12:.0f} TFLOPs, DiT-S {train_flops['DiT-S'] / 1e12:.0f} TFLOPs; "
-      f"DiT-S's FID is {ratio:.2f}× the U-Net's →", "DiT within 1.5×" if ratio <= 1.5 else "the U-Net wins at this compute")
+print(f"training compute: U-Net {train_flops['U-Net'] / 1e12:.0f} TFLOPs, DiT {train_flops['DiT'] / 1e12:.0f} TFLOPs; "
+      f"the DiT's FID is {ratio:.2f}× the U-Net's →", "DiT within 1.5×" if ratio <= 1.5 else "the U-Net wins at this compute")
 
 # %% [markdown]
-# So at this compute — tens of TFLOPs, a CPU-hour — the convolutional U-Net is clearly ahead of a DiT with the same
+# So at this compute — tens of TFLOPs, a quarter of a CPU-hour — the convolutional U-Net is clearly ahead of a DiT with the same
 # FLOPs per step: its locality and multi-scale structure are priors that a transformer has to learn from data, and
 # DiT's results in the paper come from millions of times more compute (DiT-XL/2: ≈119 GFLOPs per forward, batch 256, 7M
 # steps; Peebles & Xie 2023, Sec. 5). Whether the curves
 # cross is a question for the loss-against-FLOPs view below, not for one pair of numbers.
 #
-# **Loss against FLOPs, and a small scaling sweep.** `benchmarks/dit_vs_unet.py` trains the U-Net and DiT-XS/S/M from
-# scratch for the same number of steps and records the held-out loss (ε-MSE on test-image latents, fixed t and noise) along
+# **Loss against FLOPs, and a small scaling sweep.** `benchmarks/dit_vs_unet.py` trains the U-Net, the shipped DiT's
+# architecture (`dit`) and DiT-XS/S/M from scratch for the same number of steps and records the held-out loss (ε-MSE on test-image latents, fixed t and noise) along
 # the way. A short live version of it (fewer steps; the benchmark's own numbers are in the README):
 
 # %%
@@ -251,7 +254,7 @@ scale = ldm_unet.scale_factor
 z_held = latent.encode_dataset(vae, x_test[:2000].to(device), progress=False) * scale
 sweep_steps = dc.config.budget(quick=4, cpu=300, gpu=3000)
 curves = {}
-for kind in ("unet", "dit-XS", "dit-S", "dit-M"):
+for kind in ("unet", "dit", "dit-XS", "dit-S", "dit-M"):
     torch.manual_seed(0)
     _, curve, fwd, seconds = bench.run(bench.build(kind), z_train * scale, y_lat, z_held, y_test[:2000], schedule,
                                        sweep_steps, 32, 1e-3 if kind == "unet" else 5e-4, evals=3)
