@@ -641,6 +641,13 @@ def distill_recipe(teacher_name: str, distill_config: dict, state_path: str | Pa
             if start.schedule.T != schedule.T or start.config["grid_size"] != student.config["grid_size"]:
                 raise ValueError(f"{init_from!r} (T={start.schedule.T}, grid {start.config['grid_size']}) does not "
                                  f"match the recipe's student (T={schedule.T}, grid {student.config['grid_size']})")
+            # a further cycle must continue a student of this very teacher (its manifest records the teacher's sha256)
+            start_teacher = pretrained.manifest(init_from).get("metrics", {}).get("teacher_sha256")
+            shipped_teacher = pretrained.path_for(teacher_name).exists()
+            teacher_sha = pretrained.manifest(teacher_name).get("sha256") if shipped_teacher else None
+            if start_teacher and teacher_sha and start_teacher != teacher_sha:
+                raise ValueError(f"{init_from!r} was distilled from another {teacher_name!r} (sha256 "
+                                 f"{start_teacher[:12]}…, the shipped one is {teacher_sha[:12]}…): re-distil it first")
             student.load_state_dict(start.state_dict())
         elif is_quick():
             print(f"{init_from!r} (the student's starting point) is missing: quick mode starts from the teacher")

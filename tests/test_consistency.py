@@ -456,6 +456,12 @@ def test_fmnist_cd_starts_from_fmnist_cd_v1_and_a_missing_or_mismatched_start_is
     with pytest.raises(ValueError, match="grid 20.*grid 10"):
         C.distill_recipe(recipe.teacher, {**recipe.distill, "grid_size": 10}, until=0, progress=False, device="cpu",
                          init_from="fmnist-cd-v1")
+    # a starting student of another teacher (its manifest names that teacher's sha256) is refused
+    real_manifest = pretrained.manifest
+    monkeypatch.setattr(pretrained, "manifest", lambda name: {**real_manifest(name), "metrics": {
+        **real_manifest(name).get("metrics", {}), "teacher_sha256": "0" * 64}} if name == "fmnist-cd-v1" else real_manifest(name))
+    with pytest.raises(ValueError, match="distilled from another"):
+        C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu", init_from="fmnist-cd-v1")
 
 
 @pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd").exists(),
