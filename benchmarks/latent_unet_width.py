@@ -4,8 +4,9 @@
                                            [--json benchmarks/results/latent_unet_width.json]
 
 Chapter 5's target asks for a latent training step ≥ 4× cheaper than the pixel model's (``fmnist-ddpm``'s network,
-which already works at 14×14 behind its patch-2 stem). The shipped latent U-Net has channels (64, 128, 128); this
-screen trains the same recipe (``fmnist-ldm``'s: 6,000 steps at batch 32, 20 % label dropout, log-SNR-normal t, EMA) on
+which already works at 14×14 behind its patch-2 stem). The latent U-Net shipped when this screen ran had channels
+(64, 128, 128); its result moved ``fmnist-ldm`` to (32, 64, 64), trained for twice the steps. The screen trains
+``fmnist-ldm``'s recipe (batch 32, 20 % label dropout, log-SNR-normal t, EMA) for ``--steps`` (6,000: the old length) on
 the shipped ``fmnist-vae``'s cached latents with channels (w, 2w, 2w) for each width w, then prints per width: one
 training step's seconds next to the pixel model's (same batch, same process, ``profiling.train_step_seconds``), FLOPs
 per forward, and class-conditional FID (n, DDIM-50, class-balanced labels vs the class-balanced floor), with the decoder's
