@@ -17,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -45,6 +46,8 @@ def main() -> None:
         raise SystemExit("--minutes must be >= 0 and --steps >= 1")
     if args.lr_decay == "cosine" and args.steps is None:
         raise SystemExit("--lr-decay cosine needs --steps (the cosine runs over a known length)")
+    if args.save and Path(args.save).resolve().parent == pretrained.CHECKPOINT_DIR.resolve():
+        raise SystemExit(f"--save {args.save}: a screen never writes into the shipped {pretrained.CHECKPOINT_DIR}")
     torch.set_num_threads(args.threads)
     model = pretrained.build("fmnist-ddpm-v1")
     if args.init != "scratch":

@@ -397,9 +397,24 @@ teacher_m = dc.pretrained.manifest(teacher_name).get("metrics", {})
 if "fid_cm2" in cd_m and "fid_cond" in teacher_m:
     t50 = teacher_m["fid_cond"]
     q1, q2 = cd_m["fid_cm1"] / t50, cd_m["fid_cm2"] / t50
-    print(f"n = 1000 (manifests): 2-step {cd_m['fid_cm2']:.2f} / teacher DDIM-50 {t50:.2f} = {q2:.2f}× →",
-          "met" if q2 <= 1.5 else "NOT met", f"(target ≤ 1.5×); 1-step {cd_m['fid_cm1']:.2f} = {q1:.2f}× →",
-          "met" if q1 <= 3 else "NOT met", "(≤ 3×)")
+    print(f"n = 1000 (manifests, student and teacher on different noise): 2-step {cd_m['fid_cm2']:.2f} / teacher "
+          f"DDIM-50 {t50:.2f} = {q2:.2f}×, 1-step {cd_m['fid_cm1']:.2f} = {q1:.2f}×")
+# One draw is not a verdict at this margin: the benchmark pairs student and teacher on the same noise, several draws.
+import json
+import pathlib
+
+bench = pathlib.Path(dc.__file__).resolve().parent.parent / "benchmarks" / "results" / "consistency_nfe.json"
+if main_name.startswith("fmnist-cd") and bench.exists():
+    draws = json.loads(bench.read_text()).get("draws", [])
+    q2s = [d["cm2"] / d["ddim50"] for d in draws]
+    q1s = [d["cm1"] / d["ddim50"] for d in draws]
+    if len(draws) > 1:
+        m2, m1 = sum(q2s) / len(q2s), sum(q1s) / len(q1s)
+        sd2 = (sum((q - m2) ** 2 for q in q2s) / (len(q2s) - 1)) ** 0.5
+        print(f"benchmarks/consistency_nfe.py, {len(draws)} paired draws of n = 1000: 2-step "
+              + " / ".join(f"{q:.2f}" for q in q2s) + f" → mean {m2:.2f}× ± {sd2:.2f} →",
+              "met" if m2 <= 1.5 else "NOT met", f"(≤ 1.5×); 1-step mean {m1:.2f}× →", "met" if m1 <= 3 else "NOT met",
+              "(≤ 3×)")
 
 # %% [markdown]
 # **Latency.** Per image at batch 1 (what an interactive app pays) and at batch 256 (throughput):
