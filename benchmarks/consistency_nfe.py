@@ -70,6 +70,9 @@ def main():
     ap.add_argument("--cm-steps", type=_steps, default=(1, 2, 4))
     ap.add_argument("--ddim-steps", type=_steps, default=(1, 2, 4, 8, 20, 50))
     ap.add_argument("--dpm-steps", type=_steps, default=(2, 4, 8, 20))
+    ap.add_argument("--ode-solvers", default="ddim,heun",
+                    help="also score the teacher's PF-ODE solved down the student's grid with these teacher steps "
+                         "(the end points a student distilled with that solver learns: its ceiling); '' skips it")
     ap.add_argument("--repeats", type=_positive, default=5, help="timed repeats at batch 1")
     ap.add_argument("--seeds", type=_positive, default=1,
                     help="noise draws for the target ratios: the 1-/2-step and DDIM-50 FIDs are re-measured on "
@@ -80,6 +83,10 @@ def main():
     args = ap.parse_args()
     if 50 not in args.ddim_steps:
         args.ddim_steps = tuple(sorted(set(args.ddim_steps) | {50}))   # the teacher's reference line
+    solvers = tuple(v.strip() for v in args.ode_solvers.split(",") if v.strip())
+    bad = [v for v in solvers if v not in consistency.SOLVERS]
+    if bad:
+        raise SystemExit(f"--ode-solvers: unknown {bad}; choose from {consistency.SOLVERS}")
     device = config.get_device(args.device)
     torch.manual_seed(0)
     teacher_name = pretrained.RECIPES["fmnist-cd"].teacher   # the student is judged against its own teacher
@@ -89,19 +96,25 @@ def main():
     t0 = time.perf_counter()
     res = consistency.evaluate(cm, n=args.n, steps=args.cm_steps, teacher=teacher, teacher_schedule=schedule,
                                ddim_steps=args.ddim_steps, dpm_steps=args.dpm_steps, batch_size=256,
-                               classifier=clf, progress=True)
+                               classifier=clf, progress=True, ode_solvers=solvers)
     floor = res["floor_balanced"]
     print(f"{cm_name} vs its teacher {teacher_name}; n = {args.n}, device {device} ({platform.machine()}, "
           f"{torch.get_num_threads()} threads); measured in {time.perf_counter() - t0:.0f} s")
     print(f"{'sampler':<24} {'NFE':>4} {'FID':>7} {'FID/floor':>9} {'FID/DDIM-50':>11} {'class acc':>9} {'ms/img@256':>10}")
     rows = ([("consistency", k, f"cm{k}") for k in args.cm_steps] + [("DDIM", k, f"ddim{k}") for k in args.ddim_steps]
-            + [("DPM-Solver++(2M)", k, f"dpm{k}") for k in args.dpm_steps])
+            + [("DPM-Solver++(2M)", k, f"dpm{k}") for k in args.dpm_steps]
+            + [(f"grid ODE ({v})", (cm.grid.numel() - 1) * (2 if v == "heun" else 1), f"ode_{v}")
+               for v in solvers])
     ref = res["fid_ddim50"]
     for name, k, key in rows:
-        print(f"{name + '-' + str(k):<24} {k:>4} {res['fid_' + key]:>7.2f} {res['fid_' + key] / floor:>9.2f} "
+        label = name if name.startswith("grid ODE") else f"{name}-{k}"
+        print(f"{label:<24} {k:>4} {res['fid_' + key]:>7.2f} {res['fid_' + key] / floor:>9.2f} "
               f"{res['fid_' + key] / ref:>11.2f} {res['class_accuracy_' + key]:>9.1%} "
               f"{1000 * res['seconds_' + key] / args.n:>10.2f}")
     print(f"floor (two class-balanced real sets of {args.n}): {floor:.2f}")
+    if solvers:
+        print("(a student converges to the end points of the teacher steps it was distilled with: the 'grid ODE' "
+              "rows are its ceiling)")
 
     one = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
     lab = torch.tensor([3], device=device)

@@ -64,14 +64,15 @@ from torch import nn
 from . import checkpoints, forward, sampling
 from .schedules import NoiseSchedule
 
-__all__ = ["DISTANCES", "HEADS", "MODES", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
-           "teacher_step", "distance", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
+__all__ = ["DISTANCES", "HEADS", "MODES", "SOLVERS", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
+           "teacher_step", "teacher_ode_sample", "distance", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
            "DistillResult", "distill", "FMNIST_CD_RECIPE", "build_student", "distill_recipe", "progressive_target", "progressive_loss", "progressive_distillation",
            "sample_timesteps", "renoise", "sample", "check_exercise", "ExactConsistencyFunction", "evaluate", "seconds_per_image"]
 
 DISTANCES = ("l2", "pseudo-huber")
 HEADS = ("eps", "raw")
 MODES = ("cd", "ct")
+SOLVERS = ("ddim", "heun")
 
 
 # --------------------------------------------------------------------------- the parameterisation
@@ -217,12 +218,53 @@ class ConsistencyModel(Denoiser):
 # --------------------------------------------------------------------------- the teacher's ODE step
 @torch.no_grad()
 def teacher_step(teacher, x_t: torch.Tensor, t, t_prev, schedule: NoiseSchedule, cond: torch.Tensor | None = None,
-                 clip_denoised: bool = False) -> torch.Tensor:
-    """One deterministic DDIM step of the teacher's PF-ODE, x_t → x_{t_prev}: ``sampling.ddim_step`` (η = 0)
-    with the teacher's ε̂ — an Euler step in the VE coordinates y = x/√ᾱ (Song et al. 2021, Eq. 13)."""
+                 clip_denoised: bool = False, solver: str = "ddim") -> torch.Tensor:
+    """One deterministic step of the teacher's PF-ODE, x_t → x_{t_prev}.
+
+    * ``"ddim"``: ``sampling.ddim_step`` (η = 0) with the teacher's ε̂ — an Euler step in the VE coordinates
+      y = x/√ᾱ, dy/dσ = ε̂ (Song et al. 2021, Eq. 13); one teacher call.
+    * ``"heun"``: Heun's predictor-corrector (two teacher calls) in the exponential-integrator form the DDIM step
+      already has. With λ = −log σ, h = λ' − λ and the denoiser D = y − σ·ε̂, the DDIM step is
+      y' = e^{−h}·y + (1 − e^{−h})·D₁ — exact when D is constant along the step. Evaluating D₂ again at that end
+      point and integrating the straight line between D₁ and D₂ in λ exactly gives the second-order step
+      y' = e^{−h}·y + (1 − e^{−h})·D₁ + (1 − (1 − e^{−h})/h)·(D₂ − D₁)
+      (the trapezoidal rule of DEIS, Zhang & Chen 2023, and DPM-Solver++'s data-prediction form, Lu et al. 2022).
+      Plain Heun in σ (Karras et al. 2022, Alg. 1) fails on this grid: its top step spans σ ≈ 2·10⁴ → 3, where
+      averaging two slopes is far worse than Euler. The consistency model learns the map its targets come from,
+      so a more accurate step moves the end point it converges to towards the true ODE's.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     t, t_prev = sampling._as_t(t, x_t), sampling._as_t(t_prev, x_t)
     eps, x0 = sampling.predict_eps_x0(teacher, x_t, t, schedule, cond, clip_denoised)
-    return sampling.ddim_step(x_t, eps, t, t_prev, schedule, eta=0.0, x0=x0)
+    x_euler = sampling.ddim_step(x_t, eps, t, t_prev, schedule, eta=0.0, x0=x0)
+    if solver == "ddim":
+        return x_euler
+    _, x0_2 = sampling.predict_eps_x0(teacher, x_euler, t_prev, schedule, cond, clip_denoised)
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    ab = schedule.alpha_bar_at(t).to(x_t.device, torch.float64).reshape(shape)
+    ab_prev = schedule.alpha_bar_at(t_prev).to(x_t.device, torch.float64).reshape(shape)
+    sigma, sigma_prev = ((1 - ab) / ab).sqrt(), ((1 - ab_prev) / ab_prev).sqrt()
+    h = (sigma / sigma_prev).log()                      # λ' − λ > 0 (down the noise levels)
+    ratio = torch.exp(-h)                               # e^{−h} = σ'/σ
+    correction = (1 - (1 - ratio) / h).to(x_t.dtype)    # → h/2 for small steps, → 1 for huge ones
+    # in VP coordinates (x = √ᾱ·y) the Euler end point is x_euler; add the correction's share
+    return x_euler + ab_prev.sqrt().to(x_t.dtype) * correction * (x0_2 - x0)
+
+
+@torch.no_grad()
+def teacher_ode_sample(teacher, x_T: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
+                       cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
+    """Solve the teacher's PF-ODE down ``grid`` (ascending timesteps, as :func:`make_grid`) with :func:`teacher_step`
+    from standard normal x_T (taken as x_{t_N} = √(1−ᾱ) x_T, as :func:`sample` does) to y at t_0 = grid[0]: the end
+    point a consistency model distilled on this grid with this solver is trained to reproduce — its quality ceiling."""
+    grid = torch.as_tensor(grid).long()
+    ab_top = float(schedule.alpha_bar[int(grid[-1])])
+    x = math.sqrt(1 - ab_top) * x_T
+    for hi, lo in zip(grid.flip(0)[:-1].tolist(), grid.flip(0)[1:].tolist()):
+        x = teacher_step(teacher, x, hi, lo, schedule, cond, clip_denoised, solver)
+    y = x / math.sqrt(float(schedule.alpha_bar[int(grid[0])]))
+    return y.clamp(-1, 1) if clip_denoised else y
 
 
 # --------------------------------------------------------------------------- losses
@@ -254,7 +296,7 @@ class ConsistencyLossDetails:
 def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor, teacher=None,
                      cond: torch.Tensor | None = None, kind: str = "l2", clip_denoised: bool = False,
                      generator: torch.Generator | None = None, n: torch.Tensor | None = None,
-                     noise: torch.Tensor | None = None, return_details: bool = False):
+                     noise: torch.Tensor | None = None, return_details: bool = False, solver: str = "ddim"):
     """The consistency loss E[d(f_θ(x_{t_{n+1}}, t_{n+1}), f_θ⁻(x̂_{t_n}, t_n))], n ~ U{0..N−1}.
 
     With a ``teacher`` (distillation, Song et al. 2023, Alg. 2): x̂_{t_n} is one teacher DDIM step from
@@ -277,7 +319,7 @@ def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule,
         if teacher is None:
             x_lo = forward.q_sample(x0, t_lo, schedule, noise)
         else:
-            x_lo = teacher_step(teacher, x_hi, t_hi, t_lo, schedule, cond, clip_denoised)
+            x_lo = teacher_step(teacher, x_hi, t_hi, t_lo, schedule, cond, clip_denoised, solver)
         f_target = target(x_lo, t_lo, cond)
     f_online = student(x_hi, t_hi, cond)
     per = distance(f_online, f_target.to(f_online.dtype), kind)
@@ -322,6 +364,7 @@ class DistillConfig:
     restart_lr_scale: float = 1.0
     grad_clip: float = 1.0
     mode: str = "cd"                  # "cd" (with a teacher) or "ct" (consistency training, no teacher)
+    teacher_solver: str = "ddim"      # CD's teacher ODE step: "ddim" (Euler, 1 call) or "heun" (2nd order, 2 calls)
     grid_size: int = 20               # N: the teacher's DDIM-N grid (CD)
     ct_n_start: int = 10              # CT's growing N: s₀ … s₁ (iCT uses 10 … 1280 on a continuous σ)
     ct_n_end: int = 320
@@ -340,6 +383,8 @@ class DistillConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.teacher_solver not in SOLVERS:
+            raise ValueError(f"teacher_solver must be one of {SOLVERS}, got {self.teacher_solver!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
         if self.lr_decay not in {"cosine", "constant"}:
@@ -559,7 +604,8 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
             for group in opt.param_groups:
                 group["lr"] = _lr(step, cfg, history.wall_time)
             loss = consistency_loss(student, target, x0, schedule, grid, teacher if cfg.mode == "cd" else None,
-                                    cond=y, kind=cfg.distance, clip_denoised=cfg.clip_denoised, generator=gen)
+                                    cond=y, kind=cfg.distance, clip_denoised=cfg.clip_denoised, generator=gen,
+                                    solver=cfg.teacher_solver)
             value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(f"the consistency loss became {value} at step {step}; lower lr={cfg.lr}")
@@ -910,13 +956,15 @@ def seconds_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x_T: torch.Ten
 @torch.no_grad()
 def evaluate(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, teacher=None, teacher_schedule=None,
              ddim_steps=(1, 2, 4, 50), dpm_steps=(), batch_size: int = 250, device=None, classifier=None,
-             progress: bool = False) -> dict:
+             progress: bool = False, ode_solvers=()) -> dict:
     """Class-conditional FID of ``cm``'s k-step samples (k in ``steps``) and, with a ``teacher``, of its DDIM-k
     (``ddim_steps``) and DPM-Solver++(2M)-k (``dpm_steps``) samples — all from the same noise and the same exactly
     class-balanced labels, against a class-balanced real set of n, next to the class-balanced floor (two disjoint
     real sets of n). Also class accuracy and the sampling seconds (at ``batch_size``). ``cm=None`` measures the
-    teacher only. Keys: ``fid_cm1``, ``fid_ddim50``, ``fid_dpm10``, ``class_accuracy_…``, ``seconds_…``,
-    ``floor_balanced``, ``n``."""
+    teacher only. ``ode_solvers`` (e.g. ``("ddim", "heun")``) also scores the teacher's PF-ODE solved down the
+    student's grid with that :func:`teacher_step` (:func:`teacher_ode_sample`): the end points a student distilled
+    with that solver is trained to reproduce, its ceiling. Keys: ``fid_cm1``, ``fid_ddim50``, ``fid_dpm10``,
+    ``fid_ode_heun``, ``class_accuracy_…``, ``seconds_…``, ``floor_balanced``, ``n``."""
     from tqdm.auto import tqdm
 
     from . import metrics, pretrained
@@ -940,6 +988,11 @@ def evaluate(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, teacher=None, te
             teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in ddim_steps]
         jobs += [(f"dpm{k}", lambda xb, yb, g, k=k: sampling.dpm_solver_2m_sample(
             teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in dpm_steps]
+        ode_grid = cm.grid if cm is not None else make_grid(teacher_schedule, 20)
+        jobs += [(f"ode_{solver}", lambda xb, yb, g, solver=solver: teacher_ode_sample(
+            teacher, xb, teacher_schedule, ode_grid, yb, solver)) for solver in ode_solvers]
+    elif ode_solvers:
+        raise ValueError("ode_solvers needs the teacher")
     for name, fn in tqdm(jobs, desc="FID", disable=not progress):
         g = torch.Generator().manual_seed(seed + 1)
         t0 = time.perf_counter()
