@@ -258,7 +258,11 @@ def teacher_ode_sample(teacher, x_T: torch.Tensor, schedule: NoiseSchedule, grid
     """Solve the teacher's PF-ODE down ``grid`` (ascending timesteps, as :func:`make_grid`) with :func:`teacher_step`
     from standard normal x_T (taken as x_{t_N} = √(1−ᾱ) x_T, as :func:`sample` does) to y at t_0 = grid[0]: the end
     point a consistency model distilled on this grid with this solver is trained to reproduce — its quality ceiling."""
-    grid = torch.as_tensor(grid).long()
+    grid = torch.as_tensor(grid)
+    if grid.ndim != 1 or grid.numel() < 2 or grid.dtype.is_floating_point or bool((grid[1:] <= grid[:-1]).any()) \
+            or int(grid[0]) < 0 or int(grid[-1]) >= schedule.T:
+        raise ValueError(f"grid must be a 1-D integer tensor of at least 2 ascending timesteps in [0, {schedule.T - 1}]")
+    grid = grid.long()
     ab_top = float(schedule.alpha_bar[int(grid[-1])])
     x = math.sqrt(1 - ab_top) * x_T
     for hi, lo in zip(grid.flip(0)[:-1].tolist(), grid.flip(0)[1:].tolist()):

@@ -434,6 +434,9 @@ def test_bad_input_gets_clear_errors():
         C.DistillConfig(teacher_solver="rk4")
     with pytest.raises(ValueError, match="solver"):
         C.teacher_step(_tiny_unet(), x_T, 999, 949, S, solver="euler")
+    for bad_grid in (torch.tensor([999, 0]), torch.tensor([0.0, 999.0]), torch.tensor([0, 1000]), torch.tensor([5])):
+        with pytest.raises(ValueError, match="grid"):
+            C.teacher_ode_sample(_tiny_unet(), x_T, S, bad_grid)
     data = GMM.sample(64, generator=_gen(20))[0].float()
     # a teacher whose schedule does not match the student's
     linear_teacher = GMM.oracle_model(NoiseSchedule.linear(1000))
