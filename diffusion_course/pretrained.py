@@ -220,33 +220,18 @@ RECIPES["fmnist-cd-v1"] = ConsistencyRecipe(
                 "target = stopgrad of the online net, 10% label dropout so cond=None works) in two cosine cycles; "
                 "EMA weights. fmnist-cd's first stage.",
 )
-# Chapter 7's second-stage student (shipped as fmnist-cd until the Heun stage): fmnist-cd-v1 given a third and a fourth cosine cycle of 3,000 steps, continuing
+# The shipped student (chapter 7): fmnist-cd-v1 given a third and a fourth cosine cycle of 3,000 steps, continuing
 # the halving of FMNIST_CD_RECIPE's restarts (1e-4, 5e-5, then 2.5e-5 and 1.25e-5), starting from v1's EMA weights with
 # a fresh optimiser (v1's training state was not kept), new data order (seed 1). Same teacher, grid and loss. The fourth
 # cycle was resumed from the third's saved state (the extension leaves the first 3,000 steps exactly as they were).
-RECIPES["fmnist-cd-v2"] = ConsistencyRecipe(
+RECIPES["fmnist-cd"] = ConsistencyRecipe(
     teacher="fmnist-ddpm",
     init_from="fmnist-cd-v1",
     distill={**FMNIST_CD_RECIPE, "steps": 6000, "lr_cycle_ends": (3000,), "restart_lr_scale": 0.5, "lr": 2.5e-5,
              "warmup": 100, "seed": 1},
     description="class-conditional consistency model distilled from fmnist-ddpm on its DDIM-20 grid (pseudo-Huber, "
                 "target = stopgrad of the online net, 10% label dropout so cond=None works): fmnist-cd-v1 plus a "
-                "third and a fourth cosine cycle at a quarter and an eighth of the first's peak rate; EMA weights. fmnist-cd's second stage.",
-)
-
-
-# The shipped student (chapter 7): fmnist-cd-v2 distilled further with a second-order (Heun, exponential-integrator
-# form) teacher step. A student converges to the end point of the ODE solver its targets come from: the teacher's
-# DDIM chain on the 20-point grid scores FID 8.12, its Heun chain 6.14 (the teacher's DDIM-50: 6.42; n = 1000, seed 0),
-# so v2 (2-step 9.55) sat near its DDIM ceiling. Two teacher calls a step instead of one (≈ +20 % per step).
-RECIPES["fmnist-cd"] = ConsistencyRecipe(
-    teacher="fmnist-ddpm",
-    init_from="fmnist-cd-v2",
-    distill={**FMNIST_CD_RECIPE, "teacher_solver": "heun", "steps": 6000, "lr_cycle_ends": (3000,),
-             "restart_lr_scale": 0.5, "lr": 5e-5, "warmup": 100, "seed": 2},
-    description="class-conditional consistency model distilled from fmnist-ddpm on its 20-point grid with Heun teacher "
-                "steps (pseudo-Huber, target = stopgrad of the online net, 10% label dropout so cond=None works): "
-                "fmnist-cd-v2 (four cycles with DDIM steps) plus two cosine cycles with Heun steps; EMA weights.",
+                "third and a fourth cosine cycle at a quarter and an eighth of the first's peak rate; EMA weights.",
 )
 
 

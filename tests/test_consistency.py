@@ -482,17 +482,13 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
 
 @pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd-v1").exists(),
                     reason="fmnist-cd-v1 checkpoint not distilled yet")
-def test_fmnist_cd_stages_start_from_the_previous_stage_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
-    """fmnist-cd-v2 is a further cycle of fmnist-cd-v1 (its student starts from v1's weights, not the teacher's), and
-    fmnist-cd a further stage of v2 with Heun teacher steps — all of one teacher."""
+def test_fmnist_cd_starts_from_fmnist_cd_v1_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
+    """fmnist-cd is a further cycle of fmnist-cd-v1: its student starts from v1's weights, not the teacher's."""
     from diffusion_course import pretrained
 
     monkeypatch.setenv("DIFFUSION_COURSE_QUICK", "0")
-    final = pretrained.RECIPES["fmnist-cd"]
-    assert final.init_from == "fmnist-cd-v2" and final.distill["teacher_solver"] == "heun"
-    recipe = pretrained.RECIPES["fmnist-cd-v2"]
-    assert recipe.init_from == "fmnist-cd-v1" and recipe.distill.get("teacher_solver", "ddim") == "ddim"
-    assert final.teacher == recipe.teacher == pretrained.RECIPES["fmnist-cd-v1"].teacher
+    recipe = pretrained.RECIPES["fmnist-cd"]
+    assert recipe.init_from == "fmnist-cd-v1" and recipe.teacher == pretrained.RECIPES["fmnist-cd-v1"].teacher
     start = C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu",
                              init_from=recipe.init_from)
     v1 = pretrained.load("fmnist-cd-v1", device="cpu")
