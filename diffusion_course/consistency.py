@@ -253,22 +253,34 @@ def teacher_step(teacher, x_t: torch.Tensor, t, t_prev, schedule: NoiseSchedule,
 
 
 @torch.no_grad()
-def teacher_ode_sample(teacher, x_T: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
-                       cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
-    """Solve the teacher's PF-ODE down ``grid`` (ascending timesteps, as :func:`make_grid`) with :func:`teacher_step`
-    from standard normal x_T (taken as x_{t_N} = √(1−ᾱ) x_T, as :func:`sample` does) to y at t_0 = grid[0]: the end
-    point a consistency model distilled on this grid with this solver is trained to reproduce — its quality ceiling."""
+def teacher_chain(teacher, x_t: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
+                  cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
+    """The chain of :func:`teacher_step` s from x_t at t = grid[-1] down ``grid`` (ascending timesteps) to y at
+    t_0 = grid[0]: the value a perfect consistency model distilled on that grid with that solver gives f(x_t, t) —
+    the student's training target, followed to its end."""
     grid = torch.as_tensor(grid)
     if grid.ndim != 1 or grid.numel() < 2 or grid.dtype.is_floating_point or bool((grid[1:] <= grid[:-1]).any()) \
             or int(grid[0]) < 0 or int(grid[-1]) >= schedule.T:
         raise ValueError(f"grid must be a 1-D integer tensor of at least 2 ascending timesteps in [0, {schedule.T - 1}]")
     grid = grid.long()
-    ab_top = float(schedule.alpha_bar[int(grid[-1])])
-    x = math.sqrt(1 - ab_top) * x_T
+    x = x_t
     for hi, lo in zip(grid.flip(0)[:-1].tolist(), grid.flip(0)[1:].tolist()):
         x = teacher_step(teacher, x, hi, lo, schedule, cond, clip_denoised, solver)
     y = x / math.sqrt(float(schedule.alpha_bar[int(grid[0])]))
     return y.clamp(-1, 1) if clip_denoised else y
+
+
+@torch.no_grad()
+def teacher_ode_sample(teacher, x_T: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
+                       cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
+    """Solve the teacher's PF-ODE down ``grid`` (ascending timesteps, as :func:`make_grid`) with :func:`teacher_step`
+    from standard normal x_T (taken as x_{t_N} = √(1−ᾱ) x_T, as :func:`sample` does) to y at t_0 = grid[0]: the end
+    point a consistency model distilled on this grid with this solver is trained to reproduce — its quality ceiling."""
+    top = torch.as_tensor(grid).reshape(-1)[-1]
+    if top.dtype.is_floating_point or not 0 <= int(top) < schedule.T:
+        raise ValueError(f"grid must be a 1-D integer tensor of at least 2 ascending timesteps in [0, {schedule.T - 1}]")
+    ab_top = float(schedule.alpha_bar[int(top)])
+    return teacher_chain(teacher, math.sqrt(1 - ab_top) * x_T, schedule, grid, cond, solver, clip_denoised)
 
 
 # --------------------------------------------------------------------------- losses
@@ -297,33 +309,66 @@ class ConsistencyLossDetails:
     per_sample: torch.Tensor
 
 
+def check_hops(hops, grid_size: int) -> tuple[int, ...]:
+    """Validate the multi-hop choices of :func:`consistency_loss`: distinct ints in [1, N], returned sorted."""
+    h = tuple(hops) if isinstance(hops, (tuple, list)) else None
+    if not h or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= grid_size for v in h) \
+            or len(set(h)) != len(h):
+        raise ValueError(f"hops must be distinct ints in [1, N={grid_size}], e.g. (1,) or (1, 2, 4); got {hops!r}")
+    return tuple(sorted(h))
+
+
 def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor, teacher=None,
                      cond: torch.Tensor | None = None, kind: str = "l2", clip_denoised: bool = False,
                      generator: torch.Generator | None = None, n: torch.Tensor | None = None,
-                     noise: torch.Tensor | None = None, return_details: bool = False, solver: str = "ddim"):
-    """The consistency loss E[d(f_θ(x_{t_{n+1}}, t_{n+1}), f_θ⁻(x̂_{t_n}, t_n))], n ~ U{0..N−1}.
+                     noise: torch.Tensor | None = None, return_details: bool = False, solver: str = "ddim",
+                     hops=(1,), k: torch.Tensor | None = None):
+    """The consistency loss E[d(f_θ(x_{t_{n+k}}, t_{n+k}), f_θ⁻(x̂_{t_n}, t_n))], k ~ U(``hops``), n ~ U{0..N−k}.
 
-    With a ``teacher`` (distillation, Song et al. 2023, Alg. 2): x̂_{t_n} is one teacher DDIM step from
-    x_{t_{n+1}} = q_sample(x₀, t_{n+1}, z). Without (consistency training, Alg. 3): x̂_{t_n} = q_sample(x₀, t_n, z)
-    with the *same* z — which is the DDIM step taken with the true noise z in place of ε̂, an unbiased
-    one-sample estimate of the teacher's (Song et al. 2023, Thm. 2). ``target`` is θ⁻ (called without grad).
+    With a ``teacher`` (distillation, Song et al. 2023, Alg. 2): x̂_{t_n} is k teacher ODE steps down the grid from
+    x_{t_{n+k}} = q_sample(x₀, t_{n+k}, z); k = 1 is the paper's loss. Without (consistency training, Alg. 3):
+    x̂_{t_n} = q_sample(x₀, t_n, z) with the *same* z — which is the DDIM step taken with the true noise z in place
+    of ε̂, an unbiased one-sample estimate of the teacher's (Song et al. 2023, Thm. 2). ``target`` is θ⁻ (called
+    without grad).
+
+    Multi-hop targets (``hops`` such as (1, 2, 4)) leave the ideal f unchanged — the end point of the same chain of
+    teacher steps — but tie f at t_{n+k} to f at t_n directly, k intervals apart, so a fitting error reaches the
+    top of the grid through fewer learned links (N/k rather than N; LCM's "skipping step", Luo et al. 2023, Sec. 4.3,
+    takes k teacher intervals in one solver step instead). ``n`` and ``k`` (both (B,)) may be given, e.g. in tests.
     """
     if not isinstance(grid, torch.Tensor) or grid.ndim != 1 or grid.numel() < 2:
         raise ValueError("grid must be a 1-D tensor of at least 2 ascending timesteps")
     B = x0.shape[0]
     grid = grid.to(x0.device)
+    N = grid.numel() - 1
+    hops = check_hops(hops, N)
     if n is None:
-        n = torch.randint(0, grid.numel() - 1, (B,), generator=generator)
-    n = n.to(x0.device)
-    t_hi, t_lo = grid[n + 1], grid[n]
+        if hops == (1,):                    # the paper's loss, drawing exactly what it always drew
+            n = torch.randint(0, N, (B,), generator=generator)
+        else:
+            k = torch.tensor(hops)[torch.randint(0, len(hops), (B,), generator=generator)]
+            n = (torch.rand(B, generator=generator) * (N - k + 1)).long().clamp(max=N - k)
+    if k is None:
+        k = torch.ones_like(n)
+    n, k = n.to(x0.device), k.to(x0.device)
+    if bool((k < 1).any()) or bool((n < 0).any()) or bool((n + k > N).any()):
+        raise ValueError(f"need k >= 1 and 0 <= n <= N - k (N = {N})")
+    t_hi, t_lo = grid[n + k], grid[n]
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
     x_hi = forward.q_sample(x0, t_hi, schedule, noise)
     with torch.no_grad():
         if teacher is None:
             x_lo = forward.q_sample(x0, t_lo, schedule, noise)
-        else:
+        elif bool((k == 1).all()):
             x_lo = teacher_step(teacher, x_hi, t_hi, t_lo, schedule, cond, clip_denoised, solver)
+        else:
+            x_lo = x_hi.clone()
+            for j in range(int(k.max())):   # step j moves every sample still above its t_n one interval down
+                idx = (k > j).nonzero().squeeze(1)
+                top = n[idx] + k[idx] - j
+                x_lo[idx] = teacher_step(teacher, x_lo[idx], grid[top], grid[top - 1], schedule,
+                                         None if cond is None else cond[idx], clip_denoised, solver)
         f_target = target(x_lo, t_lo, cond)
     f_online = student(x_hi, t_hi, cond)
     per = distance(f_online, f_target.to(f_online.dtype), kind)
@@ -369,6 +414,7 @@ class DistillConfig:
     grad_clip: float = 1.0
     mode: str = "cd"                  # "cd" (with a teacher) or "ct" (consistency training, no teacher)
     teacher_solver: str = "ddim"      # CD's teacher ODE step: "ddim" (Euler, 1 call) or "heun" (2nd order, 2 calls)
+    teacher_hops: tuple[int, ...] = (1,)  # k of the multi-hop target (consistency_loss): k teacher steps per pair
     grid_size: int = 20               # N: the teacher's DDIM-N grid (CD)
     ct_n_start: int = 10              # CT's growing N: s₀ … s₁ (iCT uses 10 … 1280 on a continuous σ)
     ct_n_end: int = 320
@@ -393,6 +439,7 @@ class DistillConfig:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
         if self.lr_decay not in {"cosine", "constant"}:
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {self.lr_decay!r}")
+        self.teacher_hops = check_hops(self.teacher_hops, self.grid_size if isinstance(self.grid_size, int) else 1)
         for name in ("steps", "batch_size", "grid_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -609,7 +656,7 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
                 group["lr"] = _lr(step, cfg, history.wall_time)
             loss = consistency_loss(student, target, x0, schedule, grid, teacher if cfg.mode == "cd" else None,
                                     cond=y, kind=cfg.distance, clip_denoised=cfg.clip_denoised, generator=gen,
-                                    solver=cfg.teacher_solver)
+                                    solver=cfg.teacher_solver, hops=cfg.teacher_hops)
             value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(f"the consistency loss became {value} at step {step}; lower lr={cfg.lr}")

@@ -144,6 +144,24 @@ def test_heun_teacher_step_is_second_order_on_the_exact_gmm_ode():
                           x / math.sqrt(float(S.alpha_bar[0])), atol=1e-10)
 
 
+def test_teacher_chain_from_mid_grid_reaches_the_exact_consistency_function():
+    """From x_t at an inner grid point the chain of teacher steps below it is what f(x_t, t) is trained towards:
+    on the exact ε it lands on the exact map's value (first-order error for DDIM, smaller for Heun)."""
+    oracle, ex = GMM.oracle_model(S), C.ExactConsistencyFunction(GMM, S, rk_steps=200)
+    grid = C.make_grid(S, 20)
+    x0 = GMM.sample(300, generator=_gen(40))[0]
+    x_t = forward.q_sample(x0, torch.full((300,), 499), S, torch.randn(x0.shape, generator=_gen(41), dtype=x0.dtype))
+    below = grid[grid <= 499]
+    ref = ex(x_t, 499)
+    err = {v: (C.teacher_chain(oracle, x_t, S, below, solver=v, clip_denoised=False) - ref).norm(dim=1).mean().item()
+           for v in ("ddim", "heun")}
+    assert err["ddim"] < 0.05 and err["heun"] < 0.75 * err["ddim"], err
+    x_T = torch.randn(50, 2, generator=_gen(42), dtype=torch.float64)
+    top = math.sqrt(1 - float(S.alpha_bar[999])) * x_T
+    assert torch.equal(C.teacher_chain(oracle, top, S, grid, clip_denoised=False),
+                       C.teacher_ode_sample(oracle, x_T, S, grid, clip_denoised=False))
+
+
 def test_heun_cd_loss_is_smaller_on_the_exact_map_than_ddims():
     """The CD target with a Heun step is closer to the exact consistency function's own value: the loss of the
     oracle f* (which is only the step's discretisation error) drops about 3×."""
@@ -154,6 +172,69 @@ def test_heun_cd_loss_is_smaller_on_the_exact_map_than_ddims():
     ddim, heun = (C.consistency_loss(ex, ex, x0, S, grid, teacher=oracle, generator=_gen(10), solver=s).item()
                   for s in ("ddim", "heun"))
     assert heun < ddim / 2, (ddim, heun)
+
+
+def test_multi_hop_target_is_k_teacher_steps_down_the_grid_and_one_hop_is_the_papers_loss():
+    """hops=(1,) draws and computes exactly the one-step loss; a k-hop pair's lower point is k successive teacher
+    steps (per sample, with its own label), and the exact consistency function's loss stays small for any k."""
+    oracle = GMM.oracle_model(S)
+    x0 = GMM.sample(64, generator=_gen(20))[0]
+    grid = C.make_grid(S, 20)
+    ex = C.ExactConsistencyFunction(GMM, S, rk_steps=200)
+    one = C.consistency_loss(ex, ex, x0, S, grid, teacher=oracle, generator=_gen(21))
+    again = C.consistency_loss(ex, ex, x0, S, grid, teacher=oracle, generator=_gen(21), hops=(1,))
+    assert torch.equal(one, again)
+
+    def identity(x, t, cond=None):
+        return x
+    seen = {}
+
+    def teacher(x, t, cond=None):        # the exact ε, recording which labels each call saw
+        seen.setdefault("cond", []).append(None if cond is None else cond.clone())
+        return oracle(x, t)
+    n, k = torch.tensor([0, 3, 10, 16, 5]), torch.tensor([1, 2, 4, 4, 8])
+    z = torch.randn(5, 2, generator=_gen(22), dtype=torch.float64)
+    xs = x0[:5].double()
+    cond = torch.tensor([0, 1, 2, 3, 4])
+    d = C.consistency_loss(identity, identity, xs, S, grid, teacher=teacher, kind="l2", n=n, k=k, noise=z,
+                           cond=cond, return_details=True)
+    for i in range(5):
+        x = forward.q_sample(xs[i:i + 1], grid[n[i] + k[i]].reshape(1), S, z[i:i + 1])
+        x_hi = x.clone()
+        for j in range(int(k[i]), 0, -1):
+            x = C.teacher_step(oracle, x, int(grid[n[i] + j]), int(grid[n[i] + j - 1]), S)
+        assert math.isclose(float(d.per_sample[i]), float(C.distance(x_hi, x, "l2")[0]), rel_tol=1e-9)
+    assert [c.tolist() for c in seen["cond"]] == [[0, 1, 2, 3, 4], [1, 2, 3, 4], [2, 3, 4], [2, 3, 4],
+                                                  [4], [4], [4], [4]]
+    # the ideal f is unchanged: the exact map's loss is the teachers' discretisation error, for every k
+    multi = C.consistency_loss(ex, ex, x0, S, grid, teacher=oracle, generator=_gen(21), hops=(1, 2, 4, 8)).item()
+    assert multi < 1e-3, multi
+    for bad in [(), (0,), (1, 1), (21,), (1.0,), 2]:
+        with pytest.raises(ValueError, match="hops"):
+            C.consistency_loss(ex, ex, x0, S, grid, teacher=oracle, hops=bad)
+    with pytest.raises(ValueError, match="hops"):
+        C.DistillConfig(teacher_hops=(1, 40))
+    with pytest.raises(ValueError, match="n <= N - k"):
+        C.consistency_loss(identity, identity, xs, S, grid, teacher=oracle, n=torch.tensor([18] * 5), k=k[:5])
+
+
+def test_multi_hop_distillation_gets_closer_to_the_exact_map_on_2d():
+    """The measured reason for hops: at the same number of steps, tying f across 1, 2, 4 and 8 grid intervals
+    leaves a 2-D student nearer the exact map at one step than the paper's one-interval pairs (two seeds)."""
+    data = GMM.sample(8192, generator=_gen(30))[0].float()
+    oracle, ex = GMM.oracle_model(S), C.ExactConsistencyFunction(GMM, S, rk_steps=100)
+    x_T = torch.randn(500, 2, generator=_gen(31))
+    f_star = ex(x_T.double(), 999).float()
+    errs = {}
+    for seed in (0, 1):
+        for hops in [(1,), (1, 2, 4, 8)]:
+            cfg = C.DistillConfig(steps=500, batch_size=256, lr=2e-3, warmup=50, grid_size=20, distance="pseudo-huber",
+                                  p_uncond=0.0, clip_denoised=False, ema_decay=0.99, sigma_data=SIGMA_DATA_2D,
+                                  teacher_hops=hops, seed=seed)
+            res = C.distill(oracle, S, data, None, cfg, student=_student_2d(seed=seed), progress=False, device="cpu")
+            errs[seed, hops] = (C.sample(res.ema, x_T, 1, clip_denoised=False) - f_star).norm(dim=1).mean().item()
+    for seed in (0, 1):
+        assert errs[seed, (1, 2, 4, 8)] < 0.9 * errs[seed, (1,)], errs
 
 
 def test_ct_lower_point_is_a_ddim_step_with_the_true_noise():
