@@ -561,34 +561,36 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
         train.run_recipe("fmnist-cd", out=tmp_path, device="cpu")
 
 
-@pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd-v1").exists(),
-                    reason="fmnist-cd-v1 checkpoint not distilled yet")
-def test_fmnist_cd_starts_from_fmnist_cd_v1_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
-    """fmnist-cd is a further cycle of fmnist-cd-v1: its student starts from v1's weights, not the teacher's."""
+@pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd-v2").exists(),
+                    reason="fmnist-cd-v2 checkpoint not distilled yet")
+def test_fmnist_cd_starts_from_its_previous_stage_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
+    """fmnist-cd is a further stage of fmnist-cd-v2 (itself of fmnist-cd-v1): its student starts from the previous
+    stage's weights, not the teacher's."""
     from diffusion_course import pretrained
 
     monkeypatch.setenv("DIFFUSION_COURSE_QUICK", "0")
     recipe = pretrained.RECIPES["fmnist-cd"]
-    assert recipe.init_from == "fmnist-cd-v1" and recipe.teacher == pretrained.RECIPES["fmnist-cd-v1"].teacher
+    assert recipe.init_from == "fmnist-cd-v2" and pretrained.RECIPES["fmnist-cd-v2"].init_from == "fmnist-cd-v1"
+    assert recipe.teacher == pretrained.RECIPES["fmnist-cd-v2"].teacher == pretrained.RECIPES["fmnist-cd-v1"].teacher
     start = C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu",
                              init_from=recipe.init_from)
-    v1 = pretrained.load("fmnist-cd-v1", device="cpu")
+    previous = pretrained.load("fmnist-cd-v2", device="cpu")
     assert start.step == 0
-    assert all(torch.equal(a, b) for a, b in zip(start.student.state_dict().values(), v1.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(start.student.state_dict().values(), previous.state_dict().values()))
     teacher_start = C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu")
     assert not all(torch.equal(a, b) for a, b in zip(teacher_start.student.state_dict().values(),
-                                                     v1.state_dict().values()))
+                                                     previous.state_dict().values()))
     with pytest.raises(FileNotFoundError, match="no-such-cd.*train it first"):
         C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu", init_from="no-such-cd")
     with pytest.raises(ValueError, match="grid 20.*grid 10"):
         C.distill_recipe(recipe.teacher, {**recipe.distill, "grid_size": 10}, until=0, progress=False, device="cpu",
-                         init_from="fmnist-cd-v1")
+                         init_from="fmnist-cd-v2")
     # a starting student of another teacher (its manifest names that teacher's sha256) is refused
     real_manifest = pretrained.manifest
     monkeypatch.setattr(pretrained, "manifest", lambda name: {**real_manifest(name), "metrics": {
-        **real_manifest(name).get("metrics", {}), "teacher_sha256": "0" * 64}} if name == "fmnist-cd-v1" else real_manifest(name))
+        **real_manifest(name).get("metrics", {}), "teacher_sha256": "0" * 64}} if name == "fmnist-cd-v2" else real_manifest(name))
     with pytest.raises(ValueError, match="distilled from another"):
-        C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu", init_from="fmnist-cd-v1")
+        C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu", init_from="fmnist-cd-v2")
 
 
 @pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd").exists(),
