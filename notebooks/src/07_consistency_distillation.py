@@ -460,8 +460,8 @@ print("multi-hop", "beats" if hop_errs[(1, 2, 4, 8)] < hop_errs[(1,)] else "does
       "one-hop pairs here (tests/test_consistency.py checks it on two seeds)")
 
 # %% [markdown]
-# On Fashion-MNIST the project tried it on the shipped student: 4,000 more steps with hops $\{1, 2, 4, 8\}$. The run's
-# record:
+# On Fashion-MNIST the project tried it on the student shipped at the time (kept as `fmnist-cd-v2`): 4,000 more steps
+# with hops $\{1, 2, 4, 8\}$, scored on the same noise before anything was shipped. The run's record:
 
 # %%
 hops_file = results_dir / "consistency_hops_stage.json"
@@ -469,13 +469,21 @@ if hops_file.exists():
     hops_run = json.loads(hops_file.read_text())
     print(hops_run["what"])
     print(f"{'':<24}{'FID 1 step':>11}{'2 steps':>9}{'4 steps':>9}   RMS fit gap at t = 249 / 499 / 749")
-    for label, name in zip(("shipped fmnist-cd", "after the hops stage"), hops_run["rows"]):
+    for label, name in zip(("before (fmnist-cd-v2)", "after (now fmnist-cd)"), hops_run["rows"]):
         row, gap_row = hops_run["rows"][name], hops_run["fit_gap_rms_fid"][name]
         print(f"{label:<24}" + "".join(f"{row[f'fid_cm{k}']:>9.2f}" for k in (1, 2, 4)) + "   "
               + " / ".join(f"{gap_row[t]['rms']:.4f}" for t in ("249", "499", "749")))
     print(hops_run["verdict"])
+    paired = list(hops_run["paired_2step_over_ddim50"].values())
+    print("2-step ÷ DDIM-50 per draw, before:", " / ".join(f"{q:.3f}" for q in paired[0]["ratios"]),
+          "| after:", " / ".join(f"{q:.3f}" for q in paired[1]["ratios"]))
 else:
     print("benchmarks/results/consistency_hops_stage.json is not in this checkout")
+
+# %% [markdown]
+# The continued student was better at two steps on every draw and nearer its target at every $t$, most at the top of the
+# grid, so it became the `fmnist-cd` this chapter loads. The 1-step sampler paid a little for it. Section 7 measures
+# whether the 1.5× target is now met.
 
 # %% [markdown]
 # ## 7. Measured: quality against network calls, and milliseconds
@@ -569,15 +577,22 @@ lat = {
 }
 keys = {"consistency, 1 step": "cm1", "consistency, 2 steps": "cm2", "DDIM-4": "ddim4",
         f"DDIM-{ref_steps} (teacher)": f"ddim{ref_steps}"}
-b1 = {name: 1000 * C.seconds_per_image(fn, one, repeats=reps) for name, fn in lat.items()}
+# interleaved rounds: a laptop's clock drifts over seconds, and timing each sampler in its own block would fold
+# that drift into the ratio
+rounds = {name: [] for name in lat}
+for _ in range(reps):
+    for name, fn in lat.items():
+        rounds[name].append(1000 * C.seconds_per_image(fn, one, repeats=1))
+b1 = {name: sorted(v)[len(v) // 2] for name, v in rounds.items()}
 ref_name = f"DDIM-{ref_steps} (teacher)"
 print(f"{'sampler':<22} {'ms/image, batch 1':>18} {'ms/image, batch ' + str(n_fid):>20} {'× faster (b=1)':>15}")
 for name in lat:
     bn = 1000 * res[f"seconds_{keys[name]}"] / n_fid if f"seconds_{keys[name]}" in res else float("nan")
     print(f"{name:<22} {b1[name]:>18.1f} {bn:>20.2f} {b1[ref_name] / b1[name]:>15.1f}")
-speedup = b1[ref_name] / b1["consistency, 1 step"]
-print(f"target: 1-step ≥ 40× faster than DDIM-50 per image — measured {speedup:.0f}× against {ref_name} →",
-      "met" if speedup >= 40 else "NOT met")
+per_round = sorted(r / c for r, c in zip(rounds[ref_name], rounds["consistency, 1 step"]))
+speedup = per_round[len(per_round) // 2]
+print(f"target: 1-step ≥ 40× faster than DDIM-50 per image — measured {speedup:.0f}× against {ref_name} (median of "
+      f"{reps} interleaved rounds; {per_round[0]:.0f}–{per_round[-1]:.0f}×) →", "met" if speedup >= 40 else "NOT met")
 
 # %% [markdown]
 # (Batch-256 numbers come from the FID runs above; in quick mode the "batch" is the small quick-mode set.)
@@ -639,8 +654,8 @@ C.check_exercise(my_renoise, "renoise");
 #   on a perturbed one. A student learns the map of the *chain* of teacher steps down its grid, so the solver caps it: a
 #   second-order (Heun) step moves that cap from DDIM-20's quality to about DDIM-50's, for a second teacher call (the shipped
 #   student sits above even the DDIM cap, and Heun targets did not improve it). What limits it is its own fit, which
-#   drifts from the target the more learned links lie between $t$ and the boundary; multi-hop targets shorten that chain
-#   and help on 2-D. **Consistency training** needs no teacher but a growing grid, and learns more slowly.
+#   drifts from the target the more learned links lie between $t$ and the boundary. Multi-hop targets shorten that chain:
+#   they help on 2-D and gave the shipped student its last few per cent at two steps. **Consistency training** needs no teacher but a growing grid, and learns more slowly.
 # * **Progressive distillation** halves a sampler round by round with an x₀ target; each student tracks its teacher.
 # * On Fashion-MNIST, minutes of distillation from a warm start turn noise into clothes in one call; the table above says
 #   what the shipped model keeps of the teacher's quality at 1, 2 and 4 calls, and what each call costs.
