@@ -70,7 +70,14 @@ def train(args) -> dict:
         raise SystemExit(f"{out} exists; score it without --train, or choose another --checkpoint")
     if not args.state:
         raise SystemExit("--train needs --state (the resumable training state)")
-    fields = {**consistency.FMNIST_CD_RECIPE, **json.loads(args.train)}
+    try:
+        overrides = json.loads(args.train)
+    except ValueError as err:
+        raise SystemExit(f"--train must be a JSON object of DistillConfig fields: {err}") from None
+    unknown = set(overrides) - set(consistency.DistillConfig.__dataclass_fields__) if isinstance(overrides, dict) else None
+    if unknown is None or unknown:
+        raise SystemExit(f"--train must be a JSON object of DistillConfig fields; unknown: {sorted(unknown or [])}")
+    fields = {**consistency.FMNIST_CD_RECIPE, **overrides}
     t0 = time.perf_counter()
     result = consistency.distill_recipe(pretrained.RECIPES["fmnist-cd"].teacher, fields, state_path=args.state,
                                         init_from=args.init_from)
