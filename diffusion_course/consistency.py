@@ -67,7 +67,8 @@ from .schedules import NoiseSchedule
 __all__ = ["DISTANCES", "HEADS", "MODES", "SOLVERS", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
            "teacher_step", "teacher_ode_sample", "distance", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
            "DistillResult", "distill", "FMNIST_CD_RECIPE", "build_student", "distill_recipe", "progressive_target", "progressive_loss", "progressive_distillation",
-           "sample_timesteps", "renoise", "sample", "check_exercise", "ExactConsistencyFunction", "evaluate", "seconds_per_image"]
+           "sample_timesteps", "renoise", "sample", "check_exercise", "ExactConsistencyFunction", "evaluate", "seconds_per_image",
+           "interleaved_seconds_per_image"]
 
 DISTANCES = ("l2", "pseudo-huber")
 HEADS = ("eps", "raw")
@@ -1002,6 +1003,30 @@ def seconds_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x_T: torch.Ten
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2] / x_T.shape[0]
+
+
+def interleaved_seconds_per_image(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x_T: torch.Tensor,
+                                  rounds: int = 5) -> dict[str, list[float]]:
+    """Wall time per image of each ``fns[name](x_T)``, timed in ``rounds`` interleaved rounds (every sampler once
+    per round, the order reversed on alternate rounds), after one warm-up call each.
+
+    A CPU's speed drifts over seconds (turbo, other processes), so timing one sampler in its own block and the next
+    after it folds that drift into their ratio; within a round the samplers see the same machine. Ratios should be
+    taken round by round (``a[i] / b[i]``) and summarised by their median and range."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if not fns:
+        raise ValueError("fns must name at least one sampler")
+    for fn in fns.values():
+        fn(x_T)
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[name](x_T)
+            out[name].append((time.perf_counter() - t0) / x_T.shape[0])
+    return out
 
 
 @torch.no_grad()

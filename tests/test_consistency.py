@@ -605,3 +605,21 @@ def test_shipped_fmnist_cd_loads_samples_and_records_fid_at_1_2_4_steps():
     assert all(m[f"fid_cm{k}"] > m["floor_balanced"] for k in (1, 2, 4))
     x = C.sample(cm, torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)), 1, cond=torch.tensor([0, 5, 9]))
     assert x.shape == (3, 1, 28, 28) and torch.isfinite(x).all() and x.abs().max() <= 1
+
+
+def test_interleaved_timing_alternates_the_samplers_and_divides_by_the_batch(monkeypatch):
+    calls, clock = [], iter(range(1000))
+    monkeypatch.setattr(C.time, "perf_counter", lambda: float(next(clock)))   # each reading 1 s after the last
+
+    def fn(name):
+        return lambda x: calls.append(name)
+
+    x = torch.zeros(4, 1, 2, 2)
+    out = C.interleaved_seconds_per_image({"a": fn("a"), "b": fn("b")}, x, rounds=3)
+    # one warm-up each, then a b | b a | a b: no sampler is timed in a block of its own
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert out == {"a": [0.25] * 3, "b": [0.25] * 3}     # 1 s per call / batch of 4
+    with pytest.raises(ValueError, match="rounds"):
+        C.interleaved_seconds_per_image({"a": fn("a")}, x, rounds=0)
+    with pytest.raises(ValueError, match="at least one"):
+        C.interleaved_seconds_per_image({}, x)

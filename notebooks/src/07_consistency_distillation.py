@@ -579,10 +579,7 @@ keys = {"consistency, 1 step": "cm1", "consistency, 2 steps": "cm2", "DDIM-4": "
         f"DDIM-{ref_steps} (teacher)": f"ddim{ref_steps}"}
 # interleaved rounds: a laptop's clock drifts over seconds, and timing each sampler in its own block would fold
 # that drift into the ratio
-rounds = {name: [] for name in lat}
-for _ in range(reps):
-    for name, fn in lat.items():
-        rounds[name].append(1000 * C.seconds_per_image(fn, one, repeats=1))
+rounds = {name: [1000 * s for s in v] for name, v in C.interleaved_seconds_per_image(lat, one, rounds=reps).items()}
 b1 = {name: sorted(v)[len(v) // 2] for name, v in rounds.items()}
 ref_name = f"DDIM-{ref_steps} (teacher)"
 print(f"{'sampler':<22} {'ms/image, batch 1':>18} {'ms/image, batch ' + str(n_fid):>20} {'× faster (b=1)':>15}")
