@@ -240,29 +240,26 @@ RECIPES["fmnist-cd-v2"] = ConsistencyRecipe(
 # reaches the top of the grid through fewer learned links), fresh optimiser, new data order (seed 3); 58 min on 2 threads.
 # Screened by benchmarks/consistency_stage.py (benchmarks/results/consistency_hops_stage.json): paired 2-step ÷ DDIM-50
 # 1.535 ± 0.054 against 1.582 ± 0.089.
+_MULTI_HOP_CYCLE = {**FMNIST_CD_RECIPE, "teacher_hops": (1, 2, 4, 8), "steps": 4000, "lr_cycle_ends": (), "warmup": 100}
+_CD_DESCRIPTION = ("class-conditional consistency model distilled from fmnist-ddpm on its DDIM-20 grid (pseudo-Huber, "
+                   "target = stopgrad of the online net, 10% label dropout so cond=None works): ")
 RECIPES["fmnist-cd-v3"] = ConsistencyRecipe(
     teacher="fmnist-ddpm",
     init_from="fmnist-cd-v2",
-    distill={**FMNIST_CD_RECIPE, "teacher_hops": (1, 2, 4, 8), "steps": 4000, "lr_cycle_ends": (), "lr": 2.5e-5,
-             "warmup": 100, "seed": 3},
-    description="class-conditional consistency model distilled from fmnist-ddpm on its DDIM-20 grid (pseudo-Huber, "
-                "target = stopgrad of the online net, 10% label dropout so cond=None works): fmnist-cd-v2 plus one "
-                "cosine cycle with multi-hop targets (k teacher steps per pair, k in {1, 2, 4, 8}); EMA weights. "
-                "fmnist-cd's third stage.",
+    distill={**_MULTI_HOP_CYCLE, "lr": 2.5e-5, "seed": 3},
+    description=_CD_DESCRIPTION + "fmnist-cd-v2 plus one cosine cycle with multi-hop targets (k teacher steps per "
+                "pair, k in {1, 2, 4, 8}); EMA weights. fmnist-cd's third stage.",
 )
 # The shipped student (chapter 7): fmnist-cd-v3 given a second multi-hop cycle of 4,000 steps at half its peak rate
-# (the halving of the earlier restarts), same hops, fresh optimiser, new data order (seed 4); 65 min on 2 threads.
+# (the halving of the earlier restarts), same hops, fresh optimiser, new data order (seed 4); 60.5 min on 2 threads.
 # Screened before shipping (benchmarks/results/consistency_hops_stage2.json): paired 2-step ÷ DDIM-50
 # 1.514 ± 0.045 against fmnist-cd-v3's 1.535 ± 0.054 on the same three draws; 1-step and 4-step better too.
 RECIPES["fmnist-cd"] = ConsistencyRecipe(
     teacher="fmnist-ddpm",
     init_from="fmnist-cd-v3",
-    distill={**FMNIST_CD_RECIPE, "teacher_hops": (1, 2, 4, 8), "steps": 4000, "lr_cycle_ends": (), "lr": 1.25e-5,
-             "warmup": 100, "seed": 4},
-    description="class-conditional consistency model distilled from fmnist-ddpm on its DDIM-20 grid (pseudo-Huber, "
-                "target = stopgrad of the online net, 10% label dropout so cond=None works): fmnist-cd-v2 plus two "
-                "cosine cycles with multi-hop targets (k teacher steps per pair, k in {1, 2, 4, 8}), the second at "
-                "half the first's rate; EMA weights.",
+    distill={**_MULTI_HOP_CYCLE, "lr": 1.25e-5, "seed": 4},
+    description=_CD_DESCRIPTION + "fmnist-cd-v2 plus two cosine cycles with multi-hop targets (k teacher steps per "
+                "pair, k in {1, 2, 4, 8}), the second at half the first's rate; EMA weights.",
 )
 
 

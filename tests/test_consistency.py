@@ -562,7 +562,7 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
 
 
 @pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd-v3").exists(),
-                    reason="fmnist-cd-v2 checkpoint not distilled yet")
+                    reason="fmnist-cd-v3 checkpoint not distilled yet")
 def test_fmnist_cd_starts_from_its_previous_stage_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
     """fmnist-cd is a further stage of fmnist-cd-v3 (itself of fmnist-cd-v2, of fmnist-cd-v1): its student starts
     from the previous stage's weights, not the teacher's."""
