@@ -669,7 +669,8 @@ C.check_exercise(my_renoise, "renoise");
 #   second-order (Heun) step moves that cap from DDIM-20's quality to about DDIM-50's, for a second teacher call (the shipped
 #   student sits above even the DDIM cap, and Heun targets did not improve it). What limits it is its own fit, which
 #   drifts from the target the more learned links lie between $t$ and the boundary. Multi-hop targets shorten that chain:
-#   they help on 2-D and gave the shipped student its last few per cent at two steps. **Consistency training** needs no teacher but a growing grid, and learns more slowly.
+#   they help on 2-D and gave the shipped student its last few per cent at two steps, then stopped paying (a third
+#   cycle gained nothing, and longer hops, better on 2-D, were worse here). **Consistency training** needs no teacher but a growing grid, and learns more slowly.
 # * **Progressive distillation** halves a sampler round by round with an x₀ target; each student tracks its teacher.
 # * On Fashion-MNIST, minutes of distillation from a warm start turn noise into clothes in one call; the table above says
 #   what the shipped model keeps of the teacher's quality at 1, 2 and 4 calls, and what each call costs.
