@@ -65,7 +65,7 @@ from . import checkpoints, forward, sampling
 from .schedules import NoiseSchedule
 
 __all__ = ["DISTANCES", "HEADS", "MODES", "SOLVERS", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
-           "teacher_step", "teacher_ode_sample", "distance", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
+           "teacher_step", "teacher_ode_sample", "distance", "draw_pairs", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
            "DistillResult", "distill", "FMNIST_CD_RECIPE", "build_student", "distill_recipe", "progressive_target", "progressive_loss", "progressive_distillation",
            "sample_timesteps", "renoise", "sample", "check_exercise", "ExactConsistencyFunction", "evaluate", "seconds_per_image",
            "interleaved_seconds_per_image"]
@@ -319,6 +319,47 @@ def check_hops(hops, grid_size: int) -> tuple[int, ...]:
     return tuple(sorted(h))
 
 
+def draw_pairs(batch_size: int, grid_size: int, hops=(1,), generator: torch.Generator | None = None,
+               aligned_hop: int = 0, aligned_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid intervals (n, k) of a batch of consistency pairs t_{n+k} → t_n: k ~ U(``hops``), n ~ U{0..N−k}.
+
+    With ``aligned_hop`` = K > 0, the last round(``aligned_fraction``·B) pairs are *sampler-aligned* instead: k = K
+    and n ∈ {0, K, 2K, …}, so t_{n+k} is exactly a timestep of the (N/K)-step sampler (:func:`sample_timesteps`)
+    and its target sits at the next one down — at n = 0, t_min, where f is the identity, so the target is the
+    teacher's K-step chain itself. It spends training where few-step sampling evaluates f, as phased consistency
+    models do with their phase edges (Wang et al. 2024); the ideal f is unchanged.
+    """
+    N = grid_size
+    hops = check_hops(hops, N)
+    m = _aligned_count(batch_size, N, aligned_hop, aligned_fraction)
+    B = batch_size - m
+    if hops == (1,):                    # the paper's loss, drawing exactly what it always drew
+        n = torch.randint(0, N, (B,), generator=generator)
+        k = torch.ones_like(n)
+    else:
+        k = torch.tensor(hops)[torch.randint(0, len(hops), (B,), generator=generator)]
+        n = (torch.rand(B, generator=generator) * (N - k + 1)).long().clamp(max=N - k)
+    if m:
+        n = torch.cat([n, aligned_hop * torch.randint(0, N // aligned_hop, (m,), generator=generator)])
+        k = torch.cat([k, torch.full((m,), aligned_hop, dtype=k.dtype)])
+    return n, k
+
+
+def _aligned_count(batch_size: int, grid_size: int, aligned_hop: int, aligned_fraction: float) -> int:
+    if isinstance(aligned_hop, bool) or not isinstance(aligned_hop, int) or aligned_hop < 0:
+        raise ValueError(f"aligned_hop must be an int >= 0 (0 = off), got {aligned_hop!r}")
+    if not 0 <= aligned_fraction <= 1:
+        raise ValueError(f"aligned_fraction must be in [0, 1], got {aligned_fraction!r}")
+    if aligned_hop == 0:
+        if aligned_fraction:
+            raise ValueError("aligned_fraction needs aligned_hop > 0 (the sampler's grid spacing, N / steps)")
+        return 0
+    if aligned_hop > grid_size or grid_size % aligned_hop:
+        raise ValueError(f"aligned_hop must divide the grid size N={grid_size} (N / steps of the sampler to align "
+                         f"with, e.g. {grid_size // 2} for 2 steps), got {aligned_hop}")
+    return round(aligned_fraction * batch_size)
+
+
 def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor, teacher=None,
                      cond: torch.Tensor | None = None, kind: str = "l2", clip_denoised: bool = False,
                      generator: torch.Generator | None = None, n: torch.Tensor | None = None,
@@ -344,11 +385,7 @@ def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule,
     N = grid.numel() - 1
     hops = check_hops(hops, N)
     if n is None:
-        if hops == (1,):                    # the paper's loss, drawing exactly what it always drew
-            n = torch.randint(0, N, (B,), generator=generator)
-        else:
-            k = torch.tensor(hops)[torch.randint(0, len(hops), (B,), generator=generator)]
-            n = (torch.rand(B, generator=generator) * (N - k + 1)).long().clamp(max=N - k)
+        n, k = draw_pairs(B, N, hops, generator)
     if k is None:
         k = torch.ones_like(n)
     n, k = n.to(x0.device), k.to(x0.device)
@@ -416,6 +453,8 @@ class DistillConfig:
     mode: str = "cd"                  # "cd" (with a teacher) or "ct" (consistency training, no teacher)
     teacher_solver: str = "ddim"      # CD's teacher ODE step: "ddim" (Euler, 1 call) or "heun" (2nd order, 2 calls)
     teacher_hops: tuple[int, ...] = (1,)  # k of the multi-hop target (consistency_loss): k teacher steps per pair
+    aligned_hop: int = 0              # > 0: sampler-aligned pairs (draw_pairs), e.g. N/2 for the 2-step sampler
+    aligned_fraction: float = 0.0     # the share of each batch they take
     grid_size: int = 20               # N: the teacher's DDIM-N grid (CD)
     ct_n_start: int = 10              # CT's growing N: s₀ … s₁ (iCT uses 10 … 1280 on a continuous σ)
     ct_n_end: int = 320
@@ -441,6 +480,10 @@ class DistillConfig:
         if self.lr_decay not in {"cosine", "constant"}:
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {self.lr_decay!r}")
         self.teacher_hops = check_hops(self.teacher_hops, self.grid_size if isinstance(self.grid_size, int) else 1)
+        if self.mode == "ct" and self.aligned_hop:
+            raise ValueError("aligned_hop is for distillation on a fixed grid (mode='cd'); CT's grid grows")
+        _aligned_count(self.batch_size if isinstance(self.batch_size, int) else 1,
+                       self.grid_size if isinstance(self.grid_size, int) else 1, self.aligned_hop, self.aligned_fraction)
         for name in ("steps", "batch_size", "grid_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -655,9 +698,11 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
                 grid = grids.setdefault(n_grid, make_grid(schedule, n_grid))
             for group in opt.param_groups:
                 group["lr"] = _lr(step, cfg, history.wall_time)
+            n, k = (draw_pairs(x0.shape[0], n_grid, cfg.teacher_hops, gen, cfg.aligned_hop, cfg.aligned_fraction)
+                    if cfg.aligned_hop else (None, None))
             loss = consistency_loss(student, target, x0, schedule, grid, teacher if cfg.mode == "cd" else None,
                                     cond=y, kind=cfg.distance, clip_denoised=cfg.clip_denoised, generator=gen,
-                                    solver=cfg.teacher_solver, hops=cfg.teacher_hops)
+                                    solver=cfg.teacher_solver, hops=cfg.teacher_hops, n=n, k=k)
             value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(f"the consistency loss became {value} at step {step}; lower lr={cfg.lr}")

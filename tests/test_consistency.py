@@ -218,6 +218,41 @@ def test_multi_hop_target_is_k_teacher_steps_down_the_grid_and_one_hop_is_the_pa
         C.consistency_loss(identity, identity, xs, S, grid, teacher=oracle, n=torch.tensor([18] * 5), k=k[:5])
 
 
+def test_sampler_aligned_pairs_start_on_the_samplers_timesteps_and_leave_the_ideal_f_unchanged():
+    """aligned_hop = N/2 puts round(fraction·B) pairs on the 2-step sampler's timesteps (t_hi ∈ {999, 499}) with
+    k = N/2, the rest drawn exactly as before; off, draw_pairs is what consistency_loss always drew; the exact map's
+    loss stays small on aligned pairs (their target at n = 0 is the teacher's chain itself)."""
+    grid = C.make_grid(S, 20)
+    for hops in [(1,), (1, 2, 4, 8)]:
+        x0 = GMM.sample(64, generator=_gen(40))[0]
+        d = C.consistency_loss(lambda x, t, c=None: x, lambda x, t, c=None: x, x0, S, grid, teacher=GMM.oracle_model(S),
+                               generator=_gen(41), hops=hops, return_details=True)
+        n, k = C.draw_pairs(64, 20, hops, _gen(41))
+        assert torch.equal(n, d.n) and k.shape == n.shape and bool((k >= 1).all())
+    n, k = C.draw_pairs(32, 20, (1, 2, 4, 8), _gen(42), aligned_hop=10, aligned_fraction=0.5)
+    plain_n, plain_k = C.draw_pairs(16, 20, (1, 2, 4, 8), _gen(42))
+    assert torch.equal(n[:16], plain_n) and torch.equal(k[:16], plain_k)      # the first part is the usual draw
+    assert torch.equal(k[16:], torch.full((16,), 10))
+    two_step = set(C.sample_timesteps(_student_2d(N=20), 2).tolist())
+    assert set(grid[n[16:] + k[16:]].tolist()) == two_step == {999, 499}
+    assert int((n[16:] == 0).sum()) not in (0, 16)                            # both sampler steps are trained
+    ex = C.ExactConsistencyFunction(GMM, S, rk_steps=200)
+    x0 = GMM.sample(64, generator=_gen(43))[0]
+    nn_, kk = C.draw_pairs(64, 20, (1, 2, 4, 8), _gen(44), aligned_hop=10, aligned_fraction=1.0)
+    exact = C.consistency_loss(ex, ex, x0, S, grid, teacher=GMM.oracle_model(S), n=nn_, k=kk).item()
+    wrong = C.consistency_loss(lambda x, t, c=None: GMM.posterior_mean_x0(x, t, S), ex, x0, S, grid,
+                               teacher=GMM.oracle_model(S), n=nn_, k=kk).item()
+    assert exact < 1e-3 and wrong > 30 * exact, (exact, wrong)
+    for bad, match in [(dict(aligned_hop=7, aligned_fraction=0.5), "divide"), (dict(aligned_fraction=0.5), "needs"),
+                       (dict(aligned_hop=10, aligned_fraction=1.5), r"\[0, 1\]"), (dict(aligned_hop=-1), ">= 0")]:
+        with pytest.raises(ValueError, match=match):
+            C.DistillConfig(**bad)
+        with pytest.raises(ValueError, match=match):
+            C.draw_pairs(32, 20, (1,), **bad)
+    with pytest.raises(ValueError, match="mode='cd'"):
+        C.DistillConfig(mode="ct", aligned_hop=10, aligned_fraction=0.5)
+
+
 def test_multi_hop_distillation_gets_closer_to_the_exact_map_on_2d():
     """The measured reason for hops: at the same number of steps, tying f across 1, 2, 4 and 8 grid intervals
     leaves a 2-D student nearer the exact map at one step than the paper's one-interval pairs (two seeds)."""
