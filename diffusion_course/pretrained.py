@@ -250,16 +250,31 @@ RECIPES["fmnist-cd-v3"] = ConsistencyRecipe(
     description=_CD_DESCRIPTION + "fmnist-cd-v2 plus one cosine cycle with multi-hop targets (k teacher steps per "
                 "pair, k in {1, 2, 4, 8}); EMA weights. fmnist-cd's third stage.",
 )
-# The shipped student (chapter 7): fmnist-cd-v3 given a second multi-hop cycle of 4,000 steps at half its peak rate
-# (the halving of the earlier restarts), same hops, fresh optimiser, new data order (seed 4); 60.5 min on 2 threads.
-# Screened before shipping (benchmarks/results/consistency_hops_stage2.json): paired 2-step ÷ DDIM-50
-# 1.514 ± 0.045 against fmnist-cd-v3's 1.535 ± 0.054 on the same three draws; 1-step and 4-step better too.
-RECIPES["fmnist-cd"] = ConsistencyRecipe(
+# fmnist-cd's fourth stage (shipped as fmnist-cd until the sampler-aligned stage below beat it): fmnist-cd-v3 given a
+# second multi-hop cycle of 4,000 steps at half its peak rate (the halving of the earlier restarts), same hops, fresh
+# optimiser, new data order (seed 4); 60.5 min on 2 threads. Screened before shipping
+# (benchmarks/results/consistency_hops_stage2.json): paired 2-step ÷ DDIM-50 1.514 ± 0.045 against fmnist-cd-v3's
+# 1.535 ± 0.054 on the same three draws; 1-step and 4-step better too.
+RECIPES["fmnist-cd-v4"] = ConsistencyRecipe(
     teacher="fmnist-ddpm",
     init_from="fmnist-cd-v3",
     distill={**_MULTI_HOP_CYCLE, "lr": 1.25e-5, "seed": 4},
     description=_CD_DESCRIPTION + "fmnist-cd-v2 plus two cosine cycles with multi-hop targets (k teacher steps per "
-                "pair, k in {1, 2, 4, 8}), the second at half the first's rate; EMA weights.",
+                "pair, k in {1, 2, 4, 8}), the second at half the first's rate; EMA weights. fmnist-cd's fourth stage.",
+)
+# The shipped student (chapter 7): fmnist-cd-v4 given 3,500 steps in which half of each batch is sampler-aligned
+# (consistency.draw_pairs: k = 10 pairs from t = 999 and t = 499, the 2-step sampler's timesteps, the second with the
+# teacher's own 10-step chain as its target), the other half the multi-hop pairs as before; one cosine cycle at lr
+# 1.25e-5, fresh optimiser, new data order (seed 7); 39.7 min on 2 threads. Screened before shipping
+# (benchmarks/results/consistency_aligned_stage.json): paired 2-step ÷ DDIM-50 1.421 ± 0.038 against fmnist-cd-v4's
+# 1.515 ± 0.045 on the same three draws (better on each by 0.084–0.111); 1-step and 4-step better too.
+RECIPES["fmnist-cd"] = ConsistencyRecipe(
+    teacher="fmnist-ddpm",
+    init_from="fmnist-cd-v4",
+    distill={**_MULTI_HOP_CYCLE, "steps": 3500, "lr": 1.25e-5, "seed": 7, "aligned_hop": 10, "aligned_fraction": 0.5},
+    description=_CD_DESCRIPTION + "fmnist-cd-v2 plus two cosine cycles with multi-hop targets (k teacher steps per "
+                "pair, k in {1, 2, 4, 8}), the second at half the first's rate, then one in which half of each batch "
+                "is sampler-aligned (k = 10 from the 2-step sampler's t = 999 and t = 499); EMA weights.",
 )
 
 

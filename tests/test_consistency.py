@@ -596,22 +596,22 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
         train.run_recipe("fmnist-cd", out=tmp_path, device="cpu")
 
 
-@pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd-v3").exists(),
-                    reason="fmnist-cd-v3 checkpoint not distilled yet")
+@pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd-v4").exists(),
+                    reason="fmnist-cd-v4 checkpoint not distilled yet")
 def test_fmnist_cd_starts_from_its_previous_stage_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
-    """fmnist-cd is a further stage of fmnist-cd-v3 (itself of fmnist-cd-v2, of fmnist-cd-v1): its student starts
+    """fmnist-cd is a further stage of fmnist-cd-v4 (itself of fmnist-cd-v3, of fmnist-cd-v2, of fmnist-cd-v1): its student starts
     from the previous stage's weights, not the teacher's."""
     from diffusion_course import pretrained
 
     monkeypatch.setenv("DIFFUSION_COURSE_QUICK", "0")
     recipe = pretrained.RECIPES["fmnist-cd"]
-    chain = [pretrained.RECIPES[name].init_from for name in ("fmnist-cd", "fmnist-cd-v3", "fmnist-cd-v2")]
-    assert chain == ["fmnist-cd-v3", "fmnist-cd-v2", "fmnist-cd-v1"]
-    assert len({pretrained.RECIPES[name].teacher for name in ("fmnist-cd", "fmnist-cd-v3", "fmnist-cd-v2",
+    chain = [pretrained.RECIPES[name].init_from for name in ("fmnist-cd", "fmnist-cd-v4", "fmnist-cd-v3", "fmnist-cd-v2")]
+    assert chain == ["fmnist-cd-v4", "fmnist-cd-v3", "fmnist-cd-v2", "fmnist-cd-v1"]
+    assert len({pretrained.RECIPES[name].teacher for name in ("fmnist-cd", "fmnist-cd-v4", "fmnist-cd-v3", "fmnist-cd-v2",
                                                               "fmnist-cd-v1")}) == 1
     start = C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu",
                              init_from=recipe.init_from)
-    previous = pretrained.load("fmnist-cd-v3", device="cpu")
+    previous = pretrained.load("fmnist-cd-v4", device="cpu")
     assert start.step == 0
     assert all(torch.equal(a, b) for a, b in zip(start.student.state_dict().values(), previous.state_dict().values()))
     teacher_start = C.distill_recipe(recipe.teacher, recipe.distill, until=0, progress=False, device="cpu")
