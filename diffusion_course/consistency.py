@@ -348,8 +348,9 @@ def draw_pairs(batch_size: int, grid_size: int, hops=(1,), generator: torch.Gene
 def _aligned_count(batch_size: int, grid_size: int, aligned_hop: int, aligned_fraction: float) -> int:
     if isinstance(aligned_hop, bool) or not isinstance(aligned_hop, int) or aligned_hop < 0:
         raise ValueError(f"aligned_hop must be an int >= 0 (0 = off), got {aligned_hop!r}")
-    if not 0 <= aligned_fraction <= 1:
-        raise ValueError(f"aligned_fraction must be in [0, 1], got {aligned_fraction!r}")
+    if isinstance(aligned_fraction, bool) or not isinstance(aligned_fraction, (int, float)) \
+            or not 0 <= aligned_fraction <= 1:
+        raise ValueError(f"aligned_fraction must be a number in [0, 1], got {aligned_fraction!r}")
     if aligned_hop == 0:
         if aligned_fraction:
             raise ValueError("aligned_fraction needs aligned_hop > 0 (the sampler's grid spacing, N / steps)")
@@ -357,7 +358,11 @@ def _aligned_count(batch_size: int, grid_size: int, aligned_hop: int, aligned_fr
     if aligned_hop > grid_size or grid_size % aligned_hop:
         raise ValueError(f"aligned_hop must divide the grid size N={grid_size} (N / steps of the sampler to align "
                          f"with, e.g. {grid_size // 2} for 2 steps), got {aligned_hop}")
-    return round(aligned_fraction * batch_size)
+    m = round(aligned_fraction * batch_size)
+    if m == 0 and aligned_fraction > 0:
+        raise ValueError(f"aligned_fraction={aligned_fraction} of a batch of {batch_size} is no pair at all; "
+                         f"use at least {1 / batch_size:.3g}")
+    return m
 
 
 def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor, teacher=None,
@@ -454,7 +459,7 @@ class DistillConfig:
     teacher_solver: str = "ddim"      # CD's teacher ODE step: "ddim" (Euler, 1 call) or "heun" (2nd order, 2 calls)
     teacher_hops: tuple[int, ...] = (1,)  # k of the multi-hop target (consistency_loss): k teacher steps per pair
     aligned_hop: int = 0              # > 0: sampler-aligned pairs (draw_pairs), e.g. N/2 for the 2-step sampler
-    aligned_fraction: float = 0.0     # the share of each batch they take
+    aligned_fraction: float = 0.0     # the share of each batch they take (consistency distillation only)
     grid_size: int = 20               # N: the teacher's DDIM-N grid (CD)
     ct_n_start: int = 10              # CT's growing N: s₀ … s₁ (iCT uses 10 … 1280 on a continuous σ)
     ct_n_end: int = 320
@@ -480,14 +485,13 @@ class DistillConfig:
         if self.lr_decay not in {"cosine", "constant"}:
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {self.lr_decay!r}")
         self.teacher_hops = check_hops(self.teacher_hops, self.grid_size if isinstance(self.grid_size, int) else 1)
-        if self.mode == "ct" and self.aligned_hop:
-            raise ValueError("aligned_hop is for distillation on a fixed grid (mode='cd'); CT's grid grows")
-        _aligned_count(self.batch_size if isinstance(self.batch_size, int) else 1,
-                       self.grid_size if isinstance(self.grid_size, int) else 1, self.aligned_hop, self.aligned_fraction)
         for name in ("steps", "batch_size", "grid_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.mode == "ct" and self.aligned_hop:
+            raise ValueError("aligned_hop is for distillation on a fixed grid (mode='cd'); CT's grid grows")
+        _aligned_count(self.batch_size, self.grid_size, self.aligned_hop, self.aligned_fraction)
         if not 0 <= self.target_decay < 1 or not 0 <= self.ema_decay < 1:
             raise ValueError("target_decay and ema_decay must be in [0, 1)")
         if not 0 <= self.p_uncond <= 1:
@@ -735,8 +739,8 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
     return DistillResult(student=student, ema=ema, history=history, step=step, interrupted=interrupted)
 
 
-# The recipe of the shipped ``fmnist-cd`` (``python -m diffusion_course.train fmnist-cd`` runs it through
-# :func:`distill_recipe`): the live demo's settings, longer, with a lower, decaying rate. Batch 32 × 3000 steps is
+# The recipe of ``fmnist-cd-v1`` (the base every later stage of ``fmnist-cd`` overrides in pretrained.RECIPES;
+# ``python -m diffusion_course.train`` runs them through :func:`distill_recipe`): the live demo's settings, longer, with a lower, decaying rate. Batch 32 × 3000 steps is
 # what one CPU thread does in about an hour (0.9–1.4 s a step; batch 64 costs 3× per step here, not 2×: cache effects).
 # The loss was still falling at step 3000 (0.54 → 0.45 over the last half), so the recipe was extended by a second
 # cosine cycle of 3000 steps at half the peak rate, resumed from the saved state at step 3000 (which it leaves as is).

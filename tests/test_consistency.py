@@ -244,7 +244,9 @@ def test_sampler_aligned_pairs_start_on_the_samplers_timesteps_and_leave_the_ide
                                teacher=GMM.oracle_model(S), n=nn_, k=kk).item()
     assert exact < 1e-3 and wrong > 30 * exact, (exact, wrong)
     for bad, match in [(dict(aligned_hop=7, aligned_fraction=0.5), "divide"), (dict(aligned_fraction=0.5), "needs"),
-                       (dict(aligned_hop=10, aligned_fraction=1.5), r"\[0, 1\]"), (dict(aligned_hop=-1), ">= 0")]:
+                       (dict(aligned_hop=10, aligned_fraction=1.5), r"\[0, 1\]"), (dict(aligned_hop=-1), ">= 0"),
+                       (dict(aligned_hop=10, aligned_fraction=True), r"\[0, 1\]"),
+                       (dict(aligned_hop=10, aligned_fraction=0.01), "no pair")]:
         with pytest.raises(ValueError, match=match):
             C.DistillConfig(**bad)
         with pytest.raises(ValueError, match=match):
@@ -293,8 +295,8 @@ def test_sampler_aligned_pairs_bring_a_2d_students_2_step_samples_nearer_the_exa
             res = C.distill(oracle, S, data, None, cfg, student=student, progress=False, device="cpu")
             two = C.sample(res.ema, x_T, 2, generator=_gen(32), clip_denoised=False)
             errs[seed, bool(arm)] = (two - two_star).norm(dim=1).mean().item()
-    for seed in (0, 1):
-        assert errs[seed, True] < 0.95 * errs[seed, False], errs
+    ratios = [errs[seed, True] / errs[seed, False] for seed in (0, 1)]
+    assert max(ratios) < 1 and sum(ratios) / 2 < 0.85, errs      # nearer on both seeds, ≥ 15 % on average
 
 
 def test_ct_lower_point_is_a_ddim_step_with_the_true_noise():

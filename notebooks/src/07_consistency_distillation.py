@@ -563,7 +563,7 @@ if aligned_diffs is not None:
 
 # %% [markdown]
 # This one paid: two steps better on every draw, by about twice what the first multi-hop cycle gained, and one and four
-# steps better too, although four steps evaluate $f$ at $t = 749$ and $249$, where no pair was aligned. The fit gap shrank
+# steps better too, although four steps also evaluate $f$ at $t = 749$ and $249$, where no pair was aligned. The fit gap shrank
 # at every $t$ (by 1–7 %, least at the top), about as much as the 2- and 4-step FIDs moved. It was shipped as `fmnist-cd`.
 # Section 7 measures where it stands against the 1.5× target.
 
@@ -731,8 +731,9 @@ C.check_exercise(my_renoise, "renoise");
 #   $c_\text{skip}, c_\text{out}$, and on 2-D data the exact map shows what "perfect" means (and that a denoiser is not it).
 # * **Consistency distillation** teaches it with one teacher ODE step per update; the loss vanishes on the exact map and not
 #   on a perturbed one. A student learns the map of the *chain* of teacher steps down its grid, so the solver caps it: a
-#   second-order (Heun) step moves that cap from DDIM-20's quality to about DDIM-50's, for a second teacher call (the shipped
-#   student sits above even the DDIM cap, and Heun targets did not improve it). What limits it is its own fit, which
+#   second-order (Heun) step moves that cap from DDIM-20's quality to about DDIM-50's, for a second teacher call (the student
+#   they were tried on, `fmnist-cd-v2`, sat above even the DDIM cap, and Heun targets did not improve it). What limits
+#   a student is its own fit, which
 #   drifts from the target the more learned links lie between $t$ and the boundary. Multi-hop targets shorten that chain:
 #   they help on 2-D and gained a few per cent at two steps, then stopped paying (a third cycle gained nothing, and longer
 #   hops, better on 2-D, were worse here). Training where the sampler evaluates — half of each batch on pairs that start
