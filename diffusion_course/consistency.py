@@ -740,8 +740,8 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
 
 
 # The recipe of ``fmnist-cd-v1`` (the base every later stage of ``fmnist-cd`` overrides in pretrained.RECIPES;
-# ``python -m diffusion_course.train`` runs them through :func:`distill_recipe`): the live demo's settings, longer, with a lower, decaying rate. Batch 32 × 3000 steps is
-# what one CPU thread does in about an hour (0.9–1.4 s a step; batch 64 costs 3× per step here, not 2×: cache effects).
+# ``python -m diffusion_course.train`` runs them through :func:`distill_recipe`): the live demo's settings, longer,
+# with a lower, decaying rate. Batch 32 × 3000 steps is what one CPU thread does in about an hour (0.9–1.4 s a step; batch 64 costs 3× per step here, not 2×: cache effects).
 # The loss was still falling at step 3000 (0.54 → 0.45 over the last half), so the recipe was extended by a second
 # cosine cycle of 3000 steps at half the peak rate, resumed from the saved state at step 3000 (which it leaves as is).
 FMNIST_CD_RECIPE = dict(steps=6000, lr_cycle_ends=(3000,), restart_lr_scale=0.5,
