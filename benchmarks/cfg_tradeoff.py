@@ -26,7 +26,8 @@ def main():
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     device = config.get_device(args.device)
-    model, schedule = pretrained.load("fmnist-ddpm", device=device)
+    model = pretrained.load("fmnist-ddpm", device=device)
+    schedule = model.schedule
     clf = pretrained.load("fmnist-classifier", device=device)
     rows = evaluation.guidance_sweep(model, schedule, SCALES, args.n, clf, steps=args.steps)
     rows += evaluation.guidance_sweep(model, schedule, [7.5], args.n, clf, steps=args.steps, rescale=0.7,

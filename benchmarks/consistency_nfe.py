@@ -1,7 +1,7 @@
 """FID vs network calls for a consistency model, DDIM and DPM-Solver++(2M) on its teacher; a latency table.
 
     python benchmarks/consistency_nfe.py [--n 1000] [--model fmnist-cd | --checkpoint PATH | --live-steps 100]
-                                         [--device cpu] [--json benchmarks/results/consistency_nfe.json]
+                                         [--device cpu] [--json diffusion_course/records/consistency_nfe.json]
 
 Everything is class-conditional with exactly balanced labels, from the same noise, against a class-balanced real set
 of n and next to the class-balanced floor (two disjoint balanced real sets of n), in the course classifier's features.
@@ -11,6 +11,8 @@ Prints the FID table with the issue-16 targets (2-step within 1.5× of the teach
 1-step ≥ 40× faster than DDIM-50 per image) and the per-image wall time at batch 1 and batch 256. With ``--seeds K``
 the target ratios are paired ones (student and teacher from the same noise) averaged over K noise draws, with their
 spread: at n = 1000 one draw moves an FID by a few tenths, as much as the margin a 1.5× verdict may have.
+``--json diffusion_course/records/consistency_nfe.json`` replaces the record chapter 7 and
+``research/consistency_stage.py`` read (``records.load("consistency_nfe")``); nothing is written without ``--json``.
 """
 import argparse
 import json
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion_course import checkpoints, config, consistency, pretrained, sampling
+from diffusion_course import checkpoints, config, consistency, evaluation, pretrained, sampling
+from diffusion_course import consistency_extensions as CX
 from diffusion_course.data import load_fashion_mnist
 
 
@@ -84,19 +87,21 @@ def main():
     if 50 not in args.ddim_steps:
         args.ddim_steps = tuple(sorted(set(args.ddim_steps) | {50}))   # the teacher's reference line
     solvers = tuple(v.strip() for v in args.ode_solvers.split(",") if v.strip())
-    bad = [v for v in solvers if v not in consistency.SOLVERS]
+    bad = [v for v in solvers if v not in CX.SOLVERS]
     if bad:
-        raise SystemExit(f"--ode-solvers: unknown {bad}; choose from {consistency.SOLVERS}")
+        raise SystemExit(f"--ode-solvers: unknown {bad}; choose from {CX.SOLVERS}")
     device = config.get_device(args.device)
     torch.manual_seed(0)
     teacher_name = pretrained.RECIPES["fmnist-cd"].teacher   # the student is judged against its own teacher
-    teacher, schedule = pretrained.load(teacher_name, device=device)
+    teacher = pretrained.load(teacher_name, device=device)
+    schedule = teacher.schedule
     cm, cm_name = load_student(args, teacher, schedule, device)
     clf = pretrained.load("fmnist-classifier", device=device)
     t0 = time.perf_counter()
-    res = consistency.evaluate(cm, n=args.n, steps=args.cm_steps, teacher=teacher, teacher_schedule=schedule,
-                               ddim_steps=args.ddim_steps, dpm_steps=args.dpm_steps, batch_size=256,
-                               classifier=clf, progress=True, ode_solvers=solvers)
+    res = evaluation.evaluate_consistency_samplers(cm, n=args.n, steps=args.cm_steps, teacher=teacher,
+                                                   teacher_schedule=schedule, ddim_steps=args.ddim_steps,
+                                                   dpm_steps=args.dpm_steps, batch_size=256, classifier=clf,
+                                                   progress=True, ode_solvers=solvers)
     floor = res["floor_balanced"]
     print(f"{cm_name} vs its teacher {teacher_name}; n = {args.n}, device {device} ({platform.machine()}, "
           f"{torch.get_num_threads()} threads); measured in {time.perf_counter() - t0:.0f} s")
@@ -118,13 +123,13 @@ def main():
 
     one = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
     lab = torch.tensor([3], device=device)
-    fns = {"cm1": lambda x: consistency.sample(cm, x, 1, cond=lab),
-           "cm2": lambda x: consistency.sample(cm, x, 2, cond=lab),
+    fns = {"cm1": lambda x: consistency.sample(cm, x, steps=1, cond=lab, clip_denoised=True),
+           "cm2": lambda x: consistency.sample(cm, x, steps=2, cond=lab, clip_denoised=True),
            "ddim4": lambda x: sampling.ddim_sample(teacher, x, schedule, steps=4, cond=lab, progress=False),
            "dpm8": lambda x: sampling.dpm_solver_2m_sample(teacher, x, schedule, steps=8, cond=lab, progress=False),
            "ddim50": lambda x: sampling.ddim_sample(teacher, x, schedule, steps=50, cond=lab, progress=False)}
     # interleaved rounds: timing each sampler in its own block folds the machine's drift into the ratios
-    rounds = consistency.interleaved_seconds_per_image(fns, one, rounds=args.repeats)
+    rounds = evaluation.interleaved_seconds_per_image(fns, one, rounds=args.repeats)
     b1 = {k: statistics.median(v) for k, v in rounds.items()}
     per_round = {k: sorted(r / c for r, c in zip(rounds["ddim50"], v)) for k, v in rounds.items()}
     print(f"\n{'latency':<12} {'ms/image, batch 1':>18} {'ms/image, batch 256':>20} "
@@ -139,8 +144,9 @@ def main():
     r1, r2 = res["fid_cm1"] / ref, res["fid_cm2"] / ref
     draws = [{"seed": 0, **{k: res[f"fid_{k}"] for k in ("cm1", "cm2", "ddim50")}}]
     for seed in range(1000, 1000 * args.seeds, 1000):   # far from 0 and 1, the main draw's noise and sampler seeds
-        extra = consistency.evaluate(cm, n=args.n, steps=(1, 2), seed=seed, teacher=teacher, teacher_schedule=schedule,
-                                     ddim_steps=(50,), batch_size=256, classifier=clf)
+        extra = evaluation.evaluate_consistency_samplers(cm, n=args.n, steps=(1, 2), seed=seed, teacher=teacher,
+                                                         teacher_schedule=schedule, ddim_steps=(50,), batch_size=256,
+                                                         classifier=clf)
         draws.append({"seed": seed, **{k: extra[f"fid_{k}"] for k in ("cm1", "cm2", "ddim50")}})
     if len(draws) > 1:
         print(f"\nper noise draw (n = {args.n} each; the same labels and real set):")

@@ -16,56 +16,10 @@ space on 28×28 with the listed patch sizes (tokens = (28/p)²) and reports held
 """
 import argparse
 import json
-import time
 
 import torch
 
-from diffusion_course import data, latent, losses, metrics, pretrained, profiling, sampling, training
-from diffusion_course.nn.dit import DIT_CONFIGS, DiT
-
-
-def held_out_loss(model, x0, y, schedule, seed: int = 0) -> float:
-    """ε-MSE on fixed held-out data with fixed t and noise (the same draw for every model and every call)."""
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        total = 0.0
-        for i in range(0, x0.shape[0], 500):
-            total += float(losses.diffusion_loss(model, x0[i:i + 500], schedule, cond=y[i:i + 500], generator=g)) * \
-                     x0[i:i + 500].shape[0]
-    model.train()
-    return total / x0.shape[0]
-
-
-def build(kind: str, space: str = "latent", patch: int = 1):
-    if kind == "unet":
-        return pretrained.build_denoiser("unet", pretrained.RECIPES["fmnist-ldm"].model)
-    if kind == "dit":   # the shipped fmnist-ldm-dit's DiT, sized to the U-Net's FLOPs
-        return pretrained.build_denoiser("dit", pretrained.RECIPES["fmnist-ldm-dit"].model)
-    size = kind.split("-")[1]
-    if space == "latent":
-        return DiT(input_size=7, patch=1, in_channels=4, num_classes=10, **DIT_CONFIGS[size])
-    return DiT(input_size=28, patch=patch, in_channels=1, num_classes=10, **DIT_CONFIGS[size])
-
-
-def run(model, train_x, train_y, held_x, held_y, schedule, steps, batch, lr, evals: int = 6, seed: int = 0):
-    """Train ``steps`` steps in ``evals`` pieces (resumed exactly from a temporary checkpoint, constant lr after the
-    warm-up so the pieces are one run), recording [step, training FLOPs, held-out loss of the EMA] after each."""
-    import os
-    import tempfile
-
-    fwd_flops = profiling.flops_per_forward(model, tuple(train_x.shape[1:]))
-    path = tempfile.mktemp(suffix=".pt")
-    curve, t0 = [], time.perf_counter()
-    for k in range(1, evals + 1):
-        cfg = training.TrainConfig(steps=steps * k // evals, batch_size=batch, lr=lr, warmup=100, lr_decay="constant",
-                                   ema_decay=0.999, p_uncond=0.2, t_sampling="logsnr-normal", seed=seed,
-                                   channels_last=False, checkpoint_path=path, checkpoint_every=10**9)
-        result = training.train(model, schedule, train_x, train_y, cfg, progress=False, device="cpu")
-        curve.append([result.step, 3 * fwd_flops * batch * result.step,
-                      held_out_loss(result.ema, held_x, held_y, schedule)])
-    os.remove(path)
-    return result.ema.eval(), curve, fwd_flops, time.perf_counter() - t0
+from diffusion_course import data, latent, metrics, pretrained, profiling, sampling
 
 
 def main() -> None:
@@ -82,9 +36,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     schedule = pretrained.schedule_for("fmnist-ldm")
     vae = pretrained.load("fmnist-vae", device="cpu")
-    from diffusion_course.train import latent_training_set
-
-    z_train, y_train = latent_training_set(vae)
+    z_train, y_train = latent.encode_training_set(vae, device="cpu")
     scale = latent.fit_scale_factor(z_train)
     x_test, y_test = data.load_fashion_mnist("test")
     z_held = latent.encode_dataset(vae, x_test[:2000], progress=False) * scale
@@ -95,10 +47,10 @@ def main() -> None:
     labels = torch.arange(args.n_fid) % 10
     for kind in args.runs.split(","):
         torch.manual_seed(0)
-        model = build(kind)
+        model = profiling.scaling_model(kind)
         lr = 1e-3 if kind == "unet" else 5e-4
-        ema, curve, fwd, seconds = run(model, z_train * scale, y_train, z_held, y_test[:2000], schedule, args.steps,
-                                       args.batch, lr)
+        ema, curve, fwd, seconds = profiling.loss_vs_compute(model, z_train * scale, y_train, z_held, y_test[:2000],
+                                                             schedule, args.steps, args.batch, lr)
         ldm = latent.LatentDiffusion(vae, ema, schedule, scale)
         xs = ldm.sample(args.n_fid, cond=labels, steps=50, generator=torch.Generator().manual_seed(0), progress=False)
         fid = metrics.fid(clf, xs, ref)
@@ -111,9 +63,9 @@ def main() -> None:
         x_train, yp = data.load_fashion_mnist("train")
         for p in (int(v) for v in args.patch_sweep.split(",")):
             torch.manual_seed(0)
-            model = build("dit-XS", space="pixel", patch=p)
-            ema, curve, fwd, seconds = run(model, x_train, yp, x_test[:2000], y_test[:2000], schedule, args.patch_steps,
-                                           args.batch, 5e-4, evals=2)
+            model = profiling.scaling_model("dit-XS", space="pixel", patch=p)
+            ema, curve, fwd, seconds = profiling.loss_vs_compute(model, x_train, yp, x_test[:2000], y_test[:2000],
+                                                                 schedule, args.patch_steps, args.batch, 5e-4, evals=2)
             xs = sampling.ddim_sample(ema, torch.randn(args.n_fid, 1, 28, 28, generator=torch.Generator().manual_seed(0)),
                                       schedule, steps=50, cond=labels, clip_denoised=True, progress=False)
             fid = metrics.fid(clf, xs.clamp(-1, 1), ref)

@@ -24,7 +24,8 @@ def main():
     ap.add_argument("--no-ddpm", action="store_true", help="skip DDPM-1000 (the slow one)")
     args = ap.parse_args()
     device = config.get_device(args.device)
-    model, schedule = pretrained.load("fmnist-ddpm", device=device)
+    model = pretrained.load("fmnist-ddpm", device=device)
+    schedule = model.schedule
     clf = pretrained.load("fmnist-classifier", device=device)
     rows = evaluation.compare_samplers(model, schedule, evaluation.standard_specs(ddpm=not args.no_ddpm), args.n, clf)
     print(f"fmnist-ddpm, n={args.n}, device {device} ({platform.machine()}, {torch.get_num_threads()} threads)")

@@ -1,10 +1,11 @@
 """Time per call of forward.ideal_denoiser over the full 60,000-image Fashion-MNIST training set.
 
-    python benchmarks/ideal_denoiser.py
+    python benchmarks/ideal_denoiser.py [--repeats 20]
 
 Target (issue 2): well under 0.2 s per call for one image on a laptop CPU, so the chapter-1
 explorer's slider stays responsive.
 """
+import argparse
 import statistics
 import time
 
@@ -33,4 +34,9 @@ def main(repeats: int = 20) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls per batch size and t")
+    args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    main(args.repeats)

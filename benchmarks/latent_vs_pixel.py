@@ -9,7 +9,8 @@ grows with resolution.
 2. Seconds per 1,000 samples with DDIM-50, measured on ``--n-sample`` images and scaled (sampling is linear in n);
    the latent model's figure includes decoding.
 3. FID (project metric, n = 1000, DDIM-50, class-balanced labels vs the class-balanced floor) of both shipped
-   models and the autoencoder's reconstruction FID, read from their manifests (``train.py --eval-only`` measures them).
+   models and the autoencoder's reconstruction FID, read from their manifests
+   (``python -m diffusion_course.train NAME --eval-only`` measures them).
 4. The same U-Net family at 28, 64 and 128 px: one training step in pixel space (1 channel) and in the latent space
    of an f = 4 autoencoder (4 channels at a quarter of the side), batch 8 — the compression at 28×28 is small
    (784 → 196 numbers), at Stable Diffusion's 512×512×3 → 64×64×4 it is 48×.
@@ -61,7 +62,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = {"threads": args.threads, "batch": args.batch}
 
-    pixel_model, schedule = pretrained.load("fmnist-ddpm", device="cpu")
+    pixel_model = pretrained.load("fmnist-ddpm", device="cpu")
+    schedule = pixel_model.schedule
     ldm = pretrained.load("fmnist-ldm", device="cpu")
     pixel_net = pretrained.build("fmnist-ddpm")
     latent_net = pretrained.build_denoiser("unet", pretrained.RECIPES["fmnist-ldm"].model)

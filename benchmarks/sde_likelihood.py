@@ -83,7 +83,8 @@ def two_d(out: dict) -> None:
 
 def fmnist(out: dict, args) -> None:
     dev = config.get_device(args.device)
-    model, schedule = pretrained.load("fmnist-ddpm", device=dev)
+    model = pretrained.load("fmnist-ddpm", device=dev)
+    schedule = model.schedule
     score = sde.score_from_eps(model, schedule)
     x_test, _ = data.load_fashion_mnist("test")
     x_train, _ = data.load_fashion_mnist("train")

@@ -11,8 +11,9 @@ import importlib
 from . import config, data, exercises, forward, sampling, schedules, viz
 
 __version__ = "0.1.0"
-_LAZY = {"nn", "losses", "training", "checkpoints", "metrics", "pretrained", "widgets", "gmm", "guidance", "evaluation",
-         "shapes", "tokenizer", "train", "latent", "sde", "consistency"}
+_LAZY = {"nn", "losses", "training", "checkpoints", "metrics", "pretrained", "recipes", "widgets", "gmm", "guidance",
+         "evaluation", "shapes", "tokenizer", "train", "latent", "sde", "consistency", "consistency_extensions",
+         "progressive", "flow", "profiling", "distributed", "validate", "records"}
 __all__ = ["config", "data", "exercises", "forward", "sampling", "schedules", "viz", *sorted(_LAZY)]
 
 

@@ -15,7 +15,10 @@ disagreement is reported as what it is (truncated file, a different file, the pr
 an unreadable manifest or archive), naming the file and the fix. ``.tmp`` files of processes that
 no longer run are removed.
 
-Checkpoints under ``pretrained.CHECKPOINT_DIR`` (the shipped ones) must have a manifest with a sha256.
+Checkpoints under :data:`CHECKPOINT_DIR` (the shipped ones) must have a manifest with a sha256. The weights of
+earlier versions of a shipped model (its lineage, e.g. ``fmnist-cd-v4``) live in :data:`LINEAGE_DIR`, which a
+regular install does not copy: nothing a learner runs loads them; they are what a recipe with ``init_from``
+continues from.
 """
 from __future__ import annotations
 
@@ -31,6 +34,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def _find_checkpoint_dir() -> Path:
+    """$DIFFUSION_COURSE_CHECKPOINTS; else the source tree's data/checkpoints (a clone, or ``pip install -e .``);
+    else the copy a regular ``pip install .`` / ``pip install git+…`` puts under <prefix>/share/diffusion-course/
+    (pyproject's data-files); else the source-tree path."""
+    import site
+    import sys
+
+    if os.environ.get("DIFFUSION_COURSE_CHECKPOINTS"):
+        return Path(os.environ["DIFFUSION_COURSE_CHECKPOINTS"])
+    source = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+    if source.is_dir():
+        return source
+    for prefix in (sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None) or ""):
+        installed = Path(prefix) / "share" / "diffusion-course" / "checkpoints"
+        if prefix and installed.is_dir():
+            return installed
+    return source
+
+
+# The shipped checkpoints (what the chapters load), and the earlier versions they were trained from (source tree only).
+CHECKPOINT_DIR = _find_checkpoint_dir()
+LINEAGE_DIR = CHECKPOINT_DIR.parent / "lineage"
 
 _TMP_SUFFIX = ".tmp"
 _ORPHAN_AGE_S = 3600  # a .tmp file without a recognisable writer pid is an orphan once it is this old
@@ -185,11 +212,9 @@ def manifest_path(path: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------- load
 def _is_shipped(path: Path) -> bool:
-    from . import pretrained  # late: pretrained imports this module
-
     try:
-        return path.resolve().parent == Path(pretrained.CHECKPOINT_DIR).resolve() and not path.name.endswith(
-            ".train.pt")
+        return path.resolve().parent in (CHECKPOINT_DIR.resolve(), LINEAGE_DIR.resolve()) \
+            and not path.name.endswith(".train.pt")
     except OSError:
         return False
 
@@ -197,7 +222,7 @@ def _is_shipped(path: Path) -> bool:
 def _fix_hint(path: Path) -> str:
     stem = path.name[:-3] if path.name.endswith(".pt") else path.stem
     if _is_shipped(path):
-        return (f"Restore the shipped files with `git checkout data/checkpoints/{stem}.*` (or "
+        return (f"Restore the shipped files with `git checkout data/{path.parent.name}/{stem}.*` (or "
                 f"`git lfs pull` if they are LFS pointers), or retrain with "
                 f"`python -m diffusion_course.train {stem} --out DIR`.")
     return "Re-create it (re-run the training or save that wrote it), or delete both files to start over."
@@ -241,7 +266,7 @@ def _complete_interrupted_save(path: Path, expected: str, size: int | None) -> b
 def verify(path: str | os.PathLike, require_manifest: bool | None = None) -> dict:
     """Check ``path`` against the sha256 in its manifest; returns the manifest.
 
-    ``require_manifest`` (default: only for shipped checkpoints under ``pretrained.CHECKPOINT_DIR``) makes a
+    ``require_manifest`` (default: only for shipped checkpoints under ``CHECKPOINT_DIR``) makes a
     missing manifest or checksum an error. A save that was killed between writing the manifest and moving
     the new file into place is completed here. Every mismatch is worded by what happened.
     """
@@ -286,7 +311,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", veri
          require_manifest: bool | None = None) -> Any:
     """Load with ``weights_only=True``; with ``verify``, check the sha256 in the manifest first.
 
-    Shipped checkpoints (under ``pretrained.CHECKPOINT_DIR``) must have a manifest (``require_manifest``
+    Shipped checkpoints (under ``CHECKPOINT_DIR``) must have a manifest (``require_manifest``
     overrides that rule either way). A file that is not a readable checkpoint gets an error naming it.
     """
     path = Path(path)

@@ -11,12 +11,13 @@ Learn it and one network call turns noise into an image; a few calls with re-noi
   ODE step (DDIM, :func:`teacher_step`) further down the grid — :func:`consistency_loss`, :func:`distill`;
 * **consistency training** (CT, Alg. 3, with iCT's growing-N schedule, Song & Dhariwal 2024): no teacher,
   the lower point shares the upper point's noise — the same loss with ``teacher=None``;
-* **progressive distillation** (Salimans & Ho 2022, Alg. 2): halve a DDIM sampler's steps per round
-  with the x₀ target that makes one student step land where two teacher steps land —
-  :func:`progressive_distillation`;
 * multistep consistency sampling (Alg. 1): :func:`sample`;
 * the exact consistency function of a Gaussian mixture (:class:`ExactConsistencyFunction`), the oracle
   the tests and chapter 7 score students against.
+
+Progressive distillation (a different paper) is :mod:`diffusion_course.progressive`; the variants the project
+screened on top of the paper's loss (Heun teacher steps, multi-hop targets, sampler-aligned pairs) are
+:mod:`diffusion_course.consistency_extensions`.
 
 **The parameterisation, and why.** The course's teacher is a discrete VP ε-model on the cosine schedule
 (T = 1000): x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε. Divide by √ᾱ_t and it is a variance-exploding process,
@@ -53,28 +54,22 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from . import checkpoints, forward, sampling
+from . import forward, sampling, training
 from .schedules import NoiseSchedule
 
-__all__ = ["DISTANCES", "HEADS", "MODES", "SOLVERS", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
-           "teacher_step", "teacher_ode_sample", "distance", "draw_pairs", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
-           "DistillResult", "distill", "FMNIST_CD_RECIPE", "build_student", "distill_recipe", "progressive_target", "progressive_loss", "progressive_distillation",
-           "sample_timesteps", "renoise", "sample", "check_exercise", "ExactConsistencyFunction", "evaluate", "seconds_per_image",
-           "interleaved_seconds_per_image"]
+__all__ = ["DISTANCES", "HEADS", "MODES", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
+           "teacher_step", "distance", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
+           "DistillResult", "distill", "multistep_timesteps", "renoise", "sample", "ExactConsistencyFunction"]
 
 DISTANCES = ("l2", "pseudo-huber")
 HEADS = ("eps", "raw")
 MODES = ("cd", "ct")
-SOLVERS = ("ddim", "heun")
-
 
 # --------------------------------------------------------------------------- the parameterisation
 def c_skip(sigma, sigma_data: float = 0.5, sigma_min: float = 0.0):
@@ -219,69 +214,12 @@ class ConsistencyModel(Denoiser):
 # --------------------------------------------------------------------------- the teacher's ODE step
 @torch.no_grad()
 def teacher_step(teacher, x_t: torch.Tensor, t, t_prev, schedule: NoiseSchedule, cond: torch.Tensor | None = None,
-                 clip_denoised: bool = False, solver: str = "ddim") -> torch.Tensor:
-    """One deterministic step of the teacher's PF-ODE, x_t → x_{t_prev}.
-
-    * ``"ddim"``: ``sampling.ddim_step`` (η = 0) with the teacher's ε̂ — an Euler step in the VE coordinates
-      y = x/√ᾱ, dy/dσ = ε̂ (Song et al. 2021, Eq. 13); one teacher call.
-    * ``"heun"``: Heun's predictor-corrector (two teacher calls) in the exponential-integrator form the DDIM step
-      already has. With λ = −log σ, h = λ' − λ and the denoiser D = y − σ·ε̂, the DDIM step is
-      y' = e^{−h}·y + (1 − e^{−h})·D₁ — exact when D is constant along the step. Evaluating D₂ again at that end
-      point and integrating the straight line between D₁ and D₂ in λ exactly gives the second-order step
-      y' = e^{−h}·y + (1 − e^{−h})·D₁ + (1 − (1 − e^{−h})/h)·(D₂ − D₁)
-      (the trapezoidal rule of DEIS, Zhang & Chen 2023, and DPM-Solver++'s data-prediction form, Lu et al. 2022).
-      Plain Heun in σ (Karras et al. 2022, Alg. 1) fails on this grid: its top step spans σ ≈ 2·10⁴ → 3, where
-      averaging two slopes is far worse than Euler. The consistency model learns the map its targets come from,
-      so a more accurate step moves the end point it converges to towards the true ODE's.
-    """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+                 clip_denoised: bool = False) -> torch.Tensor:
+    """One deterministic step of the teacher's PF-ODE, x_t → x_{t_prev}: ``sampling.ddim_step`` (η = 0) with the
+    teacher's ε̂ — an Euler step in the VE coordinates y = x/√ᾱ, dy/dσ = ε̂ (Song et al. 2021, Eq. 13)."""
     t, t_prev = sampling._as_t(t, x_t), sampling._as_t(t_prev, x_t)
     eps, x0 = sampling.predict_eps_x0(teacher, x_t, t, schedule, cond, clip_denoised)
-    x_euler = sampling.ddim_step(x_t, eps, t, t_prev, schedule, eta=0.0, x0=x0)
-    if solver == "ddim":
-        return x_euler
-    _, x0_2 = sampling.predict_eps_x0(teacher, x_euler, t_prev, schedule, cond, clip_denoised)
-    shape = (-1,) + (1,) * (x_t.ndim - 1)
-    ab = schedule.alpha_bar_at(t).to(x_t.device, torch.float64).reshape(shape)
-    ab_prev = schedule.alpha_bar_at(t_prev).to(x_t.device, torch.float64).reshape(shape)
-    sigma, sigma_prev = ((1 - ab) / ab).sqrt(), ((1 - ab_prev) / ab_prev).sqrt()
-    h = (sigma / sigma_prev).log()                      # λ' − λ > 0 (down the noise levels)
-    ratio = torch.exp(-h)                               # e^{−h} = σ'/σ
-    correction = (1 - (1 - ratio) / h).to(x_t.dtype)    # → h/2 for small steps, → 1 for huge ones
-    # in VP coordinates (x = √ᾱ·y) the Euler end point is x_euler; add the correction's share
-    return x_euler + ab_prev.sqrt().to(x_t.dtype) * correction * (x0_2 - x0)
-
-
-@torch.no_grad()
-def teacher_chain(teacher, x_t: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
-                  cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
-    """The chain of :func:`teacher_step` s from x_t at t = grid[-1] down ``grid`` (ascending timesteps) to y at
-    t_0 = grid[0]: the value a perfect consistency model distilled on that grid with that solver gives f(x_t, t) —
-    the student's training target, followed to its end."""
-    grid = torch.as_tensor(grid)
-    if grid.ndim != 1 or grid.numel() < 2 or grid.dtype.is_floating_point or bool((grid[1:] <= grid[:-1]).any()) \
-            or int(grid[0]) < 0 or int(grid[-1]) >= schedule.T:
-        raise ValueError(f"grid must be a 1-D integer tensor of at least 2 ascending timesteps in [0, {schedule.T - 1}]")
-    grid = grid.long()
-    x = x_t
-    for hi, lo in zip(grid.flip(0)[:-1].tolist(), grid.flip(0)[1:].tolist()):
-        x = teacher_step(teacher, x, hi, lo, schedule, cond, clip_denoised, solver)
-    y = x / math.sqrt(float(schedule.alpha_bar[int(grid[0])]))
-    return y.clamp(-1, 1) if clip_denoised else y
-
-
-@torch.no_grad()
-def teacher_ode_sample(teacher, x_T: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
-                       cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
-    """Solve the teacher's PF-ODE down ``grid`` (ascending timesteps, as :func:`make_grid`) with :func:`teacher_step`
-    from standard normal x_T (taken as x_{t_N} = √(1−ᾱ) x_T, as :func:`sample` does) to y at t_0 = grid[0]: the end
-    point a consistency model distilled on this grid with this solver is trained to reproduce — its quality ceiling."""
-    top = torch.as_tensor(grid).reshape(-1)[-1]
-    if top.dtype.is_floating_point or not 0 <= int(top) < schedule.T:
-        raise ValueError(f"grid must be a 1-D integer tensor of at least 2 ascending timesteps in [0, {schedule.T - 1}]")
-    ab_top = float(schedule.alpha_bar[int(top)])
-    return teacher_chain(teacher, math.sqrt(1 - ab_top) * x_T, schedule, grid, cond, solver, clip_denoised)
+    return sampling.ddim_step(x_t, eps, t, t_prev, schedule, eta=0.0, x0=x0)
 
 
 # --------------------------------------------------------------------------- losses
@@ -303,122 +241,31 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2", c: float | None
     return (diff.pow(2).sum(1) + c * c).sqrt() - c
 
 
-@dataclass
-class ConsistencyLossDetails:
-    loss: torch.Tensor       # scalar to backpropagate
-    n: torch.Tensor          # (B,) grid interval of each sample (t_{n+1} → t_n)
-    per_sample: torch.Tensor
-
-
-def check_hops(hops, grid_size: int) -> tuple[int, ...]:
-    """Validate the multi-hop choices of :func:`consistency_loss`: distinct ints in [1, N], returned sorted."""
-    h = tuple(hops) if isinstance(hops, (tuple, list)) else None
-    if not h or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= grid_size for v in h) \
-            or len(set(h)) != len(h):
-        raise ValueError(f"hops must be distinct ints in [1, N={grid_size}], e.g. (1,) or (1, 2, 4); got {hops!r}")
-    return tuple(sorted(h))
-
-
-def draw_pairs(batch_size: int, grid_size: int, hops=(1,), generator: torch.Generator | None = None,
-               aligned_hop: int = 0, aligned_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The grid intervals (n, k) of a batch of consistency pairs t_{n+k} → t_n: k ~ U(``hops``), n ~ U{0..N−k}.
-
-    With ``aligned_hop`` = K > 0, the last round(``aligned_fraction``·B) pairs are *sampler-aligned* instead: k = K
-    and n ∈ {0, K, 2K, …}, so t_{n+k} is exactly a timestep of the (N/K)-step sampler (:func:`sample_timesteps`)
-    and its target sits at the next one down — at n = 0, t_min, where f is the identity, so the target is the
-    teacher's K-step chain itself. It spends training where few-step sampling evaluates f, as phased consistency
-    models do with their phase edges (Wang et al. 2024); the ideal f is unchanged.
-    """
-    N = grid_size
-    hops = check_hops(hops, N)
-    m = _aligned_count(batch_size, N, aligned_hop, aligned_fraction)
-    B = batch_size - m
-    if hops == (1,):                    # the paper's loss, drawing exactly what it always drew
-        n = torch.randint(0, N, (B,), generator=generator)
-        k = torch.ones_like(n)
-    else:
-        k = torch.tensor(hops)[torch.randint(0, len(hops), (B,), generator=generator)]
-        n = (torch.rand(B, generator=generator) * (N - k + 1)).long().clamp(max=N - k)
-    if m:
-        n = torch.cat([n, aligned_hop * torch.randint(0, N // aligned_hop, (m,), generator=generator)])
-        k = torch.cat([k, torch.full((m,), aligned_hop, dtype=k.dtype)])
-    return n, k
-
-
-def _aligned_count(batch_size: int, grid_size: int, aligned_hop: int, aligned_fraction: float) -> int:
-    if isinstance(aligned_hop, bool) or not isinstance(aligned_hop, int) or aligned_hop < 0:
-        raise ValueError(f"aligned_hop must be an int >= 0 (0 = off), got {aligned_hop!r}")
-    if isinstance(aligned_fraction, bool) or not isinstance(aligned_fraction, (int, float)) \
-            or not 0 <= aligned_fraction <= 1:
-        raise ValueError(f"aligned_fraction must be a number in [0, 1], got {aligned_fraction!r}")
-    if aligned_hop == 0:
-        if aligned_fraction:
-            raise ValueError("aligned_fraction needs aligned_hop > 0 (the sampler's grid spacing, N / steps)")
-        return 0
-    if aligned_hop > grid_size or grid_size % aligned_hop:
-        raise ValueError(f"aligned_hop must divide the grid size N={grid_size} (N / steps of the sampler to align "
-                         f"with, e.g. {grid_size // 2} for 2 steps), got {aligned_hop}")
-    m = round(aligned_fraction * batch_size)
-    if m == 0 and aligned_fraction > 0:
-        raise ValueError(f"aligned_fraction={aligned_fraction} of a batch of {batch_size} is no pair at all; "
-                         f"use at least {1 / batch_size:.3g}")
-    return m
-
-
 def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor, teacher=None,
                      cond: torch.Tensor | None = None, kind: str = "l2", clip_denoised: bool = False,
-                     generator: torch.Generator | None = None, n: torch.Tensor | None = None,
-                     noise: torch.Tensor | None = None, return_details: bool = False, solver: str = "ddim",
-                     hops=(1,), k: torch.Tensor | None = None):
-    """The consistency loss E[d(f_θ(x_{t_{n+k}}, t_{n+k}), f_θ⁻(x̂_{t_n}, t_n))], k ~ U(``hops``), n ~ U{0..N−k}.
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The consistency loss E_n[d(f_θ(x_{t_{n+1}}, t_{n+1}), f_θ⁻(x̂_{t_n}, t_n))], n ~ U{0..N−1}.
 
-    With a ``teacher`` (distillation, Song et al. 2023, Alg. 2): x̂_{t_n} is k teacher ODE steps down the grid from
-    x_{t_{n+k}} = q_sample(x₀, t_{n+k}, z); k = 1 is the paper's loss. Without (consistency training, Alg. 3):
-    x̂_{t_n} = q_sample(x₀, t_n, z) with the *same* z — which is the DDIM step taken with the true noise z in place
-    of ε̂, an unbiased one-sample estimate of the teacher's (Song et al. 2023, Thm. 2). ``target`` is θ⁻ (called
-    without grad).
-
-    Multi-hop targets (``hops`` such as (1, 2, 4)) leave the ideal f unchanged — the end point of the same chain of
-    teacher steps — but tie f at t_{n+k} to f at t_n directly, k intervals apart, so a fitting error reaches the
-    top of the grid through fewer learned links (N/k rather than N; LCM's "skipping step", Luo et al. 2023, Sec. 4.3,
-    takes k teacher intervals in one solver step instead). ``n`` and ``k`` (both (B,)) may be given, e.g. in tests.
+    With a ``teacher`` (distillation, Song et al. 2023, Alg. 2): x̂_{t_n} is one teacher ODE step down from
+    x_{t_{n+1}} = q_sample(x₀, t_{n+1}, z). Without (consistency training, Alg. 3): x̂_{t_n} = q_sample(x₀, t_n, z)
+    with the *same* z — the DDIM step taken with the true noise z in place of ε̂, an unbiased one-sample estimate
+    of the teacher's (Thm. 2). ``target`` is θ⁻, called without grad.
     """
     if not isinstance(grid, torch.Tensor) or grid.ndim != 1 or grid.numel() < 2:
         raise ValueError("grid must be a 1-D tensor of at least 2 ascending timesteps")
-    B = x0.shape[0]
     grid = grid.to(x0.device)
-    N = grid.numel() - 1
-    hops = check_hops(hops, N)
-    if n is None:
-        n, k = draw_pairs(B, N, hops, generator)
-    if k is None:
-        k = torch.ones_like(n)
-    n, k = n.to(x0.device), k.to(x0.device)
-    if bool((k < 1).any()) or bool((n < 0).any()) or bool((n + k > N).any()):
-        raise ValueError(f"need k >= 1 and 0 <= n <= N - k (N = {N})")
-    t_hi, t_lo = grid[n + k], grid[n]
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+    n = torch.randint(0, grid.numel() - 1, (x0.shape[0],), generator=generator).to(x0.device)
+    t_hi, t_lo = grid[n + 1], grid[n]
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
     x_hi = forward.q_sample(x0, t_hi, schedule, noise)
     with torch.no_grad():
         if teacher is None:
             x_lo = forward.q_sample(x0, t_lo, schedule, noise)
-        elif bool((k == 1).all()):
-            x_lo = teacher_step(teacher, x_hi, t_hi, t_lo, schedule, cond, clip_denoised, solver)
         else:
-            x_lo = x_hi.clone()
-            for j in range(int(k.max())):   # step j moves every sample still above its t_n one interval down
-                idx = (k > j).nonzero().squeeze(1)
-                top = n[idx] + k[idx] - j
-                x_lo[idx] = teacher_step(teacher, x_lo[idx], grid[top], grid[top - 1], schedule,
-                                         None if cond is None else cond[idx], clip_denoised, solver)
+            x_lo = teacher_step(teacher, x_hi, t_hi, t_lo, schedule, cond, clip_denoised)
         f_target = target(x_lo, t_lo, cond)
     f_online = student(x_hi, t_hi, cond)
-    per = distance(f_online, f_target.to(f_online.dtype), kind)
-    loss = per.mean()
-    if return_details:
-        return ConsistencyLossDetails(loss=loss, n=n, per_sample=per.detach())
-    return loss
+    return distance(f_online, f_target.to(f_online.dtype), kind).mean()
 
 
 def ct_grid_size(step: int, total_steps: int, n_start: int = 10, n_end: int = 320) -> int:
@@ -444,22 +291,16 @@ def target_update(target: nn.Module, online: nn.Module, mu: float) -> None:
 # --------------------------------------------------------------------------- the distillation loop
 @dataclass
 class DistillConfig:
-    """Settings of :func:`distill` (consistency distillation or training) and :func:`progressive_distillation`."""
+    """Settings of :func:`distill` (consistency distillation or training) and of progressive distillation."""
     steps: int = 2000                 # optimiser steps (per round for progressive distillation)
     batch_size: int = 32
     lr: float = 2e-4                  # a fine-tuning rate: the student starts from the teacher
     warmup: int = 50
-    lr_decay: str = "cosine"          # "cosine" (to 10 %) or "constant"
-    # Warm restarts, as in training.TrainConfig: each listed step ends a cosine cycle and the next starts at
-    # lr·restart_lr_scale, so a recipe can be extended while its first cycle stays bit-identical (resumable).
-    lr_cycle_ends: tuple[int, ...] = ()
+    lr_decay: str = "cosine"          # "cosine" (to 10 %) or "constant" (training.lr_at, the course's one schedule)
+    lr_cycle_ends: tuple[int, ...] = ()   # warm restarts, as in training.TrainConfig
     restart_lr_scale: float = 1.0
     grad_clip: float = 1.0
     mode: str = "cd"                  # "cd" (with a teacher) or "ct" (consistency training, no teacher)
-    teacher_solver: str = "ddim"      # CD's teacher ODE step: "ddim" (Euler, 1 call) or "heun" (2nd order, 2 calls)
-    teacher_hops: tuple[int, ...] = (1,)  # k of the multi-hop target (consistency_loss): k teacher steps per pair
-    aligned_hop: int = 0              # > 0: sampler-aligned pairs (draw_pairs), e.g. N/2 for the 2-step sampler
-    aligned_fraction: float = 0.0     # the share of each batch they take (consistency distillation only)
     grid_size: int = 20               # N: the teacher's DDIM-N grid (CD)
     ct_n_start: int = 10              # CT's growing N: s₀ … s₁ (iCT uses 10 … 1280 on a continuous σ)
     ct_n_end: int = 320
@@ -478,20 +319,20 @@ class DistillConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.teacher_solver not in SOLVERS:
-            raise ValueError(f"teacher_solver must be one of {SOLVERS}, got {self.teacher_solver!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
         if self.lr_decay not in {"cosine", "constant"}:
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {self.lr_decay!r}")
-        self.teacher_hops = check_hops(self.teacher_hops, self.grid_size if isinstance(self.grid_size, int) else 1)
         for name in ("steps", "batch_size", "grid_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.mode == "ct" and self.aligned_hop:
-            raise ValueError("aligned_hop is for distillation on a fixed grid (mode='cd'); CT's grid grows")
-        _aligned_count(self.batch_size, self.grid_size, self.aligned_hop, self.aligned_fraction)
+        for name in ("lr", "sigma_data", "sigma_cap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float)) or not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be a number >= 0 (0 = no clipping), got {self.grad_clip!r}")
         if not 0 <= self.target_decay < 1 or not 0 <= self.ema_decay < 1:
             raise ValueError("target_decay and ema_decay must be in [0, 1)")
         if not 0 <= self.p_uncond <= 1:
@@ -514,6 +355,7 @@ class DistillHistory:
     loss: list[float] = field(default_factory=list)
     grid_size: list[int] = field(default_factory=list)
     wall_time: float = 0.0
+    segments: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -523,19 +365,6 @@ class DistillResult:
     history: DistillHistory
     step: int
     interrupted: bool = False
-
-
-def _lr(step: int, cfg: DistillConfig, elapsed: float) -> float:
-    from .training import lr_at  # one learning-rate schedule for the course (warm-up, cosine, warm restarts)
-
-    return lr_at(step, cfg, elapsed)
-
-
-# Fields a resumed run may change without changing what it computes: where and how often the state is written, and
-# the wall-clock budget. The schedule's length (steps, lr_cycle_ends, restart_lr_scale) may change when the learning
-# rate of every trained step stays the same (_check_resume_lr); every other field must be the saved run's.
-_DISTILL_RESUME_FREE = {"checkpoint_path", "checkpoint_every", "max_minutes", "steps", "lr_cycle_ends",
-                        "restart_lr_scale"}
 
 
 def teacher_fingerprint(teacher) -> str | None:
@@ -553,44 +382,8 @@ def teacher_fingerprint(teacher) -> str | None:
     return h.hexdigest()
 
 
-def _check_resume(state: dict, cfg: DistillConfig, teacher, path) -> None:
-    """A saved distillation resumes only as the same run: same settings (``_DISTILL_RESUME_FREE`` aside), same
-    learning rate on its trained steps, same teacher. States saved before the teacher was recorded skip that check."""
-    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
-    now = asdict(cfg)
-    diff = [f"{k} (saved {saved[k]!r}, now {now[k]!r})" for k in now
-            if k not in _DISTILL_RESUME_FREE and k in saved
-            and (tuple(saved[k]) if isinstance(saved[k], list) else saved[k]) != now[k]]
-    if diff:
-        raise ValueError(f"the training state {path} was saved with different settings: {'; '.join(diff)}. Resume "
-                         "with the same settings, or start fresh (delete it, or train with --fresh)")
-    if saved:
-        _check_resume_lr(saved, cfg, int(state["step"]), path)
-    saved_teacher, now_teacher = state.get("teacher_fingerprint"), teacher_fingerprint(teacher)
-    if saved_teacher is not None and saved_teacher != now_teacher:
-        raise ValueError(f"the training state {path} was distilled from a different teacher (weights sha256 "
-                         f"{saved_teacher[:12]}…, now {str(now_teacher)[:12]}…): resuming would mix two teachers. "
-                         "Start fresh (delete it, or train with --fresh)")
-
-
-def _check_resume_lr(saved: dict, cfg: DistillConfig, saved_step: int, path) -> None:
-    """Resuming must not change the learning rate of the steps already trained (a longer recipe is only a
-    continuation when it adds a cycle with ``lr_cycle_ends``); otherwise the result is no recipe's output."""
-    fields = {k: v for k, v in saved.items() if k in DistillConfig.__dataclass_fields__}
-    fields["lr_cycle_ends"] = tuple(fields.get("lr_cycle_ends", ()))
-    try:
-        old = DistillConfig(**fields)
-        same = all(_lr(s, old, 0.0) == _lr(s, cfg, 0.0) for s in range(min(saved_step, cfg.steps)))
-    except (TypeError, ValueError):
-        same = False
-    if not same:
-        raise ValueError(f"the training state {path} was saved with a different learning-rate schedule "
-                         f"(steps {saved.get('steps')}, lr_cycle_ends {saved.get('lr_cycle_ends', ())}); its "
-                         f"{saved_step} steps would not be this recipe's. Start fresh (delete it, or train with "
-                         "--fresh), or extend the recipe with lr_cycle_ends=(old steps,)")
-
-
-def _drop_labels(y, p: float, num_classes: int, gen: torch.Generator):
+def drop_labels(y: torch.Tensor | None, p: float, num_classes: int, gen: torch.Generator) -> torch.Tensor | None:
+    """Replace each label by the null label ``num_classes`` with probability ``p`` (classifier-free dropout)."""
     if y is None or p <= 0:
         return y
     if not num_classes:
@@ -599,7 +392,8 @@ def _drop_labels(y, p: float, num_classes: int, gen: torch.Generator):
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
-def _check_data(images, labels):
+def check_data(images, labels) -> None:
+    """Refuse training data that is not (N, ...) images with optional int64 (N,) labels."""
     if not isinstance(images, torch.Tensor) or images.ndim < 2:
         raise ValueError("images must be a tensor of shape (N, ...)")
     if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],)
@@ -609,9 +403,11 @@ def _check_data(images, labels):
 
 def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
             config: DistillConfig | None = None, student: nn.Module | None = None, resume: bool = True,
-            progress: bool = True, device: torch.device | str | None = None, until: int | None = None) -> DistillResult:
+            progress: bool = True, device: torch.device | str | None = None, until: int | None = None,
+            loss_fn: Callable | None = None) -> DistillResult:
     """Consistency distillation (``config.mode = "cd"``, Song et al. 2023, Alg. 2) or consistency training
-    (``"ct"``, Alg. 3 with iCT's growing N), on an in-memory dataset.
+    (``"ct"``, Alg. 3 with iCT's growing N), on an in-memory dataset, on the course's training skeleton
+    (:class:`~diffusion_course.training.Loop`: exact resume, Ctrl-C returns what was trained).
 
     Args:
         teacher: the ε-model whose PF-ODE is distilled, ``teacher(x_t, t[, cond])`` (ignored for CT).
@@ -620,18 +416,13 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
             with probability ``p_uncond``, so the student also generates unconditionally).
         student: a :class:`ConsistencyModel`; default: the teacher's network warm-started (CD only).
         resume: continue from ``config.checkpoint_path`` if it exists.
-        until: stop after this step (a resumable part of the run, e.g. to measure along the way); the learning-rate
-            schedule still follows ``config.steps``.
-    Returns the online student, its EMA (sample from it), the loss history and the step reached. Ctrl-C saves a
-    checkpoint (when a path is set) and returns what was trained.
+        until: stop after this step (a resumable part of the run); the learning rate still follows ``config.steps``.
+        loss_fn: replaces :func:`consistency_loss` (same arguments; the variants in ``consistency_extensions``).
     """
-    from tqdm.auto import tqdm
-
     from .config import get_device
-    from .training import ema_decay_at, ema_update
 
     cfg = config or DistillConfig()
-    _check_data(images, labels)
+    check_data(images, labels)
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     if cfg.mode == "cd" and teacher is None:
@@ -653,265 +444,52 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
     target = student if cfg.target_decay == 0 else copy.deepcopy(student).requires_grad_(False)
     ema = copy.deepcopy(student).eval().requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history, step = DistillHistory(), 0
-    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
-    fingerprint = teacher_fingerprint(teacher) if ckpt is not None else None
-    if resume and ckpt is not None and ckpt.exists():
-        state = checkpoints.load(ckpt, map_location=dev, verify=False)
-        _check_resume(state, cfg, teacher, ckpt)
-        student.load_state_dict(state["student"])
-        ema.load_state_dict(state["ema"])
-        if state.get("target") is not None and target is not student:
-            target.load_state_dict(state["target"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        step, history = int(state["step"]), DistillHistory(**state["history"])
-        if progress:
-            print(f"resumed from {ckpt} at step {step}")
+    fingerprint = teacher_fingerprint(teacher) if cfg.checkpoint_path else None
+    what = "consistency distillation" if cfg.mode == "cd" else "consistency training"
+    loop = training.Loop(cfg, {"student": student, "ema": ema, "target": None if target is student else target},
+                         opt, DistillHistory(), desc=what, progress=progress,
+                         extra_state={"teacher_fingerprint": fingerprint})
 
-    def save_checkpoint():
-        if ckpt is not None:
-            checkpoints.save({"student": student.state_dict(), "ema": ema.state_dict(),
-                              "target": None if target is student else target.state_dict(),
-                              "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                              "torch_rng": torch.get_rng_state(), "step": step, "history": asdict(history),
-                              "config": asdict(cfg), "teacher_fingerprint": fingerprint}, ckpt)
+    def same_teacher(state: dict) -> None:
+        saved = state.get("teacher_fingerprint")
+        if saved is not None and saved != teacher_fingerprint(teacher):
+            raise ValueError(f"the training state {loop.ckpt} was distilled from a different teacher: resuming would "
+                             "mix two teachers. Start fresh (delete it, or train with --fresh)")
 
+    loop.resume(dev, resume, check=same_teacher)
     images_dev = images.to(dev)
     labels_dev = labels.to(dev) if labels is not None else None
     grids: dict[int, torch.Tensor] = {}
-    budget_s = 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
-    what = "consistency distillation" if cfg.mode == "cd" else "consistency training"
-    bar = tqdm(total=cfg.steps, initial=step, desc=what, disable=not progress, mininterval=0.5)
-    start = time.perf_counter() - history.wall_time
-    interrupted = False
-    try:
-        last = cfg.steps if until is None else min(cfg.steps, until)
-        while step < last and history.wall_time < budget_s:
-            idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen).to(dev)
-            x0 = images_dev[idx]
-            y = _drop_labels(labels_dev[idx] if labels_dev is not None else None, cfg.p_uncond,
-                             student.num_classes, gen)
-            if cfg.mode == "cd":
-                grid = student.grid                 # the student's own grid (cfg.grid_size built it by default)
-                n_grid = grid.numel() - 1
-            else:
-                n_grid = ct_grid_size(step, cfg.steps, cfg.ct_n_start, cfg.ct_n_end)
-                grid = grids.setdefault(n_grid, make_grid(schedule, n_grid))
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, cfg, history.wall_time)
-            n, k = (draw_pairs(x0.shape[0], n_grid, cfg.teacher_hops, gen, cfg.aligned_hop, cfg.aligned_fraction)
-                    if cfg.aligned_hop else (None, None))
-            loss = consistency_loss(student, target, x0, schedule, grid, teacher if cfg.mode == "cd" else None,
-                                    cond=y, kind=cfg.distance, clip_denoised=cfg.clip_denoised, generator=gen,
-                                    solver=cfg.teacher_solver, hops=cfg.teacher_hops, n=n, k=k)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"the consistency loss became {value} at step {step}; lower lr={cfg.lr}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-            opt.step()
-            if target is not student:
-                target_update(target, student, cfg.target_decay)
-            ema_update(ema, student, ema_decay_at(step, cfg.ema_decay))
-            history.loss.append(value)
-            history.grid_size.append(n_grid)
-            step += 1
-            history.wall_time = time.perf_counter() - start
-            bar.update(1)
-            if step % 20 == 0 or step == cfg.steps:
-                bar.set_postfix(loss=f"{sum(history.loss[-50:]) / len(history.loss[-50:]):.4g}", N=n_grid)
-            if ckpt is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint()
-    except KeyboardInterrupt:
-        interrupted = True
-        save_checkpoint()
-        print(f"interrupted at step {step}" + (f"; checkpoint saved to {ckpt}" if ckpt is not None else ""))
-    finally:
-        bar.close()
-    if not interrupted:
-        save_checkpoint()
-    student.eval()
-    return DistillResult(student=student, ema=ema, history=history, step=step, interrupted=interrupted)
+    loss_fn = loss_fn or consistency_loss
 
-
-# The recipe of ``fmnist-cd-v1`` (the base every later stage of ``fmnist-cd`` overrides in pretrained.RECIPES;
-# ``python -m diffusion_course.train`` runs them through :func:`distill_recipe`): the live demo's settings, longer,
-# with a lower, decaying rate. Batch 32 × 3000 steps is what one CPU thread does in about an hour (0.9–1.4 s a step; batch 64 costs 3× per step here, not 2×: cache effects).
-# The loss was still falling at step 3000 (0.54 → 0.45 over the last half), so the recipe was extended by a second
-# cosine cycle of 3000 steps at half the peak rate, resumed from the saved state at step 3000 (which it leaves as is).
-FMNIST_CD_RECIPE = dict(steps=6000, lr_cycle_ends=(3000,), restart_lr_scale=0.5,
-                        batch_size=32, lr=1e-4, warmup=200, lr_decay="cosine", grad_clip=1.0, mode="cd",
-                        grid_size=20, distance="pseudo-huber", target_decay=0.0, ema_decay=0.999, p_uncond=0.1,
-                        clip_denoised=True, sigma_data=0.5, sigma_cap=2.0, seed=0, checkpoint_every=200)
-
-
-def build_student(teacher_net: nn.Module, schedule: NoiseSchedule, distill_config: dict | DistillConfig) -> ConsistencyModel:
-    """The student architecture of a recipe: the teacher's network (a fresh copy of its weights) with the ε-head."""
-    cfg = distill_config if isinstance(distill_config, DistillConfig) else DistillConfig(**distill_config)
-    return ConsistencyModel.from_teacher(teacher_net, schedule, grid_size=cfg.grid_size, sigma_data=cfg.sigma_data,
-                                         sigma_cap=cfg.sigma_cap)
-
-
-def distill_recipe(teacher_name: str, distill_config: dict, state_path: str | Path | None = None,
-                   steps: int | None = None, device=None, progress: bool = True, until: int | None = None,
-                   init_from: str | None = None) -> DistillResult:
-    """Run a distillation recipe from a shipped teacher on Fashion-MNIST (what ``train.py`` calls for ``fmnist-cd``).
-
-    Loads ``pretrained.load(teacher_name)`` and the training set, builds the warm-started student, and runs
-    :func:`distill` with the recipe's :class:`DistillConfig` (``steps`` overrides its length), saving and resuming
-    the training state at ``state_path``. ``init_from`` names a shipped consistency checkpoint whose weights the
-    student starts from instead of the teacher's (a further cycle; quick mode falls back to the teacher's weights
-    when it is missing). Export ``result.ema`` (its ``state_dict`` loads into
-    :func:`build_student`'s model) and score it with :func:`evaluate`.
-    """
-    from . import pretrained
-    from .config import is_quick
-    from .data import load_fashion_mnist
-
-    # quick mode (CI, a fresh clone without checkpoints): a few-step teacher is trained on the spot, not saved
-    teacher, schedule = pretrained.load(teacher_name, device=device, train_if_missing=is_quick())
-    fields = {**distill_config, "checkpoint_path": str(state_path) if state_path is not None else None}
-    if steps is not None:
-        fields["steps"] = steps
-        fields["lr_cycle_ends"] = tuple(e for e in fields.get("lr_cycle_ends", ()) if e < steps)
-    cfg = DistillConfig(**fields)
-    x, y = load_fashion_mnist("train")
-    student = build_student(teacher, schedule, cfg)
-    if init_from is not None:
-        if pretrained.path_for(init_from).exists():
-            start = pretrained.load(init_from, device="cpu", train_if_missing=False)
-            if start.schedule.T != schedule.T or start.config["grid_size"] != student.config["grid_size"]:
-                raise ValueError(f"{init_from!r} (T={start.schedule.T}, grid {start.config['grid_size']}) does not "
-                                 f"match the recipe's student (T={schedule.T}, grid {student.config['grid_size']})")
-            # a further cycle must continue a student of this very teacher (its manifest records the teacher's sha256)
-            start_teacher = pretrained.manifest(init_from).get("metrics", {}).get("teacher_sha256")
-            shipped_teacher = pretrained.path_for(teacher_name).exists()
-            teacher_sha = pretrained.manifest(teacher_name).get("sha256") if shipped_teacher else None
-            if start_teacher and teacher_sha and start_teacher != teacher_sha:
-                raise ValueError(f"{init_from!r} was distilled from another {teacher_name!r} (sha256 "
-                                 f"{start_teacher[:12]}…, the shipped one is {teacher_sha[:12]}…): re-distil it first")
-            student.load_state_dict(start.state_dict())
-        elif is_quick():
-            print(f"{init_from!r} (the student's starting point) is missing: quick mode starts from the teacher")
+    def compute(step: int) -> training.StepOutput:
+        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=loop.gen).to(dev)
+        x0 = images_dev[idx]
+        y = drop_labels(labels_dev[idx] if labels_dev is not None else None, cfg.p_uncond, student.num_classes,
+                        loop.gen)
+        if cfg.mode == "cd":
+            grid = student.grid                 # the student's own grid (cfg.grid_size built it by default)
         else:
-            raise FileNotFoundError(f"the student starts from {init_from!r}, whose checkpoint "
-                                    f"{pretrained.path_for(init_from)} is missing; train it first: "
-                                    f"python -m diffusion_course.train {init_from}")
-    return distill(teacher, schedule, x, y, cfg, student=student, progress=progress, device=device, until=until)
+            n = ct_grid_size(step, cfg.steps, cfg.ct_n_start, cfg.ct_n_end)
+            grid = grids.setdefault(n, make_grid(schedule, n))
+        training._hook("batch", step)
+        loss = loss_fn(student, target, x0, schedule, grid, teacher if cfg.mode == "cd" else None, cond=y,
+                       kind=cfg.distance, clip_denoised=cfg.clip_denoised, generator=loop.gen)
+        return training.StepOutput(loss, loss.item(), {"grid_size": grid.numel() - 1})
 
+    def after_update(out: training.StepOutput) -> None:
+        if target is not student:
+            target_update(target, student, cfg.target_decay)
+        training.ema_update(ema, student, training.ema_decay_at(loop.step, cfg.ema_decay))
+        loop.history.grid_size.append(out.record["grid_size"])
 
-# --------------------------------------------------------------------------- progressive distillation
-def progressive_target(x_t: torch.Tensor, x_tpp: torch.Tensor, t, t_pp, schedule: NoiseSchedule) -> torch.Tensor:
-    """The x₀ that makes one DDIM step t → t'' land on x_{t''} (Salimans & Ho 2022, Alg. 2):
-
-        x̃ = (x_{t''} − (σ_{t''}/σ_t)·x_t) / (α_{t''} − (σ_{t''}/σ_t)·α_t),   α = √ᾱ, σ = √(1−ᾱ);
-    at the clean end (t'' = −1: α = 1, σ = 0) it is x_{t''} itself.
-    """
-    t, t_pp = sampling._as_t(t, x_t), sampling._as_t(t_pp, x_t)
-    ab, ab_pp = sampling._alpha_bars(schedule, t, t_pp, x_t)
-    ratio = (1 - ab_pp).sqrt() / (1 - ab).sqrt()
-    return (x_tpp - ratio * x_t) / (ab_pp.sqrt() - ratio * ab.sqrt())
-
-
-def progressive_loss(student, teacher, x0: torch.Tensor, schedule: NoiseSchedule, student_steps: int,
-                     cond: torch.Tensor | None = None, clip_denoised: bool = False,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """One progressive-distillation loss: the student's single DDIM step must match two of the teacher's.
-
-    Student steps are ``sampling.timesteps(T, K, "trailing")``; the teacher's 2K-step list interleaves them
-    (trailing lists nest: every other entry of the 2K list is the K list). Weighted by the truncated SNR
-    max(SNR_t, 1) on the x₀ error (Salimans & Ho 2022, Sec. 4) — v-prediction's weighting, bounded at t = T−1.
-    """
-    T = schedule.T
-    ts_s = sampling.timesteps(T, student_steps, "trailing")
-    ts_t = sampling.timesteps(T, 2 * student_steps, "trailing")
-    if not torch.equal(ts_t[::2], ts_s):
-        raise ValueError(f"the trailing {2 * student_steps}-step list does not contain the {student_steps}-step one")
-    B = x0.shape[0]
-    j = torch.randint(0, student_steps, (B,), generator=generator)
-    t = ts_s[j].to(x0.device)
-    t_mid = ts_t[2 * j + 1].to(x0.device)
-    t_next = torch.cat([ts_s[1:], ts_s.new_full((1,), -1)])[j].to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-    x_t = forward.q_sample(x0, t, schedule, noise)
-    with torch.no_grad():
-        x_mid = teacher_step(teacher, x_t, t, t_mid, schedule, cond, clip_denoised)
-        x_next = teacher_step(teacher, x_mid, t_mid, t_next, schedule, cond, clip_denoised)
-        target = progressive_target(x_t, x_next, t, t_next, schedule)
-    _, x0_hat = sampling.predict_eps_x0(student, x_t, t, schedule, cond)
-    snr = schedule.snr.to(x0.device)[t].to(x0.dtype)
-    weight = snr.clamp(min=1.0)
-    return (weight * (x0_hat - target).pow(2).flatten(1).mean(1)).mean()
-
-
-def progressive_distillation(teacher, schedule: NoiseSchedule, images: torch.Tensor,
-                             labels: torch.Tensor | None = None, start_steps: int = 8, end_steps: int = 1,
-                             config: DistillConfig | None = None, student: nn.Module | None = None,
-                             progress: bool = True, device: torch.device | str | None = None) -> list[dict]:
-    """Progressive distillation (Salimans & Ho 2022, Alg. 2): a student of ``start_steps``/2 DDIM steps learns
-    to match the teacher's ``start_steps``; it becomes the teacher of the next round, until ``end_steps``.
-
-    The first student is ``student`` (an x₀-predicting :class:`Denoiser`), else a copy of the teacher if it is a
-    Denoiser, else the ε-teacher warm-started (:meth:`Denoiser.from_teacher`); each later one starts from its teacher. ``config.steps`` optimiser steps per
-    round. Returns one dict per round: ``{"steps": K, "model": student (eval), "loss": [...], "seconds": s}``;
-    sample a round's student with ``sampling.ddim_sample(model, x_T, schedule, steps=K)``.
-    """
-    from tqdm.auto import tqdm
-
-    from .config import get_device
-
-    cfg = config or DistillConfig()
-    _check_data(images, labels)
-    for name, v in (("start_steps", start_steps), ("end_steps", end_steps)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    rounds = math.log2(start_steps / end_steps) if start_steps > end_steps else 0
-    if rounds < 1 or rounds != int(rounds):
-        raise ValueError(f"start_steps must be end_steps·2^r with r >= 1 (each round halves), got {start_steps}, {end_steps}")
-    _check_schedule("the teacher", getattr(teacher, "schedule", None), schedule)
-    dev = torch.device(device) if device is not None else get_device()
-    if student is None:   # PD's students start from their teacher
-        student = (copy.deepcopy(teacher) if isinstance(teacher, Denoiser) else
-                   Denoiser.from_teacher(teacher, schedule, sigma_data=cfg.sigma_data, sigma_cap=cfg.sigma_cap))
-    _check_schedule("the student", getattr(student, "schedule", None), schedule)
-    if isinstance(teacher, nn.Module):
-        teacher = teacher.to(dev).eval().requires_grad_(False)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    images_dev = images.to(dev)
-    labels_dev = labels.to(dev) if labels is not None else None
-    out, k = [], start_steps // 2
-    while k >= end_steps:
-        student = student.to(dev).train().requires_grad_(True)
-        opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
-        losses, t0 = [], time.perf_counter()
-        for step in tqdm(range(cfg.steps), desc=f"progressive distillation {2 * k} → {k} steps",
-                         disable=not progress, leave=False):
-            idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen).to(dev)
-            y = _drop_labels(labels_dev[idx] if labels_dev is not None else None, cfg.p_uncond,
-                             getattr(student, "num_classes", 0), gen)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, cfg, 0.0)
-            loss = progressive_loss(student, teacher, images_dev[idx], schedule, k, y, cfg.clip_denoised, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-            opt.step()
-            losses.append(loss.item())
-        student.eval().requires_grad_(False)
-        out.append({"steps": k, "model": student, "loss": losses, "seconds": time.perf_counter() - t0})
-        teacher, student = student, copy.deepcopy(student)
-        k //= 2
-    return out
+    interrupted = loop.run(compute, after_update, until=until)
+    student.eval()
+    return DistillResult(student=student, ema=ema, history=loop.history, step=loop.step, interrupted=interrupted)
 
 
 # --------------------------------------------------------------------------- sampling (Alg. 1)
-def sample_timesteps(model, steps: int) -> torch.Tensor:
+def multistep_timesteps(model, steps: int) -> torch.Tensor:
     """The ``steps`` descending timesteps multistep sampling evaluates f at: trailing spacing on the model's grid
     (grid indices N, N − N/k, …), so 1 step is t = T−1, 2 steps are T−1 and ≈T/2 on the DDIM-N grid."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -933,15 +511,17 @@ def renoise(x0: torch.Tensor, t: int, z: torch.Tensor, schedule: NoiseSchedule, 
 
 
 @torch.no_grad()
-def sample(model, x_T: torch.Tensor, steps: int = 1, cond: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
-           clip_denoised: bool = True) -> torch.Tensor:
+def sample(model, x_T: torch.Tensor, *, steps: int = 1, timesteps: torch.Tensor | None = None,
+           cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           clip_denoised: bool = False) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1) with ``steps`` network calls.
 
     x_T is standard normal noise of the data's shape. At the top of the grid (ᾱ ≈ 2·10⁻⁹) it is taken as
     x_{t_1} = √(1−ᾱ) x_T, then x̂₀ = f(x_{t_1}, t_1); each further step re-noises x̂₀ to the next level,
     y = x̂₀ + √(σ_τ² − σ_min²)·z, x_τ = √ᾱ_τ·y, and applies f again. ``timesteps`` (descending ints) overrides
-    :func:`sample_timesteps`. ``clip_denoised`` clamps each x̂₀ to [−1, 1] (images; pass False for other data).
+    :func:`multistep_timesteps`. ``clip_denoised`` clamps each x̂₀ to [−1, 1] (images: pass True; off by default,
+    as in every sampler of the course, so 2-D data is not clipped). The model carries its schedule (no ``schedule``
+    argument).
     """
     if not isinstance(model, ConsistencyModel) and not (hasattr(model, "grid") and hasattr(model, "schedule")):
         raise TypeError(f"model must be a ConsistencyModel (with .grid and .schedule), got {type(model).__name__}")
@@ -951,7 +531,7 @@ def sample(model, x_T: torch.Tensor, steps: int = 1, cond: torch.Tensor | None =
                              or cond.dtype.is_floating_point):
         raise ValueError(f"cond must be an integer label tensor of shape ({x_T.shape[0]},) or None")
     if timesteps is None:
-        ts = sample_timesteps(model, steps)
+        ts = multistep_timesteps(model, steps)
     else:
         ts = torch.as_tensor(timesteps).long().reshape(-1)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -1039,156 +619,3 @@ class ExactConsistencyFunction:
         out = self.ode_map(y, sigma, self.sigma_min)
         out[at_min] = y[at_min]            # the boundary condition, exactly
         return out.to(device=x.device) if x.dtype == torch.float64 else out.to(device=x.device, dtype=x.dtype)
-
-
-# --------------------------------------------------------------------------- measuring
-def seconds_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x_T: torch.Tensor, repeats: int = 3) -> float:
-    """Median wall time of ``fn(x_T)`` divided by the batch size (one warm-up call first)."""
-    fn(x_T)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x_T)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2] / x_T.shape[0]
-
-
-def interleaved_seconds_per_image(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x_T: torch.Tensor,
-                                  rounds: int = 5) -> dict[str, list[float]]:
-    """Wall time per image of each ``fns[name](x_T)``, timed in ``rounds`` interleaved rounds (every sampler once
-    per round, the order reversed on alternate rounds), after one warm-up call each.
-
-    A CPU's speed drifts over seconds (turbo, other processes), so timing one sampler in its own block and the next
-    after it folds that drift into their ratio; within a round the samplers see the same machine. Ratios should be
-    taken round by round (``a[i] / b[i]``) and summarised by their median and range."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-    if not fns:
-        raise ValueError("fns must name at least one sampler")
-    for fn in fns.values():
-        fn(x_T)
-    out: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            fns[name](x_T)
-            out[name].append((time.perf_counter() - t0) / x_T.shape[0])
-    return out
-
-
-@torch.no_grad()
-def evaluate(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, teacher=None, teacher_schedule=None,
-             ddim_steps=(1, 2, 4, 50), dpm_steps=(), batch_size: int = 250, device=None, classifier=None,
-             progress: bool = False, ode_solvers=()) -> dict:
-    """Class-conditional FID of ``cm``'s k-step samples (k in ``steps``) and, with a ``teacher``, of its DDIM-k
-    (``ddim_steps``) and DPM-Solver++(2M)-k (``dpm_steps``) samples — all from the same noise and the same exactly
-    class-balanced labels, against a class-balanced real set of n, next to the class-balanced floor (two disjoint
-    real sets of n). Also class accuracy and the sampling seconds (at ``batch_size``). ``cm=None`` measures the
-    teacher only. ``ode_solvers`` (e.g. ``("ddim", "heun")``) also scores the teacher's PF-ODE solved down the
-    student's grid with that :func:`teacher_step` (:func:`teacher_ode_sample`): the end points a student distilled
-    with that solver is trained to reproduce, its ceiling. Keys: ``fid_cm1``, ``fid_ddim50``, ``fid_dpm10``,
-    ``fid_ode_heun``, ``class_accuracy_…``, ``seconds_…``, ``floor_balanced``, ``n``."""
-    from tqdm.auto import tqdm
-
-    from . import metrics, pretrained
-
-    if cm is None and teacher is None:
-        raise ValueError("evaluate needs a consistency model, a teacher, or both")
-    some = cm if cm is not None else teacher
-    dev = torch.device(device) if device is not None else next(some.parameters()).device
-    clf = classifier if classifier is not None else pretrained.load("fmnist-classifier", device=dev)
-    labels = torch.arange(n) % 10
-    x_T = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
-    ref = metrics.reference_images(n, class_balanced=True)
-    out = {"n": n, "floor_balanced": metrics.fid_floor(clf, n, class_balanced=True)}
-    jobs = []
-    if cm is not None:
-        jobs += [(f"cm{k}", lambda xb, yb, g, k=k: sample(cm, xb, k, cond=yb, generator=g)) for k in steps]
-    if teacher is not None:
-        if teacher_schedule is None:
-            raise ValueError("pass teacher_schedule with the teacher")
-        jobs += [(f"ddim{k}", lambda xb, yb, g, k=k: sampling.ddim_sample(
-            teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in ddim_steps]
-        jobs += [(f"dpm{k}", lambda xb, yb, g, k=k: sampling.dpm_solver_2m_sample(
-            teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in dpm_steps]
-        ode_grid = cm.grid if cm is not None else make_grid(teacher_schedule, 20)
-        jobs += [(f"ode_{solver}", lambda xb, yb, g, solver=solver: teacher_ode_sample(
-            teacher, xb, teacher_schedule, ode_grid, yb, solver)) for solver in ode_solvers]
-    elif ode_solvers:
-        raise ValueError("ode_solvers needs the teacher")
-    for name, fn in tqdm(jobs, desc="FID", disable=not progress):
-        g = torch.Generator().manual_seed(seed + 1)
-        t0 = time.perf_counter()
-        xs = torch.cat([fn(x_T[i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev), g).clamp(-1, 1).cpu()
-                        for i in range(0, n, batch_size)])
-        out[f"seconds_{name}"] = time.perf_counter() - t0
-        out[f"fid_{name}"] = metrics.fid(clf, xs, ref)
-        out[f"class_accuracy_{name}"] = metrics.class_accuracy(clf, xs, labels)
-    return out
-
-
-# --------------------------------------------------------------------------- exercises
-def _check_boundary(fns, verbose: bool) -> bool:
-    skip_fn, out_fn = fns
-    problems = []
-    for sd, sm in ((0.5, 0.0064), (1.4, 0.002), (0.5, 0.0)):
-        sig = torch.cat([torch.tensor([sm]), torch.logspace(math.log10(max(sm, 1e-4)) + 0.01, 4.3, 60)]).double()
-        try:
-            cs = torch.as_tensor(skip_fn(sig, sd, sm), dtype=torch.float64)
-            co = torch.as_tensor(out_fn(sig, sd, sm), dtype=torch.float64)
-        except Exception as e:  # the learner's code: report, don't crash the notebook
-            problems.append(f"your functions raised {type(e).__name__}: {e}")
-            break
-        if cs.shape != sig.shape or co.shape != sig.shape:
-            problems.append(f"expected tensors of shape {tuple(sig.shape)} (one value per σ)")
-            break
-        if not (torch.isfinite(cs).all() and torch.isfinite(co).all()):
-            problems.append(f"non-finite values (σ_data={sd}, σ_min={sm})")
-        elif abs(cs[0] - 1) > 1e-9 or abs(co[0]) > 1e-9:
-            problems.append(f"c_skip(σ_min)={cs[0]:.4g}, c_out(σ_min)={co[0]:.4g}; f(x, σ_min) = x needs 1 and 0")
-        elif cs[-1].abs() > 0.01:
-            problems.append(f"c_skip(2·10⁴)={cs[-1]:.3g}: at pure noise the input must not be passed through")
-        elif co.abs().max() > 10 * sd or co[-1].abs() < 0.1 * sd:
-            problems.append(f"c_out should stay of the order of σ_data={sd} at high noise (max |c_out| = {co.abs().max():.3g}, "
-                            f"c_out(2·10⁴) = {co[-1]:.3g})")
-    if verbose:
-        print("✅ boundary: your c_skip/c_out satisfy f(x, σ_min) = x and stay bounded" if not problems
-              else "❌ boundary: " + problems[0])
-    return not problems
-
-
-def _check_renoise(fn, verbose: bool) -> bool:
-    from .schedules import NoiseSchedule as _NS
-
-    s = _NS.cosine(1000)
-    g = torch.Generator().manual_seed(0)
-    for t in (999, 499, 250, 1):
-        x0, z = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1, torch.randn(3, 1, 8, 8, generator=g)
-        expected = renoise(x0, t, z, s, float(s.sigma[0]))
-        try:
-            got = fn(x0, t, z, s, float(s.sigma[0]))
-        except Exception as e:
-            if verbose:
-                print(f"❌ renoise: your function raised {type(e).__name__}: {e}\n   expected renoise(x0, t, z, schedule, sigma_min)")
-            return False
-        if not isinstance(got, torch.Tensor) or got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
-            if verbose:
-                print(f"❌ renoise: wrong result at t={t}" + ("" if isinstance(got, torch.Tensor) and got.shape == expected.shape
-                                                              else " (shape or type)"))
-            return False
-    if verbose:
-        print("✅ renoise: matches Alg. 1's re-noising on all cases")
-    return True
-
-
-def check_exercise(fn, name: str, verbose: bool = True) -> bool:
-    """Chapter 7's automatic checks: ``"boundary"`` takes ``(c_skip_fn, c_out_fn)``, each ``(sigma, sigma_data,
-    sigma_min) -> tensor``, and checks the *properties* (boundary condition, bounded at high noise) — any design
-    that has them passes; ``"renoise"`` compares ``fn(x0, t, z, schedule, sigma_min)`` with :func:`renoise`."""
-    if name == "boundary":
-        return _check_boundary(fn, verbose)
-    if name == "renoise":
-        return _check_renoise(fn, verbose)
-    raise ValueError(f"unknown exercise {name!r}; available: ['boundary', 'renoise']")

@@ -112,7 +112,7 @@ class _Wrapped:
         return getattr(self._module, name)
 
 
-def wrap(model: torch.nn.Module, device: torch.device):
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | _Wrapped:
     """``model`` itself in a single process; a DDP wrapper (with the model's attributes) under torchrun."""
     if world_size() == 1:
         return model

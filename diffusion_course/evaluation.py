@@ -1,5 +1,8 @@
-"""Measure samplers: draw n samples with each sampler from the same noise, and report FID (with its
-floor), class accuracy and wall time. Used by chapter 3 and ``benchmarks/fid_vs_nfe.py``.
+"""Evaluation, in one place: draw n samples with each sampler from the same noise, and report FID (with its
+floor), class accuracy and wall time (chapter 3, ``benchmarks/fid_vs_nfe.py``); what each shipped model's manifest
+records (:func:`evaluate_diffusion`, :func:`evaluate_text_model`, :func:`evaluate_latent`,
+:func:`evaluate_autoencoder`, :func:`evaluate_consistency`); guidance sweeps and text composition (chapter 4);
+wall time per image, interleaved so that a drifting CPU does not bias a ratio (:func:`interleaved_seconds_per_image`).
 
 Also the two yardsticks chapter 3's verdicts rest on: :func:`paired_fid_difference` (a paired bootstrap
 of the FID gap between two samplers that shared their noise) and :func:`ode_reference` (the exact
@@ -8,13 +11,15 @@ probability-flow ODE solution for a Gaussian mixture, to float64 accuracy, with 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from . import metrics, sampling
+from . import consistency, consistency_extensions, guidance, metrics, pretrained, sampling, shapes
+from .data import load_fashion_mnist
 
 
 @dataclass
@@ -222,8 +227,6 @@ def guidance_sweep(model, schedule, scales, n: int, classifier, steps: int = 20,
     """
     from tqdm.auto import tqdm
 
-    from . import guidance
-
     device = next(model.parameters()).device
     ref = metrics.reference_images(n, class_balanced=class_balanced)
     floor = metrics.fid_floor(classifier, n, class_balanced=class_balanced)
@@ -273,11 +276,7 @@ def format_guidance_table(rows: list[dict]) -> str:
 
 def text_prompts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """``n`` two-object prompts of pairings seen in training and ``n`` of the held-out pairings — the same
-    prompts (same generator) as ``train.evaluate_text_model`` scores for the shipped checkpoint's manifest."""
-    import random
-
-    from . import shapes
-
+    prompts (same generator) as :func:`evaluate_text_model` scores for the shipped checkpoint's manifest."""
     rng = random.Random(10_000 + seed)
     seen = [shapes.random_scene(rng, p_single=0.0).caption() for _ in range(n)]
     unseen = []
@@ -291,8 +290,6 @@ def text_prompts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 def reversed_order(caption: str) -> str:
     """The same words in the other order: "a red circle above a blue square" → "a blue square above a red
     circle" — the opposite scene. As a negative prompt it pushes only on what word order says."""
-    from . import shapes
-
     sc = shapes.parse_caption(caption)
     if sc.second is None:
         raise ValueError(f"reversed_order needs a two-object caption, got {caption!r}")
@@ -308,8 +305,6 @@ def text_composition(model, schedule, prompts: list[str], scale: float = 3.0, st
     the ``samples``. ``negative``: one negative prompt per prompt, used in place of the empty caption as
     CFG's unconditional input; ``interval``: guide only for t in that range."""
     from tqdm.auto import tqdm
-
-    from . import guidance, shapes
 
     if negative is not None and len(negative) != len(prompts):
         raise ValueError(f"negative must have one prompt per prompt ({len(prompts)}), got {len(negative)}")
@@ -329,3 +324,240 @@ def text_composition(model, schedule, prompts: list[str], scale: float = 3.0, st
     xs = torch.cat(out)
     return {"rates": shapes.match_rates(xs, prompts), "counts": shapes.composition_counts(xs, prompts),
             "samples": xs, "scale": scale, "steps": steps, "negative": negative is not None, "interval": interval}
+
+
+# --------------------------------------------------------------------------- what a manifest records
+@torch.no_grad()
+def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: int = 0, device=None,
+                       sampler=None, noise_shape: tuple[int, ...] = (1, 28, 28)) -> dict:
+    """FID (DDIM-``steps``) of unconditional and class-conditional samples, each against its like-for-like floor.
+
+    Conditional samples use exactly class-balanced labels, so they are compared with a class-balanced real set
+    and a class-balanced floor (two disjoint balanced real sets of ``n``); unconditional samples with a random
+    real subset and the random floor. Also the class mix of the unconditional samples (the classifier's
+    counts and the largest relative deviation from uniform) and the class accuracy of the conditional ones.
+    ``sampler(x_T, cond) -> images`` replaces DDIM (e.g. a latent model's own ``sample``, with ``noise_shape`` its
+    latent shape).
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    clf = pretrained.load("fmnist-classifier", device=dev)
+    g = torch.Generator().manual_seed(seed)
+    out = {"n": n, "sampler": f"DDIM-{steps}, eta=0, trailing", "floor": metrics.fid_floor(clf, n),
+           "floor_balanced": metrics.fid_floor(clf, n, class_balanced=True),
+           "reference": "fid_uncond vs a random test subset (floor); fid_cond (class-balanced labels) vs a "
+                        "class-balanced test subset (floor_balanced)"}
+    labels = torch.arange(n) % 10
+    if sampler is None:
+        def sampler(x_T, cond):
+            return sampling.ddim_sample(model, x_T, schedule, steps=steps, cond=cond, progress=False,
+                                        clip_denoised=True)
+    for name, cond in (("uncond", None), ("cond", labels.to(dev))):
+        t0 = time.perf_counter()
+        x_T = torch.randn((n, *noise_shape), generator=g).to(dev)
+        xs = torch.cat([sampler(x_T[i:i + 500], None if cond is None else cond[i:i + 500])
+                        for i in range(0, n, 500)]).clamp(-1, 1).cpu()
+        ref = metrics.reference_images(n, class_balanced=cond is not None)
+        out[f"fid_{name}"] = metrics.fid(clf, xs, ref)
+        out[f"sample_seconds_{name}"] = time.perf_counter() - t0
+        if cond is not None:
+            out["class_accuracy_cond"] = metrics.class_accuracy(clf, xs, labels)
+        else:
+            counts = metrics.class_counts(clf, xs)
+            out["uncond_class_counts"] = counts.tolist()
+            out["uncond_class_max_deviation"] = metrics.max_class_deviation(counts)
+            # the same measure on the real set the FID compares with: what a perfect model would score at this n
+            out["uncond_class_max_deviation_real"] = metrics.max_class_deviation(metrics.class_counts(clf, ref))
+    out["fid_cond_over_floor"] = out["fid_cond"] / out["floor_balanced"]
+    out["fid_uncond_over_floor"] = out["fid_uncond"] / out["floor"]
+    return out
+
+
+@torch.no_grad()
+def evaluate_text_model(model, schedule, n: int = 200, steps: int = 50, scales=(0.0, 1.0, 3.0), seed: int = 0,
+                        device=None) -> dict:
+    """Caption-attribute match rates (colours, shapes, relation, all) of samples for ``n`` random
+    two-object prompts of trained pairings ("seen") and ``n`` of the held-out pairings, at each guidance
+    scale (DDIM-``steps``)."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    rng = random.Random(10_000 + seed)
+    # Two-object prompts in both sets, so "seen" and "held-out" differ only in whether the pairing was trained on.
+    seen = [shapes.random_scene(rng, p_single=0.0).caption() for _ in range(n)]
+    unseen = []
+    while len(unseen) < n:
+        scene = shapes.random_scene(rng, p_single=0.0, allow_held_out=True)
+        if scene.is_held_out():
+            unseen.append(scene.caption())
+    out = {"n": n, "sampler": f"DDIM-{steps}, eta=0, trailing, clipped"}
+    for label, prompts in (("seen", seen), ("held_out", unseen)):
+        ids = model.tokenizer(prompts).to(dev)
+        x_T = torch.randn((n, 3, 32, 32), generator=torch.Generator().manual_seed(seed)).to(dev)
+        for s in scales:
+            t0 = time.perf_counter()
+            guided = guidance.classifier_free(model, ids, s)
+            xs = sampling.ddim_sample(guided, x_T, schedule, steps=steps, progress=False, clip_denoised=True).cpu()
+            for key, v in shapes.match_rates(xs, prompts).items():
+                out[f"{label}_s{s:g}_{key}"] = v
+            out[f"{label}_s{s:g}_seconds"] = time.perf_counter() - t0
+    return out
+
+
+@torch.no_grad()
+def evaluate_latent(ldm, n: int = 1000, steps: int = 50, seed: int = 0) -> dict:
+    """``evaluate_diffusion`` for a ``LatentDiffusion``: DDIM in latent space from latent-shaped noise, then decode."""
+    out = evaluate_diffusion(ldm, ldm.schedule, n=n, steps=steps, seed=seed, noise_shape=ldm.latent_shape,
+                             sampler=lambda z_T, cond: ldm.sample(z_T.shape[0], cond=cond, steps=steps, z_T=z_T,
+                                                                  progress=False))
+    out["sampler"] = f"DDIM-{steps} in latent space, eta=0, leading spacing; decoded"
+    return out
+
+
+@torch.no_grad()
+def evaluate_autoencoder(vae, n: int = 1000, seed: int = 0, device=None) -> dict:
+    """Reconstruction quality on the test set: MSE and PSNR over all 10,000 images, and the **reconstruction
+    FID** — ``n`` test images through encode→decode against ``n`` *other* test images, next to the floor of the
+    same two real sets. It is the best FID any latent model built on this decoder can reach at ``n``. The
+    ``_balanced`` pair does the same on the two class-balanced sets of ``metrics.fid_floor(class_balanced=True)``:
+    the cap to read a latent model's class-conditional FID (balanced labels) against."""
+    dev = torch.device(device) if device is not None else next(vae.parameters()).device
+    x, y = load_fashion_mnist("test")
+    vae = vae.to(dev).eval()
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + 500].to(dev))[0]).clamp(-1, 1).cpu()
+                     for i in range(0, x.shape[0], 500)])
+    mse = float((rec - x).pow(2).mean())
+    clf = pretrained.load("fmnist-classifier", device=dev)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    a, b = perm[:n], perm[n:2 * n]
+    ba, bb = metrics.balanced_disjoint_indices(y, n, seed)
+    psnr = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf  # a perfect reconstruction has no finite PSNR
+    return {"test_mse": mse, "test_psnr_db": psnr, "test_l1": float((rec - x).abs().mean()),
+            "n": n, "fid_reconstruction": metrics.fid(clf, rec[a], x[b]), "floor": metrics.fid(clf, x[a], x[b]),
+            "fid_reconstruction_balanced": metrics.fid(clf, rec[ba], x[bb]),
+            "floor_balanced": metrics.fid(clf, x[ba], x[bb])}
+
+
+def evaluate_consistency(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, device=None) -> dict:
+    """FID of a consistency model's 1/2/4-step samples (class-balanced labels and real set, n) and seconds per image
+    at batch 1 and 250 for one step — what a ``fmnist-cd`` manifest records (:func:`evaluate_consistency_samplers`)."""
+    out = evaluate_consistency_samplers(cm, n=n, steps=steps, seed=seed, device=device)
+    dev = next(cm.parameters()).device
+    for batch in (1, 250):
+        x_T = torch.randn((batch, 1, 28, 28), generator=torch.Generator().manual_seed(seed)).to(dev)
+        out[f"seconds_per_image_cm1_batch{batch}"] = seconds_per_image(
+            lambda x: consistency.sample(cm, x, steps=1, clip_denoised=True), x_T)
+    return out
+
+
+# --------------------------------------------------------------------------- consistency samplers and timing
+@torch.no_grad()
+def evaluate_consistency_samplers(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, teacher=None, teacher_schedule=None,
+             ddim_steps=(1, 2, 4, 50), dpm_steps=(), batch_size: int = 250, device=None, classifier=None,
+             progress: bool = False, ode_solvers=()) -> dict:
+    """Class-conditional FID of ``cm``'s k-step samples (k in ``steps``) and, with a ``teacher``, of its DDIM-k
+    (``ddim_steps``) and DPM-Solver++(2M)-k (``dpm_steps``) samples — all from the same noise and the same exactly
+    class-balanced labels, against a class-balanced real set of n, next to the class-balanced floor (two disjoint
+    real sets of n). Also class accuracy and the sampling seconds (at ``batch_size``). ``cm=None`` measures the
+    teacher only. ``ode_solvers`` (e.g. ``("ddim", "heun")``) also scores the teacher's PF-ODE solved down the
+    student's grid with that ``consistency_extensions.teacher_step`` (``teacher_ode_sample``): the end points a student distilled
+    with that solver is trained to reproduce, its ceiling. Keys: ``fid_cm1``, ``fid_ddim50``, ``fid_dpm10``,
+    ``fid_ode_heun``, ``class_accuracy_…``, ``seconds_…``, ``floor_balanced``, ``n``."""
+    from tqdm.auto import tqdm
+
+    if cm is None and teacher is None:
+        raise ValueError("evaluate needs a consistency model, a teacher, or both")
+    some = cm if cm is not None else teacher
+    dev = torch.device(device) if device is not None else next(some.parameters()).device
+    clf = classifier if classifier is not None else pretrained.load("fmnist-classifier", device=dev)
+    labels = torch.arange(n) % 10
+    x_T = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+    ref = metrics.reference_images(n, class_balanced=True)
+    out = {"n": n, "floor_balanced": metrics.fid_floor(clf, n, class_balanced=True)}
+    jobs = []
+    if cm is not None:
+        jobs += [(f"cm{k}", lambda xb, yb, g, k=k: consistency.sample(cm, xb, steps=k, cond=yb, generator=g, clip_denoised=True)) for k in steps]
+    if teacher is not None:
+        if teacher_schedule is None:
+            raise ValueError("pass teacher_schedule with the teacher")
+        jobs += [(f"ddim{k}", lambda xb, yb, g, k=k: sampling.ddim_sample(
+            teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in ddim_steps]
+        jobs += [(f"dpm{k}", lambda xb, yb, g, k=k: sampling.dpm_solver_2m_sample(
+            teacher, xb, teacher_schedule, steps=k, cond=yb, progress=False, clip_denoised=True)) for k in dpm_steps]
+        ode_grid = cm.grid if cm is not None else consistency.make_grid(teacher_schedule, 20)
+        jobs += [(f"ode_{solver}", lambda xb, yb, g, solver=solver: consistency_extensions.teacher_ode_sample(
+            teacher, xb, teacher_schedule, ode_grid, yb, solver)) for solver in ode_solvers]
+    elif ode_solvers:
+        raise ValueError("ode_solvers needs the teacher")
+    for name, fn in tqdm(jobs, desc="FID", disable=not progress):
+        g = torch.Generator().manual_seed(seed + 1)
+        t0 = time.perf_counter()
+        xs = torch.cat([fn(x_T[i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev), g).clamp(-1, 1).cpu()
+                        for i in range(0, n, batch_size)])
+        out[f"seconds_{name}"] = time.perf_counter() - t0
+        out[f"fid_{name}"] = metrics.fid(clf, xs, ref)
+        out[f"class_accuracy_{name}"] = metrics.class_accuracy(clf, xs, labels)
+    return out
+
+
+def seconds_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x_T: torch.Tensor, repeats: int = 3) -> float:
+    """Median wall time of ``fn(x_T)`` divided by the batch size (one warm-up call first)."""
+    fn(x_T)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x_T)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2] / x_T.shape[0]
+
+
+def interleaved_seconds_per_image(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x_T: torch.Tensor,
+                                  rounds: int = 5) -> dict[str, list[float]]:
+    """Wall time per image of each ``fns[name](x_T)``, timed in ``rounds`` interleaved rounds (every sampler once
+    per round, the order reversed on alternate rounds), after one warm-up call each.
+
+    A CPU's speed drifts over seconds (turbo, other processes), so timing one sampler in its own block and the next
+    after it folds that drift into their ratio; within a round the samplers see the same machine. Ratios should be
+    taken round by round (``a[i] / b[i]``) and summarised by their median and range."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if not fns:
+        raise ValueError("fns must name at least one sampler")
+    for fn in fns.values():
+        fn(x_T)
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[name](x_T)
+            out[name].append((time.perf_counter() - t0) / x_T.shape[0])
+    return out
+
+
+# --------------------------------------------------------------------------- flows (chapter 9)
+@torch.no_grad()
+def evaluate_flow(model, n: int = 1000, steps=(1, 2, 4, 8, 50), seed: int = 0, solver: str = "euler",
+                  batch_size: int = 250, device=None, classifier=None, progress: bool = False) -> dict:
+    """Class-conditional FID of a velocity model's samples at each number of ``steps`` (one noise draw and exactly
+    class-balanced labels for all, against a class-balanced real set of n, next to the class-balanced floor), class
+    accuracy, sampling seconds, and the straightness of its paths (``flow.straightness``, 32 Euler steps, 250
+    samples). What a ``fmnist-rf`` manifest records."""
+    from tqdm.auto import tqdm
+
+    from . import flow
+
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    clf = classifier if classifier is not None else pretrained.load("fmnist-classifier", device=dev)
+    labels = torch.arange(n) % 10
+    x1 = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+    ref = metrics.reference_images(n, class_balanced=True)
+    out = {"n": n, "solver": solver, "floor_balanced": metrics.fid_floor(clf, n, class_balanced=True)}
+    for k in tqdm(steps, desc="FID", disable=not progress):
+        t0 = time.perf_counter()
+        xs = torch.cat([flow.sample(model, x1[i:i + batch_size].to(dev), steps=k, cond=labels[i:i + batch_size].to(dev),
+                                    solver=solver).clamp(-1, 1).cpu() for i in range(0, n, batch_size)])
+        out[f"seconds_{solver}{k}"] = time.perf_counter() - t0
+        out[f"fid_{solver}{k}"] = metrics.fid(clf, xs, ref)
+        out[f"class_accuracy_{solver}{k}"] = metrics.class_accuracy(clf, xs, labels)
+    m = min(n, 250)
+    out["straightness"] = float(flow.straightness(model, x1[:m].to(dev), steps=32, cond=labels[:m].to(dev)).mean())
+    return out

@@ -9,6 +9,7 @@ notebooks: ``dc.exercises.solution("q_sample")`` prints one when you want it.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -141,7 +142,8 @@ def _cases_heun(seed: int):
                    schedule=s)
 
 
-def heun_step(model, x_t: torch.Tensor, t: int, t_prev: int, schedule: NoiseSchedule) -> torch.Tensor:
+def heun_step(model: Callable[..., torch.Tensor], x_t: torch.Tensor, t: int, t_prev: int,
+              schedule: NoiseSchedule) -> torch.Tensor:
     """One Heun (second-order) step of the probability-flow ODE, x_t → x_{t_prev}  (Karras et al. 2022, Alg. 1).
 
     In the variables y = x/√ᾱ and ρ = √((1−ᾱ)/ᾱ) the ODE is dy/dρ = ε̂(x, t), so
@@ -241,10 +243,11 @@ def solution(name: str) -> None:
 
 
 def check(fn: Callable, name: str, atol: float = 1e-4, seed: int = 0, verbose: bool = True) -> bool:
-    """Compare ``fn`` with the package's implementation of ``name`` on seeded inputs."""
-    if name not in CHECKS:
-        raise ValueError(f"unknown exercise {name!r}; available: {sorted(CHECKS)}")
-    ok = _check(fn, name, atol, seed, verbose)
+    """Compare ``fn`` with the package's implementation of ``name`` on seeded inputs (or, for the exercises in
+    ``PROPERTY_CHECKS``, check the properties any correct answer has)."""
+    if name not in CHECKS and name not in PROPERTY_CHECKS:
+        raise ValueError(f"unknown exercise {name!r}; available: {sorted([*CHECKS, *PROPERTY_CHECKS])}")
+    ok = PROPERTY_CHECKS[name](fn, verbose) if name in PROPERTY_CHECKS else _check(fn, name, atol, seed, verbose)
     if not ok and verbose and name in SOLUTIONS:
         print(f"   (stuck? dc.exercises.solution({name!r}) prints a solution)")
     return ok
@@ -342,3 +345,77 @@ SOLUTIONS.setdefault("reverse_sde_step", """\
 def my_reverse_sde_step(x, score, drift, g, dt, noise):
     # reverse-time SDE dx = [f(x, t) − g² ∇log p_t(x)] dt + g dw̄ (Song et al. 2021, Eq. 6), Euler–Maruyama with dt < 0
     return x + (drift - g ** 2 * score) * dt + g * (-dt) ** 0.5 * noise""")
+
+
+# --------------------------------------------------------------------------- chapter 7: consistency models
+def _check_boundary(fns, verbose: bool) -> bool:
+    skip_fn, out_fn = fns
+    problems = []
+    for sd, sm in ((0.5, 0.0064), (1.4, 0.002), (0.5, 0.0)):
+        sig = torch.cat([torch.tensor([sm]), torch.logspace(math.log10(max(sm, 1e-4)) + 0.01, 4.3, 60)]).double()
+        try:
+            cs = torch.as_tensor(skip_fn(sig, sd, sm), dtype=torch.float64)
+            co = torch.as_tensor(out_fn(sig, sd, sm), dtype=torch.float64)
+        except Exception as e:  # the learner's code: report, don't crash the notebook
+            problems.append(f"your functions raised {type(e).__name__}: {e}")
+            break
+        if cs.shape != sig.shape or co.shape != sig.shape:
+            problems.append(f"expected tensors of shape {tuple(sig.shape)} (one value per σ)")
+            break
+        if not (torch.isfinite(cs).all() and torch.isfinite(co).all()):
+            problems.append(f"non-finite values (σ_data={sd}, σ_min={sm})")
+        elif abs(cs[0] - 1) > 1e-9 or abs(co[0]) > 1e-9:
+            problems.append(f"c_skip(σ_min)={cs[0]:.4g}, c_out(σ_min)={co[0]:.4g}; f(x, σ_min) = x needs 1 and 0")
+        elif cs[-1].abs() > 0.01:
+            problems.append(f"c_skip(2·10⁴)={cs[-1]:.3g}: at pure noise the input must not be passed through")
+        elif co.abs().max() > 10 * sd or co[-1].abs() < 0.1 * sd:
+            problems.append(f"c_out should stay of the order of σ_data={sd} at high noise (max |c_out| = {co.abs().max():.3g}, "
+                            f"c_out(2·10⁴) = {co[-1]:.3g})")
+    if verbose:
+        print("✅ boundary: your c_skip/c_out satisfy f(x, σ_min) = x and stay bounded" if not problems
+              else "❌ boundary: " + problems[0])
+    return not problems
+
+
+def _check_renoise(fn, verbose: bool) -> bool:
+    from .consistency import renoise
+
+    s = NoiseSchedule.cosine(1000)
+    g = torch.Generator().manual_seed(0)
+    for t in (999, 499, 250, 1):
+        x0, z = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1, torch.randn(3, 1, 8, 8, generator=g)
+        expected = renoise(x0, t, z, s, float(s.sigma[0]))
+        try:
+            got = fn(x0, t, z, s, float(s.sigma[0]))
+        except Exception as e:
+            if verbose:
+                print(f"❌ renoise: your function raised {type(e).__name__}: {e}\n   expected renoise(x0, t, z, schedule, sigma_min)")
+            return False
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
+            if verbose:
+                print(f"❌ renoise: wrong result at t={t}" + ("" if isinstance(got, torch.Tensor) and got.shape == expected.shape
+                                                              else " (shape or type)"))
+            return False
+    if verbose:
+        print("✅ renoise: matches Alg. 1's re-noising on all cases")
+    return True
+
+
+# name -> checker(fn, verbose): exercises whose answer is right when it has the properties, not one exact value
+PROPERTY_CHECKS: dict[str, Callable] = {"boundary": _check_boundary, "renoise": _check_renoise}
+SOLUTIONS["boundary"] = """\
+def my_c_skip(sigma, sigma_data, sigma_min):
+    # 1 at σ_min (f(x, σ_min) = x), falling to 0 at high noise (Song et al. 2023, App. C)
+    return sigma_data ** 2 / ((sigma - sigma_min) ** 2 + sigma_data ** 2)
+
+def my_c_out(sigma, sigma_data, sigma_min):
+    # 0 at σ_min, bounded by σ_data at high noise
+    return sigma_data * (sigma - sigma_min) / (sigma_data ** 2 + sigma ** 2) ** 0.5
+
+# dc.exercises.check((my_c_skip, my_c_out), "boundary")"""
+SOLUTIONS["renoise"] = """\
+def my_renoise(x0, t, z, schedule, sigma_min):
+    ab = float(schedule.alpha_bar[int(t)])
+    sigma2 = (1 - ab) / ab                                  # σ_t² in the VE coordinates y = x/√ᾱ
+    y = x0 + max(sigma2 - sigma_min ** 2, 0.0) ** 0.5 * z   # x̂₀ sits at σ_min: add only the missing variance
+    return ab ** 0.5 * y                                    # back to the VP coordinates x_t = √ᾱ·y"""

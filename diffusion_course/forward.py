@@ -168,7 +168,8 @@ class _Bank:
 
 @torch.no_grad()
 def ideal_denoiser(x_t: torch.Tensor, t: torch.Tensor, data: torch.Tensor, schedule: NoiseSchedule,
-                   chunk_size: int = 16384, return_weights: bool = False):
+                   chunk_size: int = 16384,
+                   return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The exact posterior mean E[x₀ | x_t] when x₀ is uniform over the rows of ``data``.
 
     With x₀ ∈ {x_1..x_N} equally likely, Bayes' rule gives weights

@@ -21,10 +21,17 @@ stay finite even far from every component.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .schedules import NoiseSchedule
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _HasAlphaSigma(Protocol):  # an SDE of diffusion_course.sde, or anything shaped like one
+        def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 __all__ = ["GaussianMixture", "OracleModel", "SDEScore"]
 
@@ -52,7 +59,8 @@ class GaussianMixture:
     Attributes (float64, CPU): ``means`` (K, d), ``variances`` (K, d), ``weights`` (K,).
     """
 
-    def __init__(self, means, stds, weights=None):
+    def __init__(self, means: torch.Tensor | Sequence, stds: torch.Tensor | Sequence,
+                 weights: torch.Tensor | Sequence[float] | None = None):
         means = _as_f64("means", means)
         if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
             raise ValueError(f"means must have shape (K, d) with K, d >= 1, got {tuple(means.shape)}; "
@@ -83,8 +91,8 @@ class GaussianMixture:
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.2, weights=None,
-             phase: float = 0.0) -> "GaussianMixture":
+    def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.2,
+             weights: torch.Tensor | Sequence[float] | None = None, phase: float = 0.0) -> "GaussianMixture":
         """``k`` isotropic 2-D Gaussians evenly spaced on a circle of ``radius`` (the classic toy)."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
@@ -189,7 +197,7 @@ class GaussianMixture:
         return -(resp[..., None] * diff / var).sum(1)
 
     # ----------------------------------------------------------------- noised mixture (Eq. 1)
-    def noised(self, alpha_bar) -> "GaussianMixture":
+    def noised(self, alpha_bar: float | torch.Tensor) -> "GaussianMixture":
         """The law of x_t = √ᾱ x₀ + √(1−ᾱ) ε for x₀ ~ self: means √ᾱ μ_k, variances ᾱσ_k² + (1−ᾱ)."""
         ab = float(alpha_bar)
         if not 0 <= ab <= 1:
@@ -212,18 +220,18 @@ class GaussianMixture:
             raise ValueError(f"t must satisfy -1 <= t < T={schedule.T}")
         return schedule.alpha_bar_at(t.cpu()).to(torch.float64).cpu()
 
-    def score_t(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+    def score_t(self, x: torch.Tensor, t: int | torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
         """∇ log q_t(x) of the noised mixture (Eq. 1) at integer timesteps t (N,); t = −1 is clean."""
         x = self._check_x(x)
         return self._score(x, self._alpha_bar(x, t, schedule))
 
-    def eps_t(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+    def eps_t(self, x: torch.Tensor, t: int | torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
         """The ideal noise prediction E[ε | x_t = x] = −√(1−ᾱ_t) ∇ log q_t(x), shape (N, d)."""
         x = self._check_x(x)
         ab = self._alpha_bar(x, t, schedule)
         return -(1 - ab)[:, None].sqrt() * self._score(x, ab)
 
-    def posterior_mean_x0(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+    def posterior_mean_x0(self, x: torch.Tensor, t: int | torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
         """E[x₀ | x_t = x], computed component-wise (not through Tweedie, so tests can compare the two).
 
         Given component k, x₀ and x_t are jointly Gaussian, so (per dimension)
@@ -263,7 +271,7 @@ class GaussianMixture:
         resp = torch.softmax(log_joint, dim=1)
         return -(resp[..., None] * diff / var).sum(1)
 
-    def sde_score(self, sde) -> "SDEScore":
+    def sde_score(self, sde: _HasAlphaSigma) -> "SDEScore":
         """The exact continuous-time score ``score_fn(x, t)`` of this mixture under a forward SDE of
         ``diffusion_course.sde`` (anything with ``alpha_sigma(t) -> (a, s)``): the oracle for chapter 6."""
         if not hasattr(sde, "alpha_sigma"):
@@ -290,7 +298,7 @@ class OracleModel:
         self.mixture = mixture
         self.schedule = schedule
 
-    def __call__(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             raise ValueError(f"x must be a batched tensor (B, ...), got {getattr(x, 'shape', type(x).__name__)}")
         flat = x.reshape(x.shape[0], -1)
@@ -318,7 +326,7 @@ class ClassConditionalOracle:
         self._oracles = [GaussianMixture(mixture.means[k:k + 1], mixture.stds[k:k + 1]).oracle_model(schedule)
                          for k in range(mixture.K)] + [mixture.oracle_model(schedule)]
 
-    def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         B = x.shape[0]
         t = torch.as_tensor(t).reshape(-1)
         t = t.expand(B) if t.numel() == 1 else t
@@ -342,7 +350,7 @@ class SDEScore:
     tensor (B,) in (0, 1]; x (B, d) or (B, ...) with d elements per item. Output in x's shape, dtype and device.
     ``log_prob(x, t)`` gives the exact log p_t(x) — the true density the PF-ODE likelihood is checked against."""
 
-    def __init__(self, mixture: GaussianMixture, sde):
+    def __init__(self, mixture: GaussianMixture, sde: _HasAlphaSigma):
         self.mixture, self.sde = mixture, sde
 
     def _scale_std(self, x: torch.Tensor, t: torch.Tensor):

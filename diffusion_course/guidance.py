@@ -25,12 +25,14 @@ al. 2024, "Applying Guidance in a Limited Interval"), plain conditional elsewher
 """
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 import torch
 
 from . import validate
 
 
-def null_condition(model, cond: torch.Tensor) -> torch.Tensor:
+def null_condition(model: Callable[..., torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
     """The "no condition" input matching ``cond``: the null label for class models
     (index ``num_classes``), the empty caption for text models (``model.null_cond``)."""
     if hasattr(model, "null_cond"):
@@ -50,8 +52,8 @@ class ClassifierFreeGuidance:
     to the model's raw output (ε, x₀ or v — the combination is linear, so it is the same guidance).
     """
 
-    def __init__(self, model, cond: torch.Tensor, scale: float, null_cond: torch.Tensor | None = None,
-                 rescale: float = 0.0, interval: tuple[int, int] | None = None):
+    def __init__(self, model: Callable[..., torch.Tensor], cond: torch.Tensor, scale: float,
+                 null_cond: torch.Tensor | None = None, rescale: float = 0.0, interval: tuple[int, int] | None = None):
         if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
             raise ValueError("cond must be a tensor with a batch dimension (labels (B,) or token ids (B, L))")
         scale = validate.real("scale", scale)  # finite: s = inf or NaN would turn every sample into NaN
@@ -69,10 +71,10 @@ class ClassifierFreeGuidance:
         self.rescale, self.interval = rescale, interval
         self.objective = getattr(model, "objective", "eps")
 
-    def parameters(self):  # so helpers that look up a model's device find it
+    def parameters(self) -> Iterator[torch.nn.Parameter]:  # so helpers that look up a model's device find it
         return self.model.parameters() if hasattr(self.model, "parameters") else iter(())
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is not None:
             raise ValueError("the condition is bound when the guided model is built; call it as m(x, t)")
         B = x.shape[0]
@@ -97,8 +99,9 @@ class ClassifierFreeGuidance:
         return guided
 
 
-def classifier_free(model, cond: torch.Tensor, scale: float, null_cond: torch.Tensor | None = None,
-                    rescale: float = 0.0, interval: tuple[int, int] | None = None) -> ClassifierFreeGuidance:
+def classifier_free(model: Callable[..., torch.Tensor], cond: torch.Tensor, scale: float,
+                    null_cond: torch.Tensor | None = None, rescale: float = 0.0,
+                    interval: tuple[int, int] | None = None) -> ClassifierFreeGuidance:
     """Guided model ``m(x, t)`` returning ε_u + s·(ε_c − ε_u), both passes batched into one call.
 
     Args:

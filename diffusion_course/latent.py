@@ -7,10 +7,11 @@
 
 Three pieces, each a function here:
 1. ``vae_loss`` — reconstruction (L1 or L2) + β·KL with a tiny β (why tiny: see its docstring);
-   ``train_autoencoder`` — the loop (AdamW, EMA-free, atomic checkpoints, exact resume, progress bar).
+   ``train_autoencoder`` — on the course's training skeleton (AdamW, checkpoints, exact resume, progress bar).
 2. ``fit_scale_factor`` — 1/std of the latents over the **whole** training set, so the diffusion model sees
    unit-variance data as it would in pixel space (Stable Diffusion's 0.18215 is this number for its VAE).
-   ``encode_dataset`` encodes a set once (with a progress bar) and caches it, so latent training never re-encodes.
+   ``encode_dataset`` encodes a set once (with a progress bar) and caches it, so latent training never re-encodes;
+   ``encode_training_set`` does it for Fashion-MNIST's training set (chapters 5 and 8, the latent recipes).
 3. ``LatentDiffusion`` — encode / decode / sample, reusing chapter 3's DDIM loop and chapter 4's guidance wrapper.
 """
 from __future__ import annotations
@@ -18,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import checkpoints, guidance, sampling
+from . import checkpoints, guidance, sampling, training
 from .nn.autoencoder import Autoencoder, kl_to_standard_normal
 from .schedules import NoiseSchedule
 
@@ -66,9 +66,10 @@ class AutoencoderConfig:
     steps: int = 3000
     batch_size: int = 64
     lr: float = 1e-3
-    warmup: int = 100
+    warmup: int = 100                 # then cosine decay to 10 % (training.lr_at, the course's one schedule)
     beta: float = 1e-4
     reconstruction: str = "l1"
+    grad_clip: float = 1.0
     seed: int = 0
     checkpoint_path: str | None = None
     checkpoint_every: int = 250
@@ -86,23 +87,26 @@ class AutoencoderConfig:
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be a finite number >= 0 (0 = no clipping), got {self.grad_clip!r}")
 
 
-_AE_RESUME_FREE = {"checkpoint_path", "checkpoint_every"}
+@dataclass
+class AutoencoderHistory:
+    loss: list[float] = field(default_factory=list)
+    reconstruction: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    wall_time: float = 0.0
+    segments: list[dict] = field(default_factory=list)   # steps, seconds and threads of each run (a resume adds one)
 
 
 def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: AutoencoderConfig | None = None,
-                      progress: bool = True, device: torch.device | str | None = None) -> dict:
-    """Train ``vae`` on ``images`` (N, C, H, W) in [−1, 1]; returns a history dict (loss, reconstruction, kl per step;
-    ``segments``: steps, seconds and threads of each run that trained it — one, plus one per resume).
-
-    AdamW with linear warm-up then cosine decay to 10 %. With ``config.checkpoint_path`` the state (weights, optimiser,
-    the generator that draws batches and ε, the step, the history) is saved atomically every ``checkpoint_every``
-    steps and on Ctrl-C, and training resumes from it exactly; an interrupt re-raises ``KeyboardInterrupt`` after
-    saving, so a caller never mistakes a half-trained model for a finished one.
+                      progress: bool = True, device: torch.device | str | None = None) -> training.TrainResult:
+    """Train ``vae`` on ``images`` (N, C, H, W) in [−1, 1] with :func:`vae_loss`, on the course's training skeleton
+    (:class:`~diffusion_course.training.Loop`): AdamW with warm-up then cosine decay, gradient clipping, atomic
+    checkpoints at ``config.checkpoint_path``, exact resume. Returns a ``training.TrainResult`` (``ema`` is the model
+    itself: an autoencoder is used as trained); a Ctrl-C returns what was trained with ``interrupted=True``.
     """
-    from tqdm.auto import tqdm
-
     from .config import get_device
 
     cfg = config or AutoencoderConfig()
@@ -112,77 +116,23 @@ def train_autoencoder(vae: Autoencoder, images: torch.Tensor, config: Autoencode
     dev = torch.device(device) if device is not None else get_device()
     vae.to(dev).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history = {"loss": [], "reconstruction": [], "kl": []}
-    step = 0
-    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
-    if ckpt is not None and ckpt.exists():
-        state = checkpoints.load(ckpt, map_location=dev, verify=False)
-        # where the state lives and how often it is written do not change the run (a state moved to the
-        # shipped folder, or saved more often, resumes); every other field does
-        saved_cfg, now_cfg = state.get("config", {}), asdict(cfg)
-        diff = sorted(k for k in now_cfg if k not in _AE_RESUME_FREE and saved_cfg.get(k) != now_cfg[k])
-        if diff:
-            raise ValueError(f"{ckpt} was saved with a different configuration ({', '.join(diff)} differ); "
-                             "delete it or pass the same configuration to resume")
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step, history = int(state["step"]), state["history"]
-
-    # each run of this function is one segment (a resume starts another), so a resumed run's cost is not lost
-    history.setdefault("segments", []).append({"from_step": step, "to_step": step, "seconds": 0.0,
-                                               "threads": torch.get_num_threads(), "device": str(dev)})
-    segment, t_segment = history["segments"][-1], time.perf_counter()
-
-    def save():
-        segment["to_step"], segment["seconds"] = step, time.perf_counter() - t_segment
-        if ckpt is not None:
-            checkpoints.save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                              "step": step, "history": history, "config": asdict(cfg)}, ckpt)
-
+    loop = training.Loop(cfg, {"model": vae}, opt, AutoencoderHistory(), desc="autoencoder", progress=progress)
+    loop.resume(dev)
     data = images.to(dev)
-    bar = tqdm(total=cfg.steps, initial=step, desc="autoencoder", disable=not progress, mininterval=0.5)
-    try:
-        while step < cfg.steps:
-            gen_before = gen.get_state()
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-            if step >= cfg.warmup:
-                progress_frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-                lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_frac)))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=gen).to(dev)
-            loss, parts = vae_loss(vae, data[idx], cfg.beta, cfg.reconstruction, generator=gen, return_parts=True)
-            if not torch.isfinite(loss):
-                gen.set_state(gen_before)
-                raise FloatingPointError(f"the autoencoder loss became {float(loss)} at step {step}; the weights were "
-                                         f"not updated. Lower the learning rate (lr={cfg.lr}).")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            step += 1
-            history["loss"].append(loss.item())
-            history["reconstruction"].append(parts["reconstruction"])
-            history["kl"].append(parts["kl"])
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(rec=f"{sum(history['reconstruction'][-50:]) / len(history['reconstruction'][-50:]):.4f}")
-            if step % cfg.checkpoint_every == 0:
-                save()
-    except KeyboardInterrupt:
-        # The interrupted step either finished (counted, saved below) or never reached opt.step (then its
-        # batch and noise are drawn again on resume, because the generator is rolled back).
-        if len(history["loss"]) == step:
-            gen.set_state(gen_before)
-        save()
-        raise
-    finally:
-        bar.close()
-    save()
+
+    def compute(step: int) -> training.StepOutput:
+        idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=loop.gen).to(dev)
+        training._hook("batch", step)
+        loss, parts = vae_loss(vae, data[idx], cfg.beta, cfg.reconstruction, generator=loop.gen, return_parts=True)
+        return training.StepOutput(loss, loss.item(), parts)
+
+    def after_update(out: training.StepOutput) -> None:
+        loop.history.reconstruction.append(out.record["reconstruction"])
+        loop.history.kl.append(out.record["kl"])
+
+    interrupted = loop.run(compute, after_update)
     vae.eval()
-    return history
+    return training.TrainResult(model=vae, ema=vae, history=loop.history, step=loop.step, interrupted=interrupted)
 
 
 # --------------------------------------------------------------------------- 2. latents: encode once, fit the scale
@@ -242,6 +192,25 @@ def fit_scale_factor(latents: torch.Tensor) -> float:
     if std == 0:
         raise ValueError("latents have zero variance: the autoencoder is degenerate")
     return 1.0 / std
+
+
+def encode_training_set(vae: Autoencoder, device: torch.device | str | None = None, cache_dir: Path | None = None,
+                        limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Fashion-MNIST training set as posterior-mean latents and labels: encoded once, cached beside the
+    checkpoints in ``cache/`` (keyed by the autoencoder's weights and the images, so a retrained one re-encodes).
+    ``limit`` takes only the first that many images and skips the cache (quick mode uses 2,000: encoding all 60,000
+    takes minutes on a CPU)."""
+    from .config import is_quick
+    from .data import load_fashion_mnist
+
+    x, y = load_fashion_mnist("train")
+    if limit is None and is_quick():
+        limit = 2000
+    vae = vae.to(device or "cpu").eval()
+    if limit is not None:
+        return encode_dataset(vae, x[:limit]), y[:limit]
+    cache_dir = Path(cache_dir) if cache_dir is not None else checkpoints.CHECKPOINT_DIR.parent / "cache"
+    return encode_dataset(vae, x, cache=cache_dir / "fmnist-train-latents.pt"), y
 
 
 # --------------------------------------------------------------------------- 3. the pipeline

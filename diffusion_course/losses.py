@@ -11,6 +11,7 @@ spends them on the noise levels that decide an image's content.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -35,7 +36,7 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, objective: str) -> torch.Ten
     return {"eps": (gamma / snr).clamp(max=1.0), "x0": clipped, "v": clipped / (snr + 1)}[objective]
 
 
-def sample_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform", logsnr_mean: float = 0.0,
+def draw_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform", logsnr_mean: float = 0.0,
                      logsnr_std: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``batch`` training timesteps (int64, CPU).
 
@@ -62,11 +63,12 @@ def sample_timesteps(batch: int, schedule: NoiseSchedule, kind: str = "uniform",
     return torch.where(nearer_lo, lo, hi)
 
 
-def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: str = "eps",
-                   cond: torch.Tensor | None = None, p_uncond: float = 0.0, min_snr_gamma: float | None = None,
-                   generator: torch.Generator | None = None, null_label: int | None = None,
-                   return_details: bool = False, t_sampling: str = "uniform", logsnr_mean: float = 0.0,
-                   logsnr_std: float = 2.0, shard: tuple[int, int] | None = None):
+def diffusion_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, schedule: NoiseSchedule,
+                   objective: str = "eps", cond: torch.Tensor | None = None, p_uncond: float = 0.0,
+                   min_snr_gamma: float | None = None, generator: torch.Generator | None = None,
+                   null_label: int | None = None, return_details: bool = False, t_sampling: str = "uniform",
+                   logsnr_mean: float = 0.0, logsnr_std: float = 2.0, t: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor | LossDetails:
     """One Monte-Carlo estimate of the simple diffusion loss on the batch ``x0``.
 
     Args:
@@ -77,10 +79,10 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
             its empty caption) — condition dropout, so one network learns p(x) and p(x|y)
             (classifier-free guidance).
         generator: a CPU generator for t, ε and the dropout mask (reproducible runs).
-        t_sampling, logsnr_mean, logsnr_std: how t is drawn (:func:`sample_timesteps`). A non-uniform
+        t_sampling, logsnr_mean, logsnr_std: how t is drawn (:func:`draw_timesteps`). A non-uniform
             draw reweights the loss over t by its density, like a weighting w(t) would.
-        shard: ``(rank, world)`` for data-parallel training: t, ε and the dropout mask are drawn for the whole
-            batch ``x0`` (as one process would), then only this rank's slice is used.
+        t, noise, drop: the draws themselves, when the caller made them (the trainer does, to split one global
+            batch across data-parallel processes); by default they are drawn here, in that order.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -89,14 +91,10 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, objective: 
     if min_snr_gamma is not None and min_snr_gamma <= 0:
         raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
     B, dev = x0.shape[0], x0.device
-    t = sample_timesteps(B, schedule, t_sampling, logsnr_mean, logsnr_std, generator).to(dev)
-    noise = torch.randn(x0.shape, generator=generator).to(device=dev, dtype=x0.dtype)
-    drop = torch.rand(B, generator=generator).to(dev) < p_uncond
-    if shard is not None:  # same draws as one process, then this rank's slice of the global batch
-        rows = slice(shard[0] * B // shard[1], (shard[0] + 1) * B // shard[1])
-        x0, t, noise, drop = x0[rows], t[rows], noise[rows], drop[rows]
-        cond = cond[rows] if cond is not None else None
-        B = x0.shape[0]
+    # Algorithm 1: t ~ U{0..T−1} (or another density), ε ~ N(0, I); and the condition-dropout coin per example
+    t = draw_timesteps(B, schedule, t_sampling, logsnr_mean, logsnr_std, generator).to(dev) if t is None else t
+    noise = torch.randn(x0.shape, generator=generator).to(device=dev, dtype=x0.dtype) if noise is None else noise
+    drop = (torch.rand(B, generator=generator).to(dev) < p_uncond) if drop is None else drop
     if cond is not None and p_uncond > 0:
         drop_rows = drop.reshape((B,) + (1,) * (cond.ndim - 1))  # one decision per example, also for (B, L) ids
         if null_label is None and hasattr(model, "null_cond"):

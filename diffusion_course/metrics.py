@@ -155,7 +155,7 @@ def max_class_deviation(counts: torch.Tensor) -> float:
 
     Random real images score above 0 too: at N = 1000 and K = 10 a random test subset through the course's
     classifier averages about 0.19 (sampling noise plus the classifier's confusions), so compare a model's value with
-    the real set's at the same N (``train.evaluate_diffusion`` records both)."""
+    the real set's at the same N (``evaluation.evaluate_diffusion`` records both)."""
     counts = torch.as_tensor(counts, dtype=torch.float64)
     if counts.ndim != 1 or counts.numel() < 1 or (counts < 0).any() or counts.sum() <= 0:
         raise ValueError(f"counts must be a non-empty 1-D vector of non-negative counts with a positive sum, got {counts}")
@@ -194,7 +194,7 @@ def mmd_rbf(a: torch.Tensor, b: torch.Tensor, bandwidths: tuple[float, ...] = (0
 
 
 def train_classifier(steps: int = 1500, batch_size: int = 128, seed: int = 0, progress: bool = True,
-                     device=None) -> tuple[FashionClassifier, float]:
+                     device: str | torch.device | None = None) -> tuple[FashionClassifier, float]:
     """Train :class:`FashionClassifier` on Fashion-MNIST; returns (model, test accuracy)."""
     from tqdm.auto import tqdm
 

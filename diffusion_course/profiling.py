@@ -1,4 +1,5 @@
-"""Measuring cost: seconds per training step, seconds per sample, and FLOPs per forward pass.
+"""Measuring cost: seconds per training step, seconds per sample, FLOPs per forward pass, and held-out loss against
+training compute (:func:`loss_vs_compute`, chapter 8's scaling sweep).
 
 Chapters 5 and 8 compare models by what they cost, so the numbers must be like for like: the same batch, the same
 threads, medians over repeats after a warm-up call, and FLOPs counted by ``torch.utils.flop_counter`` (which
@@ -7,9 +8,13 @@ counts matrix multiplications and convolutions: 2 FLOPs per multiply–add; elem
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .schedules import NoiseSchedule
 
 
 def _median(values: list[float]) -> float:
@@ -88,3 +93,64 @@ def flops_per_forward(model: nn.Module, shape: tuple[int, ...], batch: int = 1) 
         model(x, t, cond)
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+# --------------------------------------------------------------------------- loss against training compute (chapter 8)
+def held_out_loss(model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, schedule: NoiseSchedule,
+                  seed: int = 0) -> float:
+    """ε-MSE on fixed held-out data with fixed t and noise (the same draw for every model and every call)."""
+    from . import losses
+
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        total = 0.0
+        for i in range(0, x0.shape[0], 500):
+            total += float(losses.diffusion_loss(model, x0[i:i + 500], schedule, cond=y[i:i + 500], generator=g)) * \
+                     x0[i:i + 500].shape[0]
+    model.train()
+    return total / x0.shape[0]
+
+
+def scaling_model(kind: str, space: str = "latent", patch: int = 1) -> nn.Module:
+    """A fresh network of chapter 8's comparison: "unet" and "dit" (the shipped latent pair's architectures) or
+    "dit-XS/S/M" (``nn.dit.DIT_CONFIGS``), on the 4×7×7 latents or, with ``space="pixel"``, on 28×28 images."""
+    from .nn.dit import DIT_CONFIGS, DiT
+    from .recipes import RECIPES, build_denoiser
+
+    if kind == "unet":
+        return build_denoiser("unet", RECIPES["fmnist-ldm"].model)
+    if kind == "dit":   # the shipped fmnist-ldm-dit's DiT, sized to the U-Net's FLOPs
+        return build_denoiser("dit", RECIPES["fmnist-ldm-dit"].model)
+    size = kind.split("-")[1]
+    if space == "latent":
+        return DiT(input_size=7, patch=1, in_channels=4, num_classes=10, **DIT_CONFIGS[size])
+    return DiT(input_size=28, patch=patch, in_channels=1, num_classes=10, **DIT_CONFIGS[size])
+
+
+def loss_vs_compute(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor | None, held_x: torch.Tensor,
+                    held_y: torch.Tensor | None, schedule: NoiseSchedule, steps: int, batch: int, lr: float,
+                    evals: int = 6, seed: int = 0,
+                    progress: bool = True) -> tuple[nn.Module, list[list[float]], int, float]:
+    """Train ``steps`` steps in ``evals`` pieces (resumed exactly from a temporary checkpoint, constant lr after the
+    warm-up so the pieces are one run), recording [step, training FLOPs, held-out loss of the EMA] after each.
+    Returns (the EMA model, the curve, FLOPs per forward, seconds). Training FLOPs = 3 × forward × batch × steps."""
+    import os
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    from . import training
+
+    fwd_flops = flops_per_forward(model, tuple(train_x.shape[1:]))
+    path = tempfile.mktemp(suffix=".pt")
+    curve, t0 = [], time.perf_counter()
+    for k in tqdm(range(1, evals + 1), desc=f"{type(model).__name__}: {steps} steps", disable=not progress, leave=False):
+        cfg = training.TrainConfig(steps=steps * k // evals, batch_size=batch, lr=lr, warmup=100, lr_decay="constant",
+                                   ema_decay=0.999, p_uncond=0.2, t_sampling="logsnr-normal", seed=seed,
+                                   channels_last=False, checkpoint_path=path, checkpoint_every=10**9)
+        result = training.train(model, schedule, train_x, train_y, cfg, progress=False, device="cpu")
+        curve.append([result.step, 3 * fwd_flops * batch * result.step,
+                      held_out_loss(result.ema, held_x, held_y, schedule)])
+    os.remove(path)
+    return result.ema.eval(), curve, fwd_flops, time.perf_counter() - t0

@@ -105,8 +105,8 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
 
 
-def predict_eps_x0(model, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, cond=None,
-                   clip_denoised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_eps_x0(model: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
+                   cond: torch.Tensor | None = None, clip_denoised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Call the model and return (ε̂, x̂₀) whatever it predicts (its ``objective``: eps, x0 or v).
 
     With ``clip_denoised`` x̂₀ is clamped to [−1, 1] (or to [−c, c] when it is a number c) and ε̂ recomputed to match.
@@ -135,8 +135,8 @@ def predict_eps_x0(model, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSched
 
 
 # --------------------------------------------------------------------------- step functions
-def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSchedule,
-              noise: torch.Tensor | None = None, variance: str = "beta_tilde",
+def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t: int | torch.Tensor, t_prev: int | torch.Tensor,
+              schedule: NoiseSchedule, noise: torch.Tensor | None = None, variance: str = "beta_tilde",
               clip_denoised: bool = False, generator: torch.Generator | None = None,
               x0: torch.Tensor | None = None) -> torch.Tensor:
     """One ancestral step x_t → x_{t_prev} (DDPM Algorithm 2, generalised to any t_prev < t).
@@ -166,8 +166,8 @@ def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
     return mean + (1 - last) * var.clamp(min=0).sqrt() * noise
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSchedule, eta: float = 0.0,
-              noise: torch.Tensor | None = None, clip_denoised: bool = False,
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int | torch.Tensor, t_prev: int | torch.Tensor,
+              schedule: NoiseSchedule, eta: float = 0.0, noise: torch.Tensor | None = None, clip_denoised: bool = False,
               generator: torch.Generator | None = None, x0: torch.Tensor | None = None) -> torch.Tensor:
     """One DDIM step x_t → x_{t_prev} (Song et al. 2021, Eqs. 12 and 16).
 
@@ -197,17 +197,19 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_prev, schedule: NoiseSc
 
 
 # --------------------------------------------------------------------------- the loop
-def objective_is_eps(model) -> bool:
+def objective_is_eps(model: object) -> bool:
     return getattr(model, "objective", "eps") == "eps"
 
 
 Update = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+Trajectory = dict[str, torch.Tensor]  # {"t", "x_t", "x0_pred"}: what return_trajectory adds
 
 
 @torch.no_grad()
-def sample_loop(model, x_T: torch.Tensor, schedule: NoiseSchedule, ts: torch.Tensor, update: Update,
-                cond: torch.Tensor | None = None, clip_denoised: bool = False, progress: bool = True,
-                return_trajectory: bool = False, desc: str = "sampling"):
+def sample_loop(model: Callable[..., torch.Tensor], x_T: torch.Tensor, schedule: NoiseSchedule, ts: torch.Tensor,
+                update: Update, cond: torch.Tensor | None = None, clip_denoised: bool = False, progress: bool = True,
+                return_trajectory: bool = False,
+                desc: str = "sampling") -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Run ``update(x, eps, x0_pred, t, t_prev, i) -> x_prev`` over the descending timesteps ``ts``.
 
     The last step goes to ``t_prev = -1`` (clean). With ``return_trajectory`` also returns a dict of
@@ -245,10 +247,11 @@ def sample_loop(model, x_T: torch.Tensor, schedule: NoiseSchedule, ts: torch.Ten
     return x
 
 
-def ddpm_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator | None = None,
-                clip_denoised: bool = False, cond: torch.Tensor | None = None, steps: int | None = None,
-                variance: str = "beta_tilde", progress: bool = True, return_trajectory: bool = False,
-                spacing: str = "trailing"):
+def ddpm_sample(model: Callable[..., torch.Tensor], x_T: torch.Tensor, schedule: NoiseSchedule, *,
+                steps: int | None = None, variance: str = "beta_tilde", spacing: str = "trailing",
+                cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                clip_denoised: bool = False, progress: bool = True,
+                return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Ancestral DDPM sampling (Algorithm 2) from x_T, over all T steps (or ``steps`` strided ones)."""
     if steps is not None:
         validate.positive_int("steps", steps)  # 0 is an error, not "all T steps"
@@ -261,9 +264,10 @@ def ddpm_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, generator: to
                        desc="DDPM")
 
 
-def ddim_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
-                spacing: str = "trailing", generator: torch.Generator | None = None, clip_denoised: bool = False,
-                cond: torch.Tensor | None = None, progress: bool = True, return_trajectory: bool = False):
+def ddim_sample(model: Callable[..., torch.Tensor], x_T: torch.Tensor, schedule: NoiseSchedule, *, steps: int = 50,
+                eta: float = 0.0, spacing: str = "trailing", cond: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, clip_denoised: bool = False, progress: bool = True,
+                return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """DDIM sampling (Song et al. 2021) with ``steps`` model calls; deterministic when ``eta == 0``."""
     eta = _check_eta(eta)
     ts = timesteps(schedule.T, steps, spacing)
@@ -284,8 +288,9 @@ def _alpha_sigma_lambda(schedule: NoiseSchedule, t: torch.Tensor):
     return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
 
-def dpm_solver_2m_step(x_t: torch.Tensor, x0_pred: torch.Tensor, t, t_prev, schedule: NoiseSchedule,
-                       x0_pred_last: torch.Tensor | None = None, t_last=None) -> torch.Tensor:
+def dpm_solver_2m_step(x_t: torch.Tensor, x0_pred: torch.Tensor, t: int | torch.Tensor, t_prev: int | torch.Tensor,
+                       schedule: NoiseSchedule, x0_pred_last: torch.Tensor | None = None,
+                       t_last: int | torch.Tensor | None = None) -> torch.Tensor:
     """One DPM-Solver++(2M) step x_t → x_{t_prev}  (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
 
     In λ = log(α/σ), α = √ᾱ, σ = √(1−ᾱ), with h = λ_{t'} − λ_t and x̂₀ the model's data prediction:
@@ -324,10 +329,13 @@ def dpm_solver_2m_step(x_t: torch.Tensor, x0_pred: torch.Tensor, t, t_prev, sche
     return cast(sigma_t / sigma_s) * x_t - cast(alpha_t * torch.expm1(-h)) * d
 
 
-def dpm_solver_2m_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 20,
-                         spacing: str = "trailing", cond: torch.Tensor | None = None, clip_denoised: bool = False,
-                         progress: bool = True, return_trajectory: bool = False):
+def dpm_solver_2m_sample(model: Callable[..., torch.Tensor], x_T: torch.Tensor, schedule: NoiseSchedule, *,
+                         steps: int = 20, spacing: str = "trailing", cond: torch.Tensor | None = None,
+                         generator: torch.Generator | None = None, clip_denoised: bool = False,
+                         progress: bool = True,
+                         return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Deterministic DPM-Solver++(2M) sampling with ``steps`` model calls (Lu et al. 2022, Algorithm 2).
+    (``generator`` is accepted for the samplers' one signature; this sampler draws nothing.)
 
     First order on the first step (no previous prediction yet) and on the last (to the clean end);
     second order in between. Equivalent to diffusers' ``DPMSolverMultistepScheduler(algorithm_type=
@@ -352,7 +360,8 @@ def dpm_solver_2m_sample(model, x_T: torch.Tensor, schedule: NoiseSchedule, step
 
 
 # --------------------------------------------------------------------------- DDIM inversion
-def ddim_invert_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_next, schedule: NoiseSchedule) -> torch.Tensor:
+def ddim_invert_step(x_t: torch.Tensor, eps: torch.Tensor, t: int | torch.Tensor, t_next: int | torch.Tensor,
+                     schedule: NoiseSchedule) -> torch.Tensor:
     """One deterministic DDIM step *up* the noise levels, x_t → x_{t_next} with t_next > t (t = −1: clean).
 
         x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t,   x_{t_next} = √ᾱ_{t_next} x̂₀ + √(1−ᾱ_{t_next}) ε̂
@@ -367,8 +376,9 @@ def ddim_invert_step(x_t: torch.Tensor, eps: torch.Tensor, t, t_next, schedule: 
     return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
 
 
-def ddim_invert(model, x0: torch.Tensor, schedule: NoiseSchedule, steps: int = 50, spacing: str = "trailing",
-                cond: torch.Tensor | None = None, progress: bool = True, return_trajectory: bool = False):
+def ddim_invert(model: Callable[..., torch.Tensor], x0: torch.Tensor, schedule: NoiseSchedule, *, steps: int = 50,
+                spacing: str = "trailing", cond: torch.Tensor | None = None, progress: bool = True,
+                return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Map clean data to the noise that deterministic DDIM (η = 0) would turn back into it.
 
     Visits ``timesteps(T, steps, spacing)`` in ascending order, −1 → t₁ → … → t_S, so that
@@ -408,7 +418,7 @@ def ddim_invert(model, x0: torch.Tensor, schedule: NoiseSchedule, steps: int = 5
 
 
 # --------------------------------------------------------------------------- interpolation
-def slerp(a: torch.Tensor, b: torch.Tensor, alpha, per_item: bool = True) -> torch.Tensor:
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor, per_item: bool = True) -> torch.Tensor:
     """Spherical linear interpolation (Shoemake 1985) between noise tensors ``a`` and ``b``.
 
         θ = arccos(⟨a, b⟩ / (‖a‖‖b‖)),   slerp = sin((1−α)θ)/sin θ · a + sin(αθ)/sin θ · b

@@ -7,6 +7,7 @@ Indices are 0-based: ``alpha_bar[0]`` is the first noising step, ``alpha_bar[T-1
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class NoiseSchedule:
         return cls(torch.tensor(betas, dtype=torch.float64), name="cosine")
 
     @classmethod
-    def from_betas(cls, betas, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(cls, betas: torch.Tensor | np.ndarray | Sequence[float], name: str = "custom") -> "NoiseSchedule":
         return cls(betas, name=name)
 
     # ----------------------------------------------------------------- derived views
@@ -108,7 +109,7 @@ class NoiseSchedule:
         alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
         return NoiseSchedule(1 - alphas, name=f"{self.name}+zsnr")
 
-    def to(self, device) -> "NoiseSchedule":
+    def to(self, device: str | torch.device) -> "NoiseSchedule":
         """A copy whose tensors live on ``device`` (still float64; MPS gets float32)."""
         dev = torch.device(device)
         dtype = torch.float32 if dev.type == "mps" else torch.float64

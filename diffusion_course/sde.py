@@ -127,7 +127,8 @@ class SDE:
         alpha, sigma = self.alpha_sigma(_check_t(t, x0.shape[0]))
         return _bshape(alpha, x0) * x0, _bshape(sigma, x0)
 
-    def sample_marginal(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
+    def sample_marginal(self, x0: torch.Tensor, t: torch.Tensor,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t = α(t) x₀ + σ(t) ε; returns (x_t, ε)."""
         mean, std = self.marginal(x0, t)
         eps = _randn(x0.shape, generator, x0)
@@ -136,8 +137,8 @@ class SDE:
     def prior_std(self) -> float:
         return 1.0
 
-    def prior_sample(self, shape, generator: torch.Generator | None = None, dtype=torch.float32,
-                     device=None) -> torch.Tensor:
+    def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                     dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> torch.Tensor:
         """x_T ~ N(0, prior_std² I): where samplers start (drawn on the CPU for reproducibility)."""
         shape = tuple(shape)
         if len(shape) < 2 or any(not isinstance(s, int) or s < 1 for s in shape):
@@ -179,15 +180,15 @@ class VPSDE(SDE):
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
-    def alpha_sigma(self, t):
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_alpha = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
         return log_alpha.exp(), (-torch.expm1(2 * log_alpha)).sqrt()
 
-    def drift(self, x, t):
+    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = self._check_x_t(x, t)
         return -0.5 * _bshape(self.beta(t), x) * x
 
-    def diffusion(self, t):
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
         return self.beta(_check_t(t)).sqrt()
 
     def __repr__(self):
@@ -216,15 +217,15 @@ class VESDE(SDE):
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
-    def alpha_sigma(self, t):
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         var = self.sigma(t) ** 2 - self.sigma_min**2
         return torch.ones_like(t), var.clamp(min=0).sqrt()
 
-    def drift(self, x, t):
+    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self._check_x_t(x, t)
         return torch.zeros_like(x)
 
-    def diffusion(self, t):
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
         return self.sigma(_check_t(t)) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
 
     def prior_std(self) -> float:
@@ -281,17 +282,17 @@ class DiscreteVPSDE(SDE):
         _, k = self._segment(t)
         return self._betas[k].to(t.device, t.dtype)
 
-    def alpha_sigma(self, t):
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, k = self._segment(t)
         lab = self._log_ab[k] + (u - k.double()) * (self._log_ab[k + 1] - self._log_ab[k])
         alpha, sigma = (0.5 * lab).exp(), (-torch.expm1(lab)).sqrt()
         return alpha.to(t.device, t.dtype), sigma.to(t.device, t.dtype)
 
-    def drift(self, x, t):
+    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = self._check_x_t(x, t)
         return -0.5 * _bshape(self.beta(t), x) * x
 
-    def diffusion(self, t):
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
         return self.beta(_check_t(t)).sqrt()
 
     def __repr__(self):
@@ -308,7 +309,8 @@ def _check_sde(sde) -> SDE:
 class ScoreFromEps:
     """``score_fn(x, t) = −ε̂(x, i(t)) / σ(t)`` for a discrete-time ε-model (see :func:`score_from_eps`)."""
 
-    def __init__(self, model, schedule: NoiseSchedule, cond=None, time: str = "fractional"):
+    def __init__(self, model: Callable[..., torch.Tensor], schedule: NoiseSchedule, cond: torch.Tensor | None = None,
+                 time: str = "fractional"):
         if time not in {"fractional", "nearest"}:
             raise ValueError(f"time must be 'fractional' or 'nearest', got {time!r}")
         if getattr(model, "objective", "eps") != "eps":
@@ -317,7 +319,7 @@ class ScoreFromEps:
         self.sde = DiscreteVPSDE(schedule)
         self.nfe = 0  # network calls so far (samplers' cost)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         t = _check_t(t, x.shape[0])
         idx = self.sde.index(t)
         idx = idx.round().clamp(0, self.schedule.T - 1).long() if self.time == "nearest" else idx.to(x.dtype)
@@ -328,7 +330,7 @@ class ScoreFromEps:
             raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         return out.to(x.dtype)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         eps = self.eps(x, t, cond)
         if self.time == "nearest":
             t = (self.sde.index(t).round().clamp(0, self.schedule.T - 1) + 1) / self.schedule.T
@@ -336,7 +338,8 @@ class ScoreFromEps:
         return -eps / _bshape(sigma, x)
 
 
-def score_from_eps(model, schedule: NoiseSchedule, cond=None, time: str = "fractional") -> ScoreFromEps:
+def score_from_eps(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, cond: torch.Tensor | None = None,
+                   time: str = "fractional") -> ScoreFromEps:
     """A chapter-2 ε-model (discrete t = 0 … T−1) as a continuous-time score s(x, t) = −ε̂ / σ(t).
 
     The score belongs to ``DiscreteVPSDE(schedule)`` (available as ``score_fn.sde``): continuous t maps to the
@@ -406,7 +409,7 @@ def em_step(score_fn: ScoreFn, x: torch.Tensor, t: float, t_next: float, sde: SD
 
 def euler_maruyama(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: int,
                    generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
-                   spacing: str = "uniform"):
+                   spacing: str = "uniform") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample the reverse SDE with ``steps`` Euler–Maruyama steps from t = 1 to ``sde.t_min`` (Song et al. 2021,
     Eq. 6; NFE = steps) on the :func:`time_grid` of ``spacing``. The last step returns its noise-free mean (Song
     et al.'s "denoise" step). With ``return_trajectory`` also returns the states (steps + 1, B, …)."""
@@ -425,7 +428,8 @@ def euler_maruyama(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: int,
     return (x, torch.stack(traj)) if return_trajectory else x
 
 
-def langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha: torch.Tensor | float = 1.0):
+def langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float,
+                       alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Song et al.'s corrector step ε = 2α (snr ‖z‖ / ‖s‖)² (Algorithms 4–5), with the norms averaged over the
     batch as in their code: a per-sample ‖s‖ vanishes at a mode's centre and would make that sample's step explode."""
     s_norm = score.flatten(1).norm(dim=1).mean()
@@ -435,7 +439,8 @@ def langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha: 
 
 def predictor_corrector(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: int, snr: float = 0.16,
                         corrector_steps: int = 1, generator: torch.Generator | None = None,
-                        return_trajectory: bool = False, progress: bool = False, spacing: str = "uniform"):
+                        return_trajectory: bool = False, progress: bool = False,
+                        spacing: str = "uniform") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1; the VE / VP forms are Algorithms 2–3).
 
     Predictor: one Euler–Maruyama step of the reverse SDE from t_i to t_{i+1}. Corrector: ``corrector_steps``
@@ -475,7 +480,8 @@ def predictor_corrector(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: i
 
 
 def langevin(grad_log_p: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, step_size: float, steps: int,
-             generator: torch.Generator | None = None, return_trajectory: bool = False) -> torch.Tensor:
+             generator: torch.Generator | None = None,
+             return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Unadjusted Langevin dynamics x ← x + ε ∇log p(x) + √(2ε) z, whose stationary law is p as ε → 0
     (Roberts & Tweedie 1996; Song & Ermon 2019, Eq. 2 with ε there = 2 × ours). ``grad_log_p(x)`` is the score
     of one fixed density (no t). Mixes slowly between well-separated modes: that is why NCSN anneals the noise."""
@@ -638,7 +644,8 @@ def hutchinson_divergence(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
     return out.detach(), (est / probes.shape[0]).detach()
 
 
-def draw_probes(shape, probes: int, probe: str, generator: torch.Generator | None, like: torch.Tensor):
+def draw_probes(shape: tuple[int, ...], probes: int, probe: str, generator: torch.Generator | None,
+                like: torch.Tensor) -> torch.Tensor:
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
@@ -650,7 +657,8 @@ def draw_probes(shape, probes: int, probe: str, generator: torch.Generator | Non
 def flow_log_likelihood(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float,
                         prior_logp: Callable[[torch.Tensor], torch.Tensor], exact_trace: bool = False,
                         probes: int = 1, probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
-                        generator: torch.Generator | None = None, return_info: bool = False):
+                        generator: torch.Generator | None = None,
+                        return_info: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """log p_{t_start}(x) for the flow dx/dt = velocity(x, t) whose law at t_end has log-density ``prior_logp``:
     integrate x and Δ = ∫ ∇·v dt from t_start to t_end with the adaptive solver (instantaneous change of variables,
     Chen et al. 2018, Thm. 1), then log p(x) = prior_logp(x(t_end)) + Δ. The divergence is exact (autograd) or a
@@ -688,7 +696,7 @@ def flow_log_likelihood(velocity: Callable, x: torch.Tensor, t_start: float, t_e
 def log_likelihood(score_fn: ScoreFn, x: torch.Tensor, sde: SDE, exact_trace: bool = False, probes: int = 1,
                    probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
                    generator: torch.Generator | None = None, t_min: float | None = None, t_max: float = 1.0,
-                   return_info: bool = False) -> torch.Tensor:
+                   return_info: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """log p_{t_min}(x) in nats per sample (B,) along the probability-flow ODE (Song et al. 2021, Eq. 39; App. D.2):
 
         log p_{t_min}(x(t_min)) = log p_1(x(1)) + ∫_{t_min}^1 ∇·f̃(x(t), t) dt,   f̃ = f − ½ g² s,
@@ -741,7 +749,7 @@ def nats_to_bits_per_dim(logp: torch.Tensor, dims: int) -> torch.Tensor:
 def bits_per_dim(score_fn: ScoreFn, x: torch.Tensor, sde: SDE, exact_trace: bool = False, probes: int = 1,
                  probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
                  generator: torch.Generator | None = None, t_min: float | None = None, t_max: float = 1.0,
-                 return_info: bool = False) -> torch.Tensor:
+                 return_info: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Bits per dimension (B,) of 8-bit images x ∈ [−1, 1] under the PF-ODE density: dequantise (:func:`dequantize`),
     take :func:`log_likelihood`, convert with :func:`nats_to_bits_per_dim`. An upper bound on −log₂ P(k)/D.
 
@@ -768,9 +776,10 @@ def _discretized_gaussian_log_prob(x0: torch.Tensor, mean: torch.Tensor, std: to
     return log_p.flatten(1).sum(1)
 
 
-def ddpm_elbo_bpd(model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: int | None = None, cond=None,
+def ddpm_elbo_bpd(model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: NoiseSchedule,
+                  timesteps: int | None = None, cond: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, batch_size: int = 256, progress: bool = False,
-                  return_terms: bool = False) -> torch.Tensor:
+                  return_terms: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """DDPM's variational bound −ELBO of a discrete ε-model, in bits per dimension of 8-bit images (B,)
     (Ho et al. 2020, Eq. 5 with Eq. 13's discretised decoder; Nichol & Dhariwal 2021, Sec. 2):
 

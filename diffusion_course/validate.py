@@ -38,7 +38,7 @@ def finite(name: str, x: torch.Tensor, where: str = "") -> torch.Tensor:
     return x
 
 
-def float_tensor(name: str, x, *, min_ndim: int = 0, check_finite: bool = True) -> torch.Tensor:
+def float_tensor(name: str, x: object, *, min_ndim: int = 0, check_finite: bool = True) -> torch.Tensor:
     """A floating-point ``torch.Tensor`` (images are float in [−1, 1]); uint8/int images get a hint how to convert."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -53,7 +53,7 @@ def float_tensor(name: str, x, *, min_ndim: int = 0, check_finite: bool = True) 
     return x
 
 
-def integer(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+def integer(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
     """A Python/NumPy integer (not a bool, not a float like 10.0) with ``low <= value <= high``."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -65,16 +65,16 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
     return value
 
 
-def positive_int(name: str, value) -> int:
+def positive_int(name: str, value: object) -> int:
     """An int >= 1 (0 and negatives are errors — never "0 means the default")."""
     return integer(name, value, low=1)
 
 
-def non_negative_int(name: str, value) -> int:
+def non_negative_int(name: str, value: object) -> int:
     return integer(name, value, low=0)
 
 
-def real(name: str, value, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+def real(name: str, value: object, *, low: float | None = None, high: float | None = None, low_open: bool = False,
          high_open: bool = False, allow_inf: bool = False) -> float:
     """A finite real number (not a bool, str or complex) in the given range; returned as float."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
@@ -94,11 +94,11 @@ def real(name: str, value, *, low: float | None = None, high: float | None = Non
     return value
 
 
-def probability(name: str, value) -> float:
+def probability(name: str, value: object) -> float:
     """A number in [0, 1]."""
     return real(name, value, low=0.0, high=1.0)
 
 
-def seed(name: str, value) -> int:
+def seed(name: str, value: object) -> int:
     """A seed torch accepts: an int in [0, 2**64)."""
     return integer(name, value, low=0, high=2**64 - 1)

@@ -39,7 +39,8 @@ CELLS = [
     '''import torch, diffusion_course as dc
 x_train, _ = dc.data.load_fashion_mnist("train")
 x_test, y_test = dc.data.load_fashion_mnist("test")
-net, net_schedule = dc.pretrained.load("fmnist-ddpm", device="cpu")
+net = dc.pretrained.load("fmnist-ddpm", device="cpu")
+net_schedule = net.schedule
 cosine = dc.schedules.NoiseSchedule.cosine(1000)
 ex1 = dc.widgets.ForwardExplorer({"a": x_test[0], "b": x_test[1]}, x_train[:5000], {"cosine": cosine},
                                  model=net, model_schedule=net_schedule)

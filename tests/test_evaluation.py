@@ -1,4 +1,5 @@
 """The sampler line-up used by chapter 3 and benchmarks/fid_vs_nfe.py."""
+import pytest
 import torch
 
 from diffusion_course import evaluation, pretrained
@@ -34,3 +35,21 @@ def test_compare_samplers_rows_and_shared_noise():
     assert "DPM-Solver++(2M)-2" in table and "FID/floor" in table
     names = [sp.name for sp in evaluation.standard_specs()]
     assert names[0] == "DDPM-1000" and "DDIM-50 (η=0)" in names and "DPM-Solver++(2M)-20" in names
+
+
+def test_interleaved_timing_alternates_the_samplers_and_divides_by_the_batch(monkeypatch):
+    calls, clock = [], iter(range(1000))
+    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: float(next(clock)))   # each reading 1 s after the last
+
+    def fn(name):
+        return lambda x: calls.append(name)
+
+    x = torch.zeros(4, 1, 2, 2)
+    out = evaluation.interleaved_seconds_per_image({"a": fn("a"), "b": fn("b")}, x, rounds=3)
+    # one warm-up each, then a b | b a | a b: no sampler is timed in a block of its own
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert out == {"a": [0.25] * 3, "b": [0.25] * 3}     # 1 s per call / batch of 4
+    with pytest.raises(ValueError, match="rounds"):
+        evaluation.interleaved_seconds_per_image({"a": fn("a")}, x, rounds=0)
+    with pytest.raises(ValueError, match="at least one"):
+        evaluation.interleaved_seconds_per_image({}, x)

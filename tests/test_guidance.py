@@ -133,7 +133,8 @@ def test_exercise_reference_is_the_module_formula():
 @pytest.mark.skipif(not pretrained.path_for("fmnist-ddpm").exists(), reason="fmnist-ddpm not shipped")
 @torch.no_grad()
 def test_guidance_raises_class_accuracy_on_the_pretrained_model():
-    model, schedule = pretrained.load("fmnist-ddpm", device="cpu")
+    model = pretrained.load("fmnist-ddpm", device="cpu")
+    schedule = model.schedule
     clf = pretrained.load("fmnist-classifier", device="cpu")
     labels = torch.arange(50) % 10
     x_T = torch.randn((50, 1, 28, 28), generator=torch.Generator().manual_seed(0))

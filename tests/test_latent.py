@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffusion_course import latent, pretrained, schedules
+from diffusion_course import evaluation, latent, pretrained, schedules
 from diffusion_course.nn import UNet
 from diffusion_course.nn.autoencoder import Autoencoder, kl_to_standard_normal
 
@@ -75,8 +75,8 @@ def test_training_learns_and_resumes_exactly_after_ctrl_c(tmp_path, monkeypatch)
     torch.manual_seed(0)
     full = Autoencoder(channels=(8, 16, 16))
     start = {k: v.clone() for k, v in full.state_dict().items()}
-    hist = latent.train_autoencoder(full, x, cfg, progress=False, device="cpu")
-    assert hist["reconstruction"][-1] < hist["reconstruction"][0]
+    hist = latent.train_autoencoder(full, x, cfg, progress=False, device="cpu").history
+    assert hist.reconstruction[-1] < hist.reconstruction[0]
 
     calls = {"n": 0}
     real_loss = latent.vae_loss
@@ -91,16 +91,16 @@ def test_training_learns_and_resumes_exactly_after_ctrl_c(tmp_path, monkeypatch)
     resumed.load_state_dict(start)
     ckpt_cfg = latent.AutoencoderConfig(**{**cfg.__dict__, "checkpoint_path": str(path)})
     monkeypatch.setattr(latent, "vae_loss", interrupting_loss)
-    with pytest.raises(KeyboardInterrupt):
-        latent.train_autoencoder(resumed, x, ckpt_cfg, progress=False, device="cpu")
+    first = latent.train_autoencoder(resumed, x, ckpt_cfg, progress=False, device="cpu")
+    assert first.interrupted and first.step == 6     # the trainer's contract: the last consistent state, returned
     monkeypatch.setattr(latent, "vae_loss", real_loss)
     again = Autoencoder(channels=(8, 16, 16))
-    hist2 = latent.train_autoencoder(again, x, ckpt_cfg, progress=False, device="cpu")
-    assert len(hist2["loss"]) == 12
+    hist2 = latent.train_autoencoder(again, x, ckpt_cfg, progress=False, device="cpu").history
+    assert len(hist2.loss) == 12
     # the run's cost survives the interruption: one segment per run, contiguous steps, all timed
-    assert [(seg["from_step"], seg["to_step"]) for seg in hist2["segments"]] == [(0, 6), (6, 12)]
-    assert all(seg["seconds"] > 0 and seg["threads"] >= 1 for seg in hist2["segments"])
-    assert [(seg["from_step"], seg["to_step"]) for seg in hist["segments"]] == [(0, 12)]
+    assert [(seg["from_step"], seg["to_step"]) for seg in hist2.segments] == [(0, 6), (6, 12)]
+    assert all(seg["seconds"] > 0 and seg["threads"] >= 1 for seg in hist2.segments)
+    assert [(seg["from_step"], seg["to_step"]) for seg in hist.segments] == [(0, 12)]
     for k, v in full.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
     # the state moved to another folder (and saved more often) resumes as the same run: nothing left to train
@@ -110,8 +110,8 @@ def test_training_learns_and_resumes_exactly_after_ctrl_c(tmp_path, monkeypatch)
     hist3 = latent.train_autoencoder(Autoencoder(channels=(8, 16, 16)), x,
                                      latent.AutoencoderConfig(**{**ckpt_cfg.__dict__, "checkpoint_path": str(moved),
                                                                  "checkpoint_every": 1}),
-                                     progress=False, device="cpu")
-    assert hist3["loss"] == hist2["loss"]
+                                     progress=False, device="cpu").history
+    assert hist3.loss == hist2.loss
     # a resume with a different configuration is refused, naming the field
     with pytest.raises(ValueError, match="lr"):
         latent.train_autoencoder(Autoencoder(channels=(8, 16, 16)), x,
@@ -246,7 +246,7 @@ class _IdentityAutoencoder(torch.nn.Module):
 def test_reconstruction_fid_of_a_perfect_decoder_is_the_floor_on_the_same_sets_random_and_balanced():
     from diffusion_course import metrics, train
 
-    m = train.evaluate_autoencoder(_IdentityAutoencoder(), n=200)
+    m = evaluation.evaluate_autoencoder(_IdentityAutoencoder(), n=200)
     assert m["test_mse"] == 0.0
     assert m["fid_reconstruction"] == pytest.approx(m["floor"], abs=1e-6)
     assert m["fid_reconstruction_balanced"] == pytest.approx(m["floor_balanced"], abs=1e-6)

@@ -8,7 +8,7 @@ from diffusion_course.data import load_fashion_mnist
 
 @pytest.fixture(scope="module")
 def clf():
-    return pretrained.load("fmnist-classifier", device="cpu", train_if_missing=False)
+    return pretrained.load("fmnist-classifier", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_max_class_deviation_and_its_real_data_level(clf, test_set):
 
 
 def test_evaluate_diffusion_scores_a_sampler_of_real_images_at_zero_and_records_the_real_class_mix():
-    from diffusion_course.train import evaluate_diffusion
+    from diffusion_course.evaluation import evaluate_diffusion
 
     n = 200
     real = {None: metrics.reference_images(n), "cond": metrics.reference_images(n, class_balanced=True)}

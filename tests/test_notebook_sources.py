@@ -33,3 +33,24 @@ def test_committed_notebook_is_built_from_its_source_and_was_executed(src):
     assert sum(bool(c.get("outputs")) for c in code) >= len(code) // 2, "committed without the outputs of a run"
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"the committed run raised: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+
+
+def test_update_keeps_the_outputs_of_a_prose_edit_and_names_code_cells_carried_across_an_edit():
+    nbbuild = _nbbuild()
+    src = SOURCES[0]
+    stored = nbformat.read(ROOT / "notebooks" / f"{src.stem}.ipynb", as_version=4)
+    text = src.read_text()
+    # a markdown edit: every output stays, nothing is reported
+    edited = nbbuild.build(src)
+    edited.cells[0].source += "\n\nOne more sentence."
+    assert nbbuild.update(edited, stored) == []
+    assert [c.get("outputs") for c in edited.cells if c.cell_type == "code"] == \
+        [c.get("outputs") for c in stored.cells if c.cell_type == "code"]
+    assert edited.metadata.get("widgets") == stored.metadata.get("widgets")
+    # a code edit: the cell keeps its outputs by position, and is named so the author can re-run
+    code = nbformat.v4.new_notebook(cells=nbbuild.parse(text))
+    built = nbbuild.build(src)
+    i = next(k for k, c in enumerate(built.cells) if c.cell_type == "code" and k > 2)
+    built.cells[i].source += "\n# edited"
+    assert nbbuild.update(built, stored) == [i]
+    assert code.cells

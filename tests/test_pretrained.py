@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from diffusion_course import pretrained, sampling
+from diffusion_course import checkpoints, pretrained, sampling
 
 ddpm_shipped = pretrained.path_for("fmnist-ddpm").exists()
 
@@ -24,7 +24,7 @@ def test_tampered_checkpoint_is_refused(tmp_path, monkeypatch):
     for suffix in (".pt", ".json"):
         shutil.copy(pretrained.path_for("fmnist-classifier").with_suffix(suffix),
                     tmp_path / f"fmnist-classifier{suffix}")
-    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", tmp_path)
     assert pretrained.load("fmnist-classifier", device="cpu") is not None
     p = tmp_path / "fmnist-classifier.pt"
     raw = bytearray(p.read_bytes())
@@ -34,22 +34,44 @@ def test_tampered_checkpoint_is_refused(tmp_path, monkeypatch):
         pretrained.load("fmnist-classifier", device="cpu")
 
 
-def test_missing_checkpoint_trains_on_demand_in_quick_mode(tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+def test_missing_checkpoint_is_an_error_naming_the_command_and_the_cli_trains_it(tmp_path, monkeypatch):
+    from diffusion_course import train as train_cli
+
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", tmp_path)
     monkeypatch.setitem(pretrained.RECIPES, "fmnist-ddpm",
                         pretrained.RECIPES["fmnist-ddpm"].__class__(**{**pretrained.RECIPES["fmnist-ddpm"].__dict__,
                                                                        "quick_steps": 2}))
-    with pytest.raises(FileNotFoundError, match="python -m diffusion_course.train"):
-        pretrained.load("fmnist-ddpm", device="cpu", train_if_missing=False)
-    model, schedule = pretrained.load("fmnist-ddpm", device="cpu")  # quick mode: 2 steps, not saved
-    assert schedule.T == 1000 and not any(tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError, match="python -m diffusion_course.train fmnist-ddpm"):
+        pretrained.load("fmnist-ddpm", device="cpu")
+    model = train_cli.load_or_train("fmnist-ddpm", device="cpu")  # quick mode: 2 steps, not saved
+    assert model.schedule.T == 1000 and not any(tmp_path.iterdir())
     x = model(torch.randn(2, 1, 28, 28), torch.tensor([5, 900]))
     assert x.shape == (2, 1, 28, 28)
 
 
+def test_load_returns_the_model_with_its_schedule_for_every_diffusion_model():
+    for name in ("fmnist-ddpm", "shapes-t2i", "fmnist-ldm", "fmnist-cd"):
+        model = pretrained.load(name, device="cpu")
+        assert isinstance(model, torch.nn.Module) and not model.training, name
+        assert model.schedule.T == 1000, name
+    assert isinstance(pretrained.load("fmnist-classifier", device="cpu"), torch.nn.Module)
+
+
+def test_lineage_is_not_installed_but_loads_from_the_source_tree():
+    assert pretrained.is_lineage("fmnist-cd-v4") and not pretrained.is_lineage("fmnist-cd")
+    assert pretrained.path_for("fmnist-cd-v4").parent == checkpoints.LINEAGE_DIR
+    assert pretrained.manifest("fmnist-cd-v4")["name"] == "fmnist-cd-v4"
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    data_files = next(line for line in pyproject.splitlines() if line.startswith('"share/diffusion-course/checkpoints"'))
+    assert '"data/checkpoints/*.pt"' in data_files and "lineage" not in data_files
+
+
 @pytest.mark.skipif(not ddpm_shipped, reason="fmnist-ddpm checkpoint not trained yet")
 def test_fmnist_ddpm_loads_and_samples():
-    model, schedule = pretrained.load("fmnist-ddpm", device="cpu")
+    model = pretrained.load("fmnist-ddpm", device="cpu")
+    schedule = model.schedule
     man = pretrained.manifest("fmnist-ddpm")
     assert man["recipe"]["schedule"] == "cosine" and man["recipe"]["T"] == 1000
     assert model.num_classes == 10 and model.objective == "eps"
@@ -59,11 +81,13 @@ def test_fmnist_ddpm_loads_and_samples():
 
 
 def test_missing_text_checkpoint_trains_on_demand_in_quick_mode(tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+    from diffusion_course import train as train_cli
+
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", tmp_path)
     recipe = pretrained.RECIPES["shapes-t2i"]
     monkeypatch.setitem(pretrained.RECIPES, "shapes-t2i", recipe.__class__(**{**recipe.__dict__, "quick_steps": 2}))
-    model, schedule = pretrained.load("shapes-t2i", device="cpu")  # quick mode: 2 steps, not saved
-    assert schedule.T == 1000 and not any(tmp_path.iterdir())
+    model = train_cli.load_or_train("shapes-t2i", device="cpu")  # quick mode: 2 steps, not saved
+    assert model.schedule.T == 1000 and not any(tmp_path.iterdir())
     ids = model.tokenizer(["a red circle above a blue square", ""])
     x = model(torch.randn(2, 3, 32, 32), torch.tensor([5, 900]), ids)
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
@@ -75,7 +99,7 @@ def _fake_shipped(tmp_path, monkeypatch):
     shipped.mkdir()
     for suffix in (".pt", ".json"):
         shutil.copy(pretrained.path_for("fmnist-classifier").with_suffix(suffix), shipped / f"fmnist-classifier{suffix}")
-    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", shipped)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", shipped)
     return shipped
 
 

@@ -29,7 +29,7 @@ def shipped(tmp_path, monkeypatch):
     """A temporary folder standing in for data/checkpoints (the shipped models)."""
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", folder)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", folder)
     return folder
 
 

@@ -151,7 +151,7 @@ def test_ddim_sample_matches_diffusers_loop(name, spacing, steps):
     ours, beta_schedule = SCHEDULES[name]
     model = GMM.oracle_model(ours)
     x_T = torch.randn(64, 2, generator=_gen(1), dtype=torch.float64)
-    got = sampling.ddim_sample(model, x_T, ours, steps, spacing=spacing, progress=False)
+    got = sampling.ddim_sample(model, x_T, ours, steps=steps, spacing=spacing, progress=False)
     for native in (False, True):
         ref = _ddim_reference(beta_schedule, spacing, steps, ours if not native else None)
         x = x_T.clone()
@@ -226,7 +226,7 @@ def test_dpm_solver_matches_diffusers(name, spacing, steps):
     ours, beta_schedule = SCHEDULES[name]
     model = GMM.oracle_model(ours)
     x_T = torch.randn(64, 2, generator=_gen(1), dtype=torch.float64)
-    got = sampling.dpm_solver_2m_sample(model, x_T, ours, steps, spacing=spacing, progress=False)
+    got = sampling.dpm_solver_2m_sample(model, x_T, ours, steps=steps, spacing=spacing, progress=False)
     ref = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule=beta_schedule,
                                       algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
                                       final_sigmas_type="zero", prediction_type="epsilon")
@@ -236,7 +236,7 @@ def test_dpm_solver_matches_diffusers(name, spacing, steps):
         x = ref.step(model(x, torch.full((x.shape[0],), t)), t, x).prev_sample
     assert torch.allclose(got, x.double(), atol=1e-4, rtol=0), (got - x).abs().max()
     # ... and it is not simply DDIM on the same steps (the second-order terms matter).
-    ddim = sampling.ddim_sample(model, x_T, ours, steps, spacing=spacing, progress=False)
+    ddim = sampling.ddim_sample(model, x_T, ours, steps=steps, spacing=spacing, progress=False)
     assert (ddim - got).abs().max() > 1e-2
 
 
@@ -245,11 +245,11 @@ def test_dpm_solver_is_more_accurate_than_ddim():
     s = SCHEDULES["cosine"][0]
     model = GMM.oracle_model(s)
     x_T = torch.randn(300, 2, generator=_gen(2), dtype=torch.float64)
-    ref = sampling.dpm_solver_2m_sample(model, x_T, s, T, progress=False)
-    ref_ddim = sampling.ddim_sample(model, x_T, s, T, progress=False)
+    ref = sampling.dpm_solver_2m_sample(model, x_T, s, steps=T, progress=False)
+    ref_ddim = sampling.ddim_sample(model, x_T, s, steps=T, progress=False)
     assert (ref - ref_ddim).norm(dim=1).mean() < 0.005  # the two fine solutions agree: a trustworthy reference
-    err_dpm = (sampling.dpm_solver_2m_sample(model, x_T, s, 40, progress=False) - ref).norm(dim=1).mean()
-    err_ddim = (sampling.ddim_sample(model, x_T, s, 40, progress=False) - ref).norm(dim=1).mean()
+    err_dpm = (sampling.dpm_solver_2m_sample(model, x_T, s, steps=40, progress=False) - ref).norm(dim=1).mean()
+    err_ddim = (sampling.ddim_sample(model, x_T, s, steps=40, progress=False) - ref).norm(dim=1).mean()
     # observed 0.004 vs 0.031
     assert err_dpm < 0.3 * err_ddim, (err_dpm, err_ddim)
 
@@ -274,7 +274,7 @@ def mixture_reference():
     x_T = torch.randn(N_MIX, 2, generator=_gen(12), dtype=torch.float64)
     # Deliberately wrong baselines: the data shifted by 0.1 (0.4 mode std), and DDIM-50 with an oracle for
     # the cosine schedule driven on the linear one (a schedule mismatch between model and sampler).
-    wrong = sampling.ddim_sample(GMM.oracle_model(SCHEDULES["cosine"][0]), x_T, SCHEDULES["linear"][0], 50,
+    wrong = sampling.ddim_sample(GMM.oracle_model(SCHEDULES["cosine"][0]), x_T, SCHEDULES["linear"][0], steps=50,
                                  progress=False)
     return {"truth": truth, "x_T": x_T, "floor": _mmd(truth, truth2), "wrong": wrong,
             "baselines": {"shifted": _mmd(truth2 + 0.1, truth), "wrong schedule": _mmd(wrong, truth)}}
@@ -300,9 +300,9 @@ def test_oracle_samplers_reproduce_the_mixture(mixture_reference, sampler, name)
     if sampler == "ddpm-1000":
         x = sampling.ddpm_sample(model, x_T, s, generator=_gen(13), progress=False)
     elif sampler == "ddim-50":
-        x = sampling.ddim_sample(model, x_T, s, 50, progress=False)
+        x = sampling.ddim_sample(model, x_T, s, steps=50, progress=False)
     else:
-        x = sampling.dpm_solver_2m_sample(model, x_T, s, 20, progress=False)
+        x = sampling.dpm_solver_2m_sample(model, x_T, s, steps=20, progress=False)
     ok, w_hat = _weights_ok(x)
     assert ok, (w_hat, GMM.weights)  # observed: all within 2.3 SE
     mmd = _mmd(x, mixture_reference["truth"])
@@ -334,8 +334,8 @@ def test_ddim_inversion_reconstructs_with_the_oracle():
     x0, _ = GMM.sample(500, _gen(3))
     errors = {}
     for steps in (50, 200):
-        z = sampling.ddim_invert(model, x0, s, steps, progress=False)
-        rec = sampling.ddim_sample(model, z, s, steps, progress=False)
+        z = sampling.ddim_invert(model, x0, s, steps=steps, progress=False)
+        rec = sampling.ddim_sample(model, z, s, steps=steps, progress=False)
         errors[steps] = (rec - x0).norm(dim=1)
     # Tolerance: the ε̂(current point) approximation errs by O(step) — the median error is first order in
     # 1/steps (observed 0.039 at 50 steps, 0.011 at 200) and small against the mode std 0.25. A few points
@@ -344,7 +344,7 @@ def test_ddim_inversion_reconstructs_with_the_oracle():
     assert errors[50].median() < 0.06 and torch.quantile(errors[50], 0.9) < 0.1
     assert errors[200].median() < 0.35 * errors[50].median()
     # Without the inversion (random noise) a reconstruction is as far away as two random samples.
-    rand = sampling.ddim_sample(model, torch.randn(500, 2, generator=_gen(4), dtype=torch.float64), s, 50,
+    rand = sampling.ddim_sample(model, torch.randn(500, 2, generator=_gen(4), dtype=torch.float64), s, steps=50,
                                 progress=False)
     assert (rand - x0).norm(dim=1).median() > 1.0
 
@@ -353,7 +353,7 @@ def test_ddim_inversion_maps_the_mixture_to_standard_normal():
     """The probability-flow ODE carries q_0 to q_T ≈ N(0, I): inverted mixture samples look Gaussian."""
     s = SCHEDULES["linear"][0]
     x0, _ = GMM.sample(1000, _gen(5))
-    z, traj = sampling.ddim_invert(GMM.oracle_model(s), x0, s, 200, progress=False, return_trajectory=True)
+    z, traj = sampling.ddim_invert(GMM.oracle_model(s), x0, s, steps=200, progress=False, return_trajectory=True)
     # SE of the mean 0.03, of the variance ≈ 0.045 at N = 1000; the data itself has variance ≈ 2.
     assert z.mean(0).abs().max() < 0.15
     assert ((z.var(0) - 1).abs() < 0.1).all(), z.var(0)
@@ -386,15 +386,15 @@ def test_determinism():
     c = sampling.ddpm_sample(model, x_T, s, generator=_gen(2), steps=50, progress=False)
     assert torch.equal(a, b)
     assert (a - c).norm(dim=1).mean() > 0.1  # a different generator gives different samples
-    d0 = sampling.ddim_sample(model, x_T, s, 20, eta=0.0, generator=_gen(1), progress=False)
-    d1 = sampling.ddim_sample(model, x_T, s, 20, eta=0.0, generator=_gen(2), progress=False)
+    d0 = sampling.ddim_sample(model, x_T, s, steps=20, eta=0.0, generator=_gen(1), progress=False)
+    d1 = sampling.ddim_sample(model, x_T, s, steps=20, eta=0.0, generator=_gen(2), progress=False)
     assert torch.equal(d0, d1)  # η = 0 ignores the generator: same noise → same image
-    e1 = sampling.ddim_sample(model, x_T, s, 20, eta=1.0, generator=_gen(1), progress=False)
-    e2 = sampling.ddim_sample(model, x_T, s, 20, eta=1.0, generator=_gen(1), progress=False)
-    e3 = sampling.ddim_sample(model, x_T, s, 20, eta=1.0, generator=_gen(2), progress=False)
+    e1 = sampling.ddim_sample(model, x_T, s, steps=20, eta=1.0, generator=_gen(1), progress=False)
+    e2 = sampling.ddim_sample(model, x_T, s, steps=20, eta=1.0, generator=_gen(1), progress=False)
+    e3 = sampling.ddim_sample(model, x_T, s, steps=20, eta=1.0, generator=_gen(2), progress=False)
     assert torch.equal(e1, e2) and not torch.allclose(e1, e3)
-    p1 = sampling.dpm_solver_2m_sample(model, x_T, s, 10, progress=False)
-    assert torch.equal(p1, sampling.dpm_solver_2m_sample(model, x_T, s, 10, progress=False))
+    p1 = sampling.dpm_solver_2m_sample(model, x_T, s, steps=10, progress=False)
+    assert torch.equal(p1, sampling.dpm_solver_2m_sample(model, x_T, s, steps=10, progress=False))
 
 
 # --------------------------------------------------------------------------- objectives
@@ -420,12 +420,12 @@ def test_objectives_give_the_same_samples(name, objective):
     # Exact conversions in float64: agreement to rounding (≤ 6e-13 observed, at cosine's t = 999 where
     # x̂₀ = (x − √(1−ᾱ) ε)/√ᾱ has √ᾱ ≈ 5e-5).
     for sample, steps in [(sampling.ddim_sample, 25), (sampling.dpm_solver_2m_sample, 10)]:
-        ref = sample(oracle, x_T, s, steps, progress=False)
-        got = sample(model, x_T, s, steps, progress=False)
+        ref = sample(oracle, x_T, s, steps=steps, progress=False)
+        got = sample(model, x_T, s, steps=steps, progress=False)
         assert torch.allclose(got, ref, atol=1e-9, rtol=0), (got - ref).abs().max()
     model.objective = "score"
     with pytest.raises(ValueError, match="objective"):
-        sampling.ddim_sample(model, x_T, s, 5, progress=False)
+        sampling.ddim_sample(model, x_T, s, steps=5, progress=False)
 
 
 # --------------------------------------------------------------------------- slerp
@@ -499,14 +499,14 @@ def test_dpm_solver_trajectory_and_cond():
     s = SCHEDULES["cosine"][0]
     model = GMM.oracle_model(s)
     x_T = torch.randn(8, 1, 1, 2, generator=_gen(0))  # image-shaped items work too
-    x, traj = sampling.dpm_solver_2m_sample(model, x_T, s, 6, cond=torch.zeros(8, dtype=torch.long),
+    x, traj = sampling.dpm_solver_2m_sample(model, x_T, s, steps=6, cond=torch.zeros(8, dtype=torch.long),
                                             progress=False, return_trajectory=True)
     assert x.shape == x_T.shape and x.dtype == torch.float32
     assert traj["t"].tolist() == sampling.timesteps(T, 6, "trailing").tolist()
     assert traj["x_t"].shape == (6, 8, 1, 1, 2) and traj["x0_pred"].shape == (6, 8, 1, 1, 2)
     assert torch.allclose(x, traj["x0_pred"][-1])  # the last step returns x̂₀
     # clip_denoised keeps every x̂₀ in [−1, 1] (the mixture's modes sit at radius 2)
-    clipped = sampling.dpm_solver_2m_sample(model, x_T, s, 6, clip_denoised=True, progress=False)
+    clipped = sampling.dpm_solver_2m_sample(model, x_T, s, steps=6, clip_denoised=True, progress=False)
     assert clipped.abs().max() <= 1 + 1e-6 and x.abs().max() > 1.2
     assert math.isfinite(float(clipped.sum()))
 

@@ -238,7 +238,8 @@ def test_shipped_text_model_draws_what_the_prompt_says():
 
     from diffusion_course import pretrained
 
-    model, schedule = pretrained.load("shapes-t2i", device="cpu")
+    model = pretrained.load("shapes-t2i", device="cpu")
+    schedule = model.schedule
     assert pretrained.manifest("shapes-t2i")["reproduce"] == "python -m diffusion_course.train shapes-t2i"
     rng = random.Random(123)
     prompts = [shapes.random_scene(rng, p_single=0.0).caption() for _ in range(32)]

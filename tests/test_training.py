@@ -60,9 +60,9 @@ def test_min_snr_weights():
 def test_timestep_sampling():
     s = NoiseSchedule.cosine(1000)
     logsnr = s.snr.double().log()
-    u = losses.sample_timesteps(20000, s, generator=torch.Generator().manual_seed(0))
+    u = losses.draw_timesteps(20000, s, generator=torch.Generator().manual_seed(0))
     assert u.dtype == torch.long and u.min() >= 0 and u.max() == 999 and abs(u.double().mean() - 499.5) < 10
-    t = losses.sample_timesteps(20000, s, "logsnr-normal", -1.0, 2.0, generator=torch.Generator().manual_seed(0))
+    t = losses.draw_timesteps(20000, s, "logsnr-normal", -1.0, 2.0, generator=torch.Generator().manual_seed(0))
     assert t.dtype == torch.long and 0 <= t.min() and t.max() < 1000
     lam = logsnr[t]
     assert abs(lam.mean() + 1) < 0.05 and abs(lam.std() - 2) < 0.05
@@ -70,11 +70,11 @@ def test_timestep_sampling():
     # each t is the one whose log-SNR is nearest to the drawn λ (brute force over the whole table)
     drawn = -1.0 + 2.0 * torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert torch.equal(t, (logsnr[None] - drawn[:, None]).abs().argmin(1))
-    assert losses.sample_timesteps(5, NoiseSchedule.from_betas([0.5]), "logsnr-normal").eq(0).all()  # T = 1
+    assert losses.draw_timesteps(5, NoiseSchedule.from_betas([0.5]), "logsnr-normal").eq(0).all()  # T = 1
     with pytest.raises(ValueError, match="t_sampling"):
-        losses.sample_timesteps(4, s, "lognormal")
+        losses.draw_timesteps(4, s, "lognormal")
     with pytest.raises(ValueError, match="logsnr_std"):
-        losses.sample_timesteps(4, s, "logsnr-normal", 0.0, 0.0)
+        losses.draw_timesteps(4, s, "logsnr-normal", 0.0, 0.0)
 
 
 def test_trainer_draws_timesteps_as_configured():

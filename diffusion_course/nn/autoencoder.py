@@ -116,7 +116,8 @@ class Autoencoder(nn.Module):
         self._check_latents(z)
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, x: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, draw z, decode: returns (reconstruction, mean, logvar)."""
         mean, logvar = self.encode(x)
         return self.decode(self.sample(mean, logvar, generator)), mean, logvar

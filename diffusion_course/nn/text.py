@@ -8,6 +8,7 @@ position read from those vectors.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ class TextToImageUNet(nn.Module):
     cross-attention. ``null_cond`` gives the empty caption (for caption dropout and guidance)."""
 
     def __init__(self, vocab_size: int, max_length: int, text_dim: int = 64, text_layers: int = 2,
-                 start_id: int = 1, pad_id: int = 0, **unet_kwargs):
+                 start_id: int = 1, pad_id: int = 0, **unet_kwargs: Any):
         super().__init__()
         unet_kwargs.setdefault("cross_attention_levels", tuple(range(len(unet_kwargs.get("channels", (64, 128, 128))))))
         self.text = TextEncoder(vocab_size, max_length, text_dim, text_layers, pad_id=pad_id)
@@ -74,7 +75,7 @@ class TextToImageUNet(nn.Module):
         return [(name, m) for name, m in self.unet.named_modules() if isinstance(m, CrossAttention)]
 
     @contextmanager
-    def record_attention(self):
+    def record_attention(self) -> Iterator[list[CrossAttention]]:
         """Within the block every cross-attention layer keeps its last weights (``last_attention``)."""
         layers = [m for _, m in self.cross_attention_layers()]
         for m in layers:

@@ -223,7 +223,8 @@ for name, s in [("linear", linear), ("cosine", cosine)]:
 dc.viz.show_source(forward.ideal_denoiser)
 
 # %%
-net, net_schedule = dc.pretrained.load("fmnist-ddpm")       # chapter 2's model, on the CPU; its schedule is cosine(1000)
+net = dc.pretrained.load("fmnist-ddpm")       # chapter 2's model, on the CPU; its schedule is cosine(1000)
+net_schedule = net.schedule
 examples = {}
 for c, name in enumerate(dc.data.FASHION_CLASSES):
     examples[f"{c}: {name}"] = x_test[(y_test == c).nonzero()[0, 0]]

@@ -173,8 +173,8 @@ for name, kind, shape in shapes:
 schedule = schedules.NoiseSchedule.cosine(1000)
 fig, ax = plt.subplots(figsize=(7, 2.6))
 for kind in ["uniform", "logsnr-normal"]:
-    t_drawn = losses.sample_timesteps(100_000, schedule, kind, logsnr_mean=0.0, logsnr_std=2.0,
-                                      generator=torch.Generator().manual_seed(0))
+    t_drawn = losses.draw_timesteps(100_000, schedule, kind, logsnr_mean=0.0, logsnr_std=2.0,
+                                    generator=torch.Generator().manual_seed(0))
     ax.hist(t_drawn.numpy(), bins=50, range=(0, 1000), density=True, histtype="step", lw=2, label=kind)
 ax.set(xlabel="t", ylabel="density", title="where the training samples of t go (cosine schedule, T = 1000)")
 ax.legend();
@@ -427,7 +427,8 @@ fig.tight_layout()
 # metrics measured when it was made:
 
 # %%
-model, schedule = dc.pretrained.load("fmnist-ddpm", device=device)
+model = dc.pretrained.load("fmnist-ddpm", device=device)
+schedule = model.schedule
 manifest = dc.pretrained.manifest("fmnist-ddpm")
 print(f"{manifest.get('steps')} steps on {manifest.get('device')}, "
       f"{manifest.get('metrics', {}).get('train_wall_seconds', float('nan')) / 60:.0f} min of training")

@@ -187,7 +187,8 @@ dc.viz.show_source(sampling.dpm_solver_2m_step)
 # would lift the floor above every sampler).
 
 # %%
-model, schedule = dc.pretrained.load("fmnist-ddpm", device=device)
+model = dc.pretrained.load("fmnist-ddpm", device=device)
+schedule = model.schedule
 clf = dc.pretrained.load("fmnist-classifier", device=device)
 
 # %% [markdown]

@@ -57,7 +57,8 @@ budget = dc.config.budget
 # replaced by a *null label*, so the network also learned $p(x)$. That is the chapter-2 model:
 
 # %%
-model, schedule = dc.pretrained.load("fmnist-ddpm", device=device)
+model = dc.pretrained.load("fmnist-ddpm", device=device)
+schedule = model.schedule
 classifier = dc.pretrained.load("fmnist-classifier", device=device)
 CLASSES = dc.data.FASHION_CLASSES
 recipe = dc.pretrained.manifest("fmnist-ddpm")["recipe"]
@@ -285,7 +286,8 @@ print("scene read from the first image above:", dc.shapes.read_scene(shapes_x[0]
 # caption dropout and as CFG's unconditional input. Bad input gets a clear error:
 
 # %%
-t2i, t2i_schedule = dc.pretrained.load("shapes-t2i", device=device)
+t2i = dc.pretrained.load("shapes-t2i", device=device)
+t2i_schedule = t2i.schedule
 tok = t2i.tokenizer
 ids = tok.encode("A red circle above a blue square.")
 print(ids.tolist(), "→", repr(tok.decode(ids)))
@@ -539,7 +541,7 @@ for p, (imgs, rates) in results.items():
 #
 # Caption-attribute match rates (colours present, each colour with its shape, the relation, and all at once) for
 # random two-object prompts of pairings seen in training and for prompts of the *held-out* pairings, at several
-# guidance scales — the same prompts as the shipped checkpoint's own measurement (`dc.train.evaluate_text_model`). The
+# guidance scales — the same prompts as the shipped checkpoint's own measurement (`dc.evaluation.evaluate_text_model`). The
 # relation is split in two (`dc.shapes.relation_parts`): the **axis** (are the objects apart along the named direction —
 # this needs only the relation word) and the **order** (which one comes first — this needs the word order, since
 # "a red circle above a blue square" and "a blue square above a red circle" have the same words). And we count **swaps**:

@@ -64,14 +64,14 @@ rd_steps = dc.config.budget(quick=10, cpu=120, gpu=1500)
 torch.manual_seed(0)
 live_ae = Autoencoder(latent_channels=4, channels=(32, 64, 64))
 t0 = time.perf_counter()
-hist = latent.train_autoencoder(live_ae, x_train, latent.AutoencoderConfig(steps=rd_steps, batch_size=32, warmup=20, seed=0),
-                                device=device)
+run = latent.train_autoencoder(live_ae, x_train, latent.AutoencoderConfig(steps=rd_steps, batch_size=32, warmup=20, seed=0),
+                               device=device)
 with torch.no_grad():
     live_rec = live_ae.decode(live_ae.encode(x_test[:500].to(device))[0]).clamp(-1, 1).cpu()
 live_mse = float((live_rec - x_test[:500]).pow(2).mean())
 print(f"{rd_steps} steps in {time.perf_counter() - t0:.0f} s → test MSE {live_mse:.4f} (first 500 test images)")
 fig, ax = plt.subplots(figsize=(5, 2.6))
-ax.plot(hist["loss"])
+ax.plot(run.history.loss)
 ax.set_xlabel("step")
 ax.set_ylabel("L1 + β·KL")
 ax.set_yscale("log")
@@ -207,7 +207,7 @@ plt.show()
 
 # %%
 t0 = time.perf_counter()
-z_train, y_lat = dc.train.latent_training_set(vae, device=device)
+z_train, y_lat = latent.encode_training_set(vae, device=device)
 print(f"{z_train.shape[0]} latents in {time.perf_counter() - t0:.1f} s (cached for next time)")
 scale = latent.fit_scale_factor(z_train)
 g = torch.Generator().manual_seed(0)
@@ -230,7 +230,7 @@ dc.viz.show_source(latent.LatentDiffusion.sample)
 # The denoiser is the course U-Net with 4 input channels. A 7×7 latent cannot be halved evenly, so the U-Net zero-pads it to
 # 8×8 inside (`UNet(pad_input=True)`) and crops its output back: two down-samplings (8 → 4 → 2) with attention at the bottom,
 # where it is cheap. (Chapter 8 puts a transformer on the same 49 positions without any padding.) Its width, channels
-# (32, 64, 64) and 1.2 M parameters, was chosen by measurement (`benchmarks/latent_unet_width.py`): on the same 6,000-step
+# (32, 64, 64) and 1.2 M parameters, was chosen by measurement (`research/latent_unet_width.py`): on the same 6,000-step
 # recipe the (64, 128, 128) U-Net scored FID 14.4 and the (32, 64, 64) one 16.7, but the narrow one's training step is
 # 2.4× cheaper, so twice the steps still cost less wall time — and at 12,000 steps it scores 13.8. A latent of 196 numbers
 # does not need the pixel model's width.
@@ -324,7 +324,8 @@ print(f"FLOPs per forward: pixel {flops_pix / 1e6:.0f} M, latent {flops_lat / 1e
 print("target: a latent training step ≥ 4× cheaper than the pixel model's →", "met" if t_pix / t_lat >= 4 else "NOT met",
       "here (benchmarks/latent_vs_pixel.py times it in interleaved rounds on a quiet machine)")
 
-pixel_model, pixel_schedule = pretrained.load("fmnist-ddpm", device=device)
+pixel_model = pretrained.load("fmnist-ddpm", device=device)
+pixel_schedule = pixel_model.schedule
 n_time = dc.config.budget(quick=4, cpu=50, gpu=500)
 lab = (torch.arange(n_time) % 10).to(device)
 t0 = time.perf_counter()

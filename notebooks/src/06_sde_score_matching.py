@@ -381,7 +381,8 @@ learned_runs = run_three(learned, "learned score (MLP, DSM)")
 # step from t = 999 multiplies ε̂'s error by 1/√ᾱ ≈ 2·10⁴ — chapter 2's lesson).
 
 # %%
-model, fm_schedule = pretrained.load("fmnist-ddpm", device=device)
+model = pretrained.load("fmnist-ddpm", device=device)
+fm_schedule = model.schedule
 clf = pretrained.load("fmnist-classifier", device=device)
 fm_score = sde.score_from_eps(model, fm_schedule)
 FS = fm_score.sde

@@ -22,6 +22,8 @@ import torch
 
 import diffusion_course as dc
 from diffusion_course import consistency as C
+from diffusion_course import consistency_extensions as CX
+from diffusion_course import evaluation, progressive, records
 from diffusion_course import metrics, sampling
 from diffusion_course.nn import MLPDenoiser
 
@@ -189,9 +191,9 @@ cfg2d = C.DistillConfig(steps=steps_2d, batch_size=256, lr=2e-3, warmup=50, grid
 t0 = time.perf_counter()
 cd2d = C.distill(oracle, s, data2, None, cfg2d, student=student2d, device="cpu")
 print(f"consistency distillation: {steps_2d} steps in {time.perf_counter() - t0:.0f} s")
-cd_1 = C.sample(cd2d.ema, x_T2, 1, clip_denoised=False)
+cd_1 = C.sample(cd2d.ema, x_T2, steps=1, clip_denoised=False)
 cd_score = score_2d("CD student, 1 step", cd_1)
-score_2d("CD student, 2 steps", C.sample(cd2d.ema, x_T2, 2, clip_denoised=False, generator=torch.Generator().manual_seed(7)))
+score_2d("CD student, 2 steps", C.sample(cd2d.ema, x_T2, steps=2, clip_denoised=False, generator=torch.Generator().manual_seed(7)))
 print("verdict: the 1-step CD student", "beats" if cd_score[1] < ddim2_2d[1] else "does NOT beat",
       "the teacher's DDIM-2 in MMD")
 
@@ -218,13 +220,13 @@ t0 = time.perf_counter()
 ct2d = C.distill(None, s, data2, None, cfg_ct, student=ct_student, device="cpu")
 print(f"consistency training: {steps_2d} steps in {time.perf_counter() - t0:.0f} s, N grew",
       sorted(set(ct2d.history.grid_size)))
-ct_score = score_2d("CT student (no teacher), 1 step", C.sample(ct2d.ema, x_T2, 1, clip_denoised=False))
+ct_score = score_2d("CT student (no teacher), 1 step", C.sample(ct2d.ema, x_T2, steps=1, clip_denoised=False))
 print("verdict: with the same budget, CT is", "worse" if ct_score[1] > cd_score[1] else "NOT worse",
       "than CD in MMD — the teacher's ε is a lower-variance target than one noise sample")
 
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
 for ax, (name, pts) in zip(axes, [("data", ref2), ("exact map, 1 step", f_star), ("CD student, 1 step", cd_1),
-                                  ("CT student, 1 step", C.sample(ct2d.ema, x_T2, 1, clip_denoised=False))]):
+                                  ("CT student, 1 step", C.sample(ct2d.ema, x_T2, steps=1, clip_denoised=False))]):
     dc.viz.plot_points(pts, ax=ax, title=name, lim=3.2)
 plt.show()
 
@@ -238,7 +240,7 @@ plt.show()
 # $$\tilde x_0 = \frac{x_{t''} - (\sigma_{t''}/\sigma_t)\,x_t}{\alpha_{t''} - (\sigma_{t''}/\sigma_t)\,\alpha_t},\qquad \alpha=\sqrt{\bar\alpha},\ \sigma=\sqrt{1-\bar\alpha}.$$
 
 # %%
-dc.viz.show_source(C.progressive_target)
+dc.viz.show_source(progressive.progressive_target)
 
 # %% [markdown]
 # The student must predict x₀ (or v) — an ε-student can't work at one or two steps: at t = 999 ($\bar\alpha \approx 2\cdot 10^{-9}$)
@@ -256,7 +258,7 @@ start = dc.config.budget(quick=4, cpu=16, gpu=16)
 pd_cfg = C.DistillConfig(steps=dc.config.budget(quick=20, cpu=300, gpu=600), batch_size=256, lr=1e-3, warmup=20,
                          p_uncond=0.0, clip_denoised=False, seed=0)
 t0 = time.perf_counter()
-rounds = C.progressive_distillation(teacher2d, s, data2, None, start_steps=start, end_steps=1, config=pd_cfg, device="cpu")
+rounds = progressive.progressive_distillation(teacher2d, s, data2, None, start_steps=start, end_steps=1, config=pd_cfg, device="cpu")
 print(f"progressive distillation: {len(rounds)} rounds in {time.perf_counter() - t0:.0f} s")
 teacher_full = sampling.ddim_sample(teacher2d, x_T2, s, steps=start, progress=False)
 print(f"{'steps':>5} {'student vs teacher-' + str(start):>22} {'teacher itself at k steps':>26} {'MMD student':>12} "
@@ -285,7 +287,8 @@ print(f"(teacher DDIM-{start} MMD {metrics.mmd_rbf(teacher_full, ref2):.4f}; cha
 
 # %%
 teacher_name = dc.pretrained.RECIPES["fmnist-cd"].teacher
-teacher, sched = dc.pretrained.load(teacher_name, device=device)
+teacher = dc.pretrained.load(teacher_name, device=device)
+sched = teacher.schedule
 clf = dc.pretrained.load("fmnist-classifier", device=device)
 x_train, y_train = dc.data.load_fashion_mnist("train")
 n_show = dc.config.budget(quick=10, cpu=20, gpu=20)
@@ -308,14 +311,14 @@ plt.show()
 # %%
 live_steps = dc.config.budget(quick=2, cpu=100, gpu=600)
 cm_start = C.ConsistencyModel.from_teacher(teacher, sched, grid_size=20).to(device).eval()
-before = C.sample(cm_start, x_T_show, 1, cond=labels_show.to(device)).cpu()
+before = C.sample(cm_start, x_T_show, steps=1, cond=labels_show.to(device), clip_denoised=True).cpu()
 live_cfg = C.DistillConfig(steps=live_steps, batch_size=32, lr=2e-4, warmup=20, lr_decay="cosine", grid_size=20,
                            distance="pseudo-huber", ema_decay=0.99, seed=0)
 t0 = time.perf_counter()
 live = C.distill(teacher, sched, x_train, y_train, live_cfg, device=device)
 live_seconds = time.perf_counter() - t0
 cm_live = live.student.eval()   # after ~100 fast-improving steps the EMA still lags; the shipped model uses its EMA
-after = C.sample(cm_live, x_T_show, 1, cond=labels_show.to(device)).cpu()
+after = C.sample(cm_live, x_T_show, steps=1, cond=labels_show.to(device), clip_denoised=True).cpu()
 print(f"{live_steps} distillation steps in {live_seconds:.0f} s ({live_seconds / live_steps:.2f} s/step)")
 fig, axes = plt.subplots(1, 2, figsize=(11, 2.6))
 dc.viz.show_images(before, nrow=10, ax=axes[0], title="1 step, before (warm start)")
@@ -338,7 +341,7 @@ else:
     cm_main, main_name = cm_live, f"live student ({live_steps} steps)"
     print("fmnist-cd is not shipped in this checkout: using the live student;",
           "`python -m diffusion_course.train fmnist-cd` makes the real one")
-cm_show = {k: C.sample(cm_main, x_T_show, k, cond=labels_show.to(device), generator=torch.Generator().manual_seed(11)).cpu()
+cm_show = {k: C.sample(cm_main, x_T_show, steps=k, cond=labels_show.to(device), clip_denoised=True, generator=torch.Generator().manual_seed(11)).cpu()
            for k in (1, 2, 4)}
 fig, axes = plt.subplots(2, 4, figsize=(15, 5))
 for j, k in enumerate((1, 2, 4)):
@@ -369,8 +372,7 @@ plt.show()
 import json
 import pathlib
 
-results_dir = pathlib.Path(dc.__file__).resolve().parent.parent / "benchmarks" / "results"
-heun_file = results_dir / "consistency_heun_stage.json"
+heun_file = records.path("consistency_heun_stage")
 if heun_file.exists():
     heun = json.loads(heun_file.read_text())
     start, chain = heun["shipped_fmnist_cd_manifest"], heun["teacher_grid_chain_fid_seed0_n1000"]
@@ -383,14 +385,14 @@ if heun_file.exists():
           f"student's 2-step FID sits {gap:.2f} above its DDIM cap ({chain['ddim20_chain']:.2f}) →",
           "the cap binds" if gap < 0.3 else "its own fit limits it, not the cap")
 else:
-    print("benchmarks/results/consistency_heun_stage.json is not in this checkout")
+    print("diffusion_course/records/consistency_heun_stage.json is not in this checkout")
 
 # %% [markdown]
 # Two-step quality got worse with the more accurate targets: a student that far above its DDIM cap is limited by its
 # own fit. Further down this section measures where that fit falls short.
 
 # %%
-dc.viz.show_source(C.teacher_step)
+dc.viz.show_source(CX.teacher_step)
 
 # %% [markdown]
 # On the 2-D mixture, where the exact end point is known, the two chains' errors show the orders. DDIM's error halves when
@@ -402,17 +404,17 @@ x_chk = torch.randn(500, 2, generator=torch.Generator().manual_seed(3), dtype=to
 f_chk = exact(x_chk, 999)
 print(f"{'grid N':>6} {'DDIM chain error':>17} {'Heun chain error':>17}")
 for N in (10, 20, 40, 80):
-    errs = [(C.teacher_ode_sample(oracle, x_chk, s, C.make_grid(s, N), solver=v, clip_denoised=False) - f_chk)
+    errs = [(CX.teacher_ode_sample(oracle, x_chk, s, C.make_grid(s, N), solver=v, clip_denoised=False) - f_chk)
             .norm(dim=1).mean().item() for v in ("ddim", "heun")]
     print(f"{N:>6} {errs[0]:>17.4f} {errs[1]:>17.4f}")
 
 # %% [markdown]
 # **Where the fit falls short.** Take real images, noise them to a grid point $t$, and compare the student's one call
 # $f(x_t, t)$ with what it is trained towards there: the end of the teacher's chain of steps from that very $x_t$ down the
-# grid (`C.teacher_chain`). A perfect student would match the chain exactly, at every $t$:
+# grid (`CX.teacher_chain`). A perfect student would match the chain exactly, at every $t$:
 
 # %%
-dc.viz.show_source(C.teacher_chain)
+dc.viz.show_source(CX.teacher_chain)
 
 # %%
 n_gap = dc.config.budget(quick=20, cpu=500, gpu=1000)
@@ -430,7 +432,7 @@ for t in (249, 499, 749):
     with torch.no_grad():
         f_t = torch.cat([cm_main(x_t[i:i + 250], torch.full((len(x_t[i:i + 250]),), t, device=device),
                                  y_real[i:i + 250]).clamp(-1, 1) for i in range(0, n_gap, 250)]).cpu()
-    chain_t = torch.cat([C.teacher_chain(teacher, x_t[i:i + 250], sched, below, y_real[i:i + 250])
+    chain_t = torch.cat([CX.teacher_chain(teacher, x_t[i:i + 250], sched, below, y_real[i:i + 250])
                          for i in range(0, n_gap, 250)]).cpu()
     fit_gap[t] = (metrics.fid(clf, f_t, ref_gap), metrics.fid(clf, chain_t, ref_gap),
                   (f_t - chain_t).pow(2).mean().sqrt().item())
@@ -455,17 +457,17 @@ hop_students = {}
 for hops in [(1, 2, 4, 8), (1, 2, 4, 8, 16)]:
     torch.manual_seed(0)
     st2d = C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=20, head="raw", sigma_data=1.4)
-    cfg_h = C.DistillConfig(**{**cfg2d.__dict__, "teacher_hops": hops})
-    res_h = C.distill(oracle, s, data2, None, cfg_h, student=st2d, device="cpu", progress=False)
+    cfg_h = CX.ExtendedDistillConfig(**{**cfg2d.__dict__, "teacher_hops": hops})
+    res_h = CX.distill(oracle, s, data2, None, cfg_h, student=st2d, device="cpu", progress=False)
     hop_students[hops] = res_h.ema
-    hop_errs[hops] = (C.sample(res_h.ema, x_T2, 1, clip_denoised=False) - f_star).norm(dim=1).mean().item()
+    hop_errs[hops] = (C.sample(res_h.ema, x_T2, steps=1, clip_denoised=False) - f_star).norm(dim=1).mean().item()
 for hops, err in hop_errs.items():
     print(f"hops {str(hops):<14} 1-step mean distance to the exact map {err:.3f}")
 cut16 = 1 - hop_errs[(1, 2, 4, 8, 16)] / hop_errs[(1, 2, 4, 8)]
 print("multi-hop", "beats" if hop_errs[(1, 2, 4, 8)] < hop_errs[(1,)] else "does NOT beat",
       "one-hop pairs here (tests/test_consistency.py checks it on two seeds); adding k = 16",
       f"helps further ({cut16:.0%} nearer)" if cut16 > 0 else "does NOT help further",
-      "— one seed; benchmarks/consistency_hops_2d.py repeats it on three")
+      "— one seed; research/consistency_hops_2d.py repeats it on three")
 
 # %% [markdown]
 # On Fashion-MNIST the project tried it on the student shipped at the time (kept as `fmnist-cd-v2`): 4,000 more steps
@@ -482,11 +484,11 @@ stages = [("consistency_hops_stage.json", ("before (fmnist-cd-v2)", "after (fmni
 
 
 def show_stage(file_name, labels):
-    """Print one screening record of benchmarks/consistency_stage.py; return its per-draw paired differences."""
-    if not (results_dir / file_name).exists():
-        print(f"benchmarks/results/{file_name} is not in this checkout")
+    """Print one screening record of research/consistency_stage.py; return its per-draw paired differences."""
+    if not records.path(file_name[:-5]).exists():
+        print(f"diffusion_course/records/{file_name} is not in this install")
         return None
-    hops_run = json.loads((results_dir / file_name).read_text())
+    hops_run = records.load(file_name[:-5])
     print(hops_run["what"])
     print(f"{'':<24}{'FID 1 step':>11}{'2 steps':>9}{'4 steps':>9}   RMS fit gap at t = 249 / 499 / 749")
     for label, name in zip(labels, hops_run["rows"]):
@@ -527,12 +529,12 @@ for file_name, labels in stages:
 # an aligned pair takes ten.
 
 # %%
-dc.viz.show_source(C.draw_pairs)
+dc.viz.show_source(CX.draw_pairs)
 
 # %%
 grid20 = C.make_grid(s, 20)
 for label, extra in [("multi-hop (1, 2, 4, 8)", {}), ("half aligned (K = 10)", {"aligned_hop": 10, "aligned_fraction": 0.5})]:
-    n_d, k_d = C.draw_pairs(100_000, 20, (1, 2, 4, 8), torch.Generator().manual_seed(0), **extra)
+    n_d, k_d = CX.draw_pairs(100_000, 20, (1, 2, 4, 8), torch.Generator().manual_seed(0), **extra)
     t_hi = grid20[n_d + k_d]
     print(f"{label:<24} pairs starting at t = 999: {(t_hi == 999).float().mean():5.1%}, at t = 499: "
           f"{(t_hi == 499).float().mean():5.1%}; teacher calls per pair {k_d.float().mean():.2f}")
@@ -542,20 +544,20 @@ for label, extra in [("multi-hop (1, 2, 4, 8)", {}), ("half aligned (K = 10)", {
 # re-noising draws (the seed of `sample`'s generator), so both take the same path and any distance is the student's:
 
 # %%
-two_star = C.sample(exact, x_T2.double(), 2, generator=torch.Generator().manual_seed(8), clip_denoised=False).float()
+two_star = C.sample(exact, x_T2.double(), steps=2, generator=torch.Generator().manual_seed(8), clip_denoised=False).float()
 torch.manual_seed(0)
 st2d = C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=20, head="raw", sigma_data=1.4)
-cfg_a = C.DistillConfig(**{**cfg2d.__dict__, "teacher_hops": (1, 2, 4, 8), "aligned_hop": 10, "aligned_fraction": 0.5})
-hop_students["aligned"] = C.distill(oracle, s, data2, None, cfg_a, student=st2d, device="cpu", progress=False).ema
+cfg_a = CX.ExtendedDistillConfig(**{**cfg2d.__dict__, "teacher_hops": (1, 2, 4, 8), "aligned_hop": 10, "aligned_fraction": 0.5})
+hop_students["aligned"] = CX.distill(oracle, s, data2, None, cfg_a, student=st2d, device="cpu", progress=False).ema
 two_errs = {}
 for name, st in [("(1, 2, 4, 8)", hop_students[(1, 2, 4, 8)]), ("(1, 2, 4, 8) + aligned", hop_students["aligned"])]:
-    one = (C.sample(st, x_T2, 1, clip_denoised=False) - f_star).norm(dim=1).mean().item()
-    two = C.sample(st, x_T2, 2, generator=torch.Generator().manual_seed(8), clip_denoised=False)
+    one = (C.sample(st, x_T2, steps=1, clip_denoised=False) - f_star).norm(dim=1).mean().item()
+    two = C.sample(st, x_T2, steps=2, generator=torch.Generator().manual_seed(8), clip_denoised=False)
     two_errs[name] = (two - two_star).norm(dim=1).mean().item()
     print(f"hops {name:<24} mean distance to the exact map: 1 step {one:.3f}, 2 steps {two_errs[name]:.3f}")
 cut_a = 1 - two_errs["(1, 2, 4, 8) + aligned"] / two_errs["(1, 2, 4, 8)"]
 print("aligned pairs", f"bring 2-step samples {cut_a:.0%} nearer" if cut_a > 0 else "do NOT bring 2-step samples nearer",
-      "— one seed; benchmarks/consistency_hops_2d.py repeats it on three")
+      "— one seed; research/consistency_hops_2d.py repeats it on three")
 
 # %% [markdown]
 # Hops up to 16 also looked good on 2-D and failed on Fashion-MNIST, so 2-D was only the reason to try. Nor is the gain there immediate: early in training (a few hundred steps, measured in
@@ -569,12 +571,12 @@ if aligned_diffs is not None:
     print("aligned pairs:", "better" if max(aligned_diffs) < 0 else "NOT better", "at two steps on every draw; the mean",
           "gain exceeds" if -statistics.mean(aligned_diffs) > statistics.stdev(aligned_diffs) else "gain does NOT exceed",
           "its spread")
-    rec = json.loads((results_dir / "consistency_aligned_stage.json").read_text())
+    rec = records.load("consistency_aligned_stage")
     (before, after), (gap_b, gap_a) = rec["rows"].values(), rec["fit_gap_rms_fid"].values()
     print("relative change, FID at 1 / 2 / 4 steps: " + " / ".join(
         f"{after[f'fid_cm{k}'] / before[f'fid_cm{k}'] - 1:+.1%}" for k in (1, 2, 4)) + "; RMS fit gap at t = 249 / 499 / 749: "
         + " / ".join(f"{gap_a[t]['rms'] / gap_b[t]['rms'] - 1:+.1%}" for t in ("249", "499", "749")))
-    first = json.loads((results_dir / "consistency_hops_stage.json").read_text())["paired_2step_over_ddim50"]
+    first = records.load("consistency_hops_stage")["paired_2step_over_ddim50"]
     before_r, after_r = (v["ratios"] for v in first.values())
     gain_first = statistics.mean(a - b for a, b in zip(after_r, before_r))
     print(f"mean paired gain {statistics.mean(aligned_diffs):+.3f} against the first multi-hop cycle's {gain_first:+.3f} "
@@ -599,10 +601,10 @@ n_fid = dc.config.budget(quick=20, cpu=256, gpu=1000)
 ddim_list = dc.config.budget(quick=(1, 2, 4), cpu=(1, 2, 4, 8, 50), gpu=(1, 2, 4, 8, 20, 50))
 dpm_list = dc.config.budget(quick=(2,), cpu=(2, 4, 8), gpu=(2, 4, 8, 20))
 t0 = time.perf_counter()
-res = C.evaluate(cm_main, n=n_fid, steps=(1, 2, 4), teacher=teacher, teacher_schedule=sched, ddim_steps=ddim_list,
+res = evaluation.evaluate_consistency_samplers(cm_main, n=n_fid, steps=(1, 2, 4), teacher=teacher, teacher_schedule=sched, ddim_steps=ddim_list,
                  dpm_steps=dpm_list, batch_size=256, classifier=clf, progress=True, ode_solvers=("ddim", "heun"))
 if cm_main is not cm_live:
-    res_live = C.evaluate(cm_live, n=n_fid, steps=(1, 2, 4), batch_size=256, classifier=clf)
+    res_live = evaluation.evaluate_consistency_samplers(cm_live, n=n_fid, steps=(1, 2, 4), batch_size=256, classifier=clf)
 print(f"measured in {time.perf_counter() - t0:.0f} s")
 floor = res["floor_balanced"]
 print(f"{'sampler':<28} {'NFE':>4} {'FID':>7} {'FID/floor':>9} {'class acc':>9} {'ms/image':>9}")
@@ -649,7 +651,7 @@ if "fid_cm2" in cd_m and "fid_cond" in teacher_m:
 import json
 import pathlib
 
-bench = pathlib.Path(dc.__file__).resolve().parent.parent / "benchmarks" / "results" / "consistency_nfe.json"
+bench = records.path("consistency_nfe")
 if main_name.startswith("fmnist-cd") and bench.exists():
     draws = json.loads(bench.read_text()).get("draws", [])
     q2s = [d["cm2"] / d["ddim50"] for d in draws]
@@ -670,8 +672,8 @@ one = x_T_show[:1]
 lab1 = labels_show[:1].to(device)
 reps = dc.config.budget(quick=1, cpu=5, gpu=10)
 lat = {
-    "consistency, 1 step": lambda x: C.sample(cm_main, x, 1, cond=lab1),
-    "consistency, 2 steps": lambda x: C.sample(cm_main, x, 2, cond=lab1),
+    "consistency, 1 step": lambda x: C.sample(cm_main, x, steps=1, cond=lab1, clip_denoised=True),
+    "consistency, 2 steps": lambda x: C.sample(cm_main, x, steps=2, cond=lab1, clip_denoised=True),
     "DDIM-4": lambda x: sampling.ddim_sample(teacher, x, sched, steps=4, cond=lab1, progress=False),
     f"DDIM-{ref_steps} (teacher)": lambda x: sampling.ddim_sample(teacher, x, sched, steps=ref_steps, cond=lab1,
                                                                   progress=False),
@@ -680,7 +682,7 @@ keys = {"consistency, 1 step": "cm1", "consistency, 2 steps": "cm2", "DDIM-4": "
         f"DDIM-{ref_steps} (teacher)": f"ddim{ref_steps}"}
 # interleaved rounds: a laptop's clock drifts over seconds, and timing each sampler in its own block would fold
 # that drift into the ratio
-rounds = {name: [1000 * s for s in v] for name, v in C.interleaved_seconds_per_image(lat, one, rounds=reps).items()}
+rounds = {name: [1000 * s for s in v] for name, v in evaluation.interleaved_seconds_per_image(lat, one, rounds=reps).items()}
 b1 = {name: sorted(v)[len(v) // 2] for name, v in rounds.items()}
 ref_name = f"DDIM-{ref_steps} (teacher)"
 print(f"{'sampler':<22} {'ms/image, batch 1':>18} {'ms/image, batch ' + str(n_fid):>20} {'× faster (b=1)':>15}")
@@ -728,7 +730,7 @@ def my_c_out(sigma, sigma_data, sigma_min):
     return sigma * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
 
 
-C.check_exercise((my_c_skip, my_c_out), "boundary");
+dc.exercises.check((my_c_skip, my_c_out), "boundary");
 
 # %% [markdown]
 # **9b. The re-noising step of multistep sampling** (Alg. 1). Given the one-step answer $\hat x_0$ (which sits at σ_min), a
@@ -741,7 +743,7 @@ def my_renoise(x0, t, z, schedule, sigma_min):
     return x0 + schedule.sigma[t].item() * z
 
 
-C.check_exercise(my_renoise, "renoise");
+dc.exercises.check(my_renoise, "renoise");
 
 # %% [markdown]
 # ## Summary

@@ -238,26 +238,17 @@ print(f"training compute: U-Net {train_flops['U-Net'] / 1e12:.0f} TFLOPs, DiT {t
 # the way. A short live version of it (fewer steps; the benchmark's own numbers are in the README):
 
 # %%
-import importlib.util
-import pathlib
-import sys
-
-bench_path = pathlib.Path(dc.__file__).resolve().parent.parent / "benchmarks" / "dit_vs_unet.py"
-spec = importlib.util.spec_from_file_location("dit_vs_unet", bench_path)
-bench = importlib.util.module_from_spec(spec)
-sys.modules["dit_vs_unet"] = bench
-spec.loader.exec_module(bench)
-
 vae = ldm_unet.vae
-z_train, y_lat = dc.train.latent_training_set(vae, device=device)
+z_train, y_lat = latent.encode_training_set(vae, device=device)
 scale = ldm_unet.scale_factor
 z_held = latent.encode_dataset(vae, x_test[:2000].to(device), progress=False) * scale
 sweep_steps = dc.config.budget(quick=4, cpu=300, gpu=3000)
 curves = {}
 for kind in ("unet", "dit", "dit-XS", "dit-S", "dit-M"):
     torch.manual_seed(0)
-    _, curve, fwd, seconds = bench.run(bench.build(kind), z_train * scale, y_lat, z_held, y_test[:2000], schedule,
-                                       sweep_steps, 32, 1e-3 if kind == "unet" else 5e-4, evals=3)
+    _, curve, fwd, seconds = profiling.loss_vs_compute(profiling.scaling_model(kind), z_train * scale, y_lat, z_held,
+                                                       y_test[:2000], schedule, sweep_steps, 32,
+                                                       1e-3 if kind == "unet" else 5e-4, evals=3)
     curves[kind] = curve
     print(f"{kind:>7}: {fwd / 1e6:5.0f} MFLOPs/forward, held-out loss {curve[-1][2]:.4f} after "
           f"{curve[-1][1] / 1e12:.3f} training TFLOPs ({seconds:.0f} s)")

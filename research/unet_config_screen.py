@@ -1,6 +1,6 @@
 """Which U-Net configuration learns fastest per CPU-minute? A short screen of our U-Net's configurations.
 
-    python benchmarks/unet_config_screen.py --minutes 5 [--lr 1e-3] [--batch 128] [--configs plain,shipped,thin,...]
+    python research/unet_config_screen.py --minutes 5 [--lr 1e-3] [--batch 128] [--configs plain,shipped,thin,...]
         [--seed 0] [--t-sampling logsnr-normal --logsnr-mean 0 --logsnr-std 2] [--objective v] [--min-snr 5]
 
 Each configuration trains unconditionally on Fashion-MNIST from scratch for the same wall-clock budget (batch 128 unless

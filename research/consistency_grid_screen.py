@@ -1,12 +1,13 @@
 """Does a finer grid make a better student? Short consistency distillations from the shipped teacher, one per grid size.
 
-    python benchmarks/consistency_grid_screen.py --grid 20 [--steps 1500] [--n 1000] [--threads 1] [--json out.json]
+    python research/consistency_grid_screen.py --grid 20 [--steps 1500] [--n 1000] [--threads 1] [--json out.json]
 
-Each run distils ``fmnist-ddpm`` from the teacher's weights with ``consistency.FMNIST_CD_RECIPE`` (batch 32,
+Each run distils ``fmnist-ddpm`` from the teacher's weights with ``recipes.FMNIST_CD_RECIPE`` (batch 32,
 pseudo-Huber, stopgrad target, 10 % label dropout) for ``--steps`` steps in one cosine cycle, on the teacher's DDIM-N
-grid (N = ``--grid``), and scores the EMA student's 1- and 2-step class-conditional FID (``consistency.evaluate``: n,
-class-balanced labels and real set, the balanced floor). Run it once per N with the same seed and steps, so arms differ
-only in N: a screen for the next distillation, not a shipped model (nothing is saved but the JSON).
+grid (N = ``--grid``), and scores the EMA student's 1- and 2-step class-conditional FID
+(``evaluation.evaluate_consistency_samplers``: n, class-balanced labels and real set, the balanced floor). Run it once
+per N with the same seed and steps, so arms differ only in N: a screen for the next distillation, not a shipped model
+(nothing is saved but the JSON).
 """
 import argparse
 import json
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from diffusion_course import consistency, pretrained
+from diffusion_course import consistency, evaluation, pretrained, recipes
 from diffusion_course.data import load_fashion_mnist
 
 
@@ -29,16 +30,17 @@ def main() -> None:
     if args.grid < 2 or args.steps < 1 or args.n < 10:
         raise SystemExit("--grid must be >= 2, --steps >= 1 and --n >= 10")
     torch.set_num_threads(args.threads)
-    teacher, schedule = pretrained.load("fmnist-ddpm", device="cpu")
+    teacher = pretrained.load("fmnist-ddpm", device="cpu")
+    schedule = teacher.schedule
     x, y = load_fashion_mnist("train")
-    cfg = consistency.DistillConfig(**{**consistency.FMNIST_CD_RECIPE, "steps": args.steps, "lr_cycle_ends": (),
+    cfg = consistency.DistillConfig(**{**recipes.FMNIST_CD_RECIPE, "steps": args.steps, "lr_cycle_ends": (),
                                        "grid_size": args.grid, "warmup": 100})
     t0 = time.perf_counter()
     result = consistency.distill(teacher, schedule, x, y, cfg, device="cpu")
     seconds = time.perf_counter() - t0
     out = {"grid": args.grid, "steps": args.steps, "train_seconds": seconds,
            "final_loss_avg_last_100": sum(result.history.loss[-100:]) / len(result.history.loss[-100:]),
-           **consistency.evaluate(result.ema.eval(), n=args.n, steps=(1, 2))}
+           **evaluation.evaluate_consistency_samplers(result.ema.eval(), n=args.n, steps=(1, 2))}
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,14 +1,14 @@
 """Choose the timesteps of multistep consistency sampling by greedy search (Song et al. 2023, Sec. 6 / App. C).
 
-    python benchmarks/consistency_timesteps.py [--model fmnist-cd] [--n 1000] [--max-steps 4] [--stride 1]
-                                               [--json benchmarks/results/consistency_timesteps.json]
+    python research/consistency_timesteps.py [--model fmnist-cd] [--n 1000] [--max-steps 4] [--stride 1]
+                                             [--json diffusion_course/records/consistency_timesteps.json]
 
-A k-step sample evaluates f at t_1 = T−1 and k−1 re-noised levels. The default (``consistency.sample_timesteps``)
+A k-step sample evaluates f at t_1 = T−1 and k−1 re-noised levels. The default (``consistency.multistep_timesteps``)
 spaces them evenly on the grid; the paper instead picks them greedily: the best t_2 for 2 steps by FID, then, with
 it fixed, the best t_3 below it, and so on. Selection here is **held apart from the evaluation**: candidates are
 scored against class-balanced *training* images with noise seed ``--select-seed``; the winners and the default are
-then scored with the evaluation protocol of ``consistency.evaluate`` (test-set reference, noise seed 0, the same
-balanced labels), which is what the chapter and ``benchmarks/consistency_nfe.py`` report.
+then scored with the evaluation protocol of ``evaluation.evaluate_consistency_samplers`` (test-set reference, noise
+seed 0, the same balanced labels), which is what the chapter and ``benchmarks/consistency_nfe.py`` report.
 """
 import argparse
 import json
@@ -24,8 +24,8 @@ from diffusion_course import consistency, metrics, pretrained
 
 def fid_of(cm, clf, ts, x_T, labels, ref, batch_size=250, seed=1):
     g = torch.Generator().manual_seed(seed)
-    xs = torch.cat([consistency.sample(cm, x_T[i:i + batch_size], len(ts), cond=labels[i:i + batch_size],
-                                       generator=g, timesteps=torch.tensor(ts))
+    xs = torch.cat([consistency.sample(cm, x_T[i:i + batch_size], steps=len(ts), timesteps=torch.tensor(ts),
+                                       cond=labels[i:i + batch_size], generator=g, clip_denoised=True)
                     for i in range(0, x_T.shape[0], batch_size)])
     return metrics.fid(clf, xs, ref)
 
@@ -65,11 +65,11 @@ def main():
         best = min(scores, key=scores.get)
         chosen.append(best)
         search[k] = {"candidates": {str(t): round(v, 3) for t, v in scores.items()}, "best": best}
-        default = consistency.sample_timesteps(cm, k).tolist()
+        default = consistency.multistep_timesteps(cm, k).tolist()
         print(f"{k} steps: greedy t_{k} = {best} (selection FID {scores[best]:.2f}); default timesteps {default}"
               + (f" scored {scores[default[-1]]:.2f}" if default[:-1] == chosen[:-1] and default[-1] in scores else ""))
 
-    # evaluation protocol (as consistency.evaluate): seed-0 noise, test-set reference
+    # evaluation protocol (as evaluation.evaluate_consistency_samplers): seed-0 noise, test-set reference
     x_ev = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     ref_ev = metrics.reference_images(n, class_balanced=True)
     floor = metrics.fid_floor(clf, n, class_balanced=True)
@@ -77,7 +77,7 @@ def main():
     print(f"\nheld-out evaluation (n = {n}, test reference, class-balanced floor {floor:.2f}):")
     print(f"{'steps':>5}  {'default timesteps':<28}{'FID':>7}   {'greedy timesteps':<28}{'FID':>7}")
     for k in range(2, args.max_steps + 1):
-        d = consistency.sample_timesteps(cm, k).tolist()
+        d = consistency.multistep_timesteps(cm, k).tolist()
         c = chosen[:k]
         fd = fid_of(cm, clf, d, x_ev, labels, ref_ev)
         fc = fid_of(cm, clf, c, x_ev, labels, ref_ev)

@@ -1,7 +1,7 @@
 """How slim can the latent U-Net be? Step cost against the pixel model, and the FID each width reaches.
 
-    python benchmarks/latent_unet_width.py [--widths 32,48,64] [--steps 6000] [--n 1000] [--threads 1] [--timing-only]
-                                           [--json benchmarks/results/latent_unet_width.json]
+    python research/latent_unet_width.py [--widths 32,48,64] [--steps 6000] [--n 1000] [--threads 1] [--timing-only]
+                                         [--json research/results/latent_unet_width.json]
 
 Chapter 5's target asks for a latent training step ≥ 4× cheaper than the pixel model's (``fmnist-ddpm``'s network,
 which already works at 14×14 behind its patch-2 stem). The latent U-Net shipped when this screen ran had channels
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_course import latent, pretrained, profiling, train, training
+from diffusion_course import evaluation, latent, pretrained, profiling, training
 from diffusion_course.nn import count_parameters
 
 
@@ -43,7 +43,7 @@ def main():
     recipe = pretrained.RECIPES["fmnist-ldm"]
     vae = pretrained.load("fmnist-vae", device="cpu")
     vm = pretrained.manifest("fmnist-vae").get("metrics", {})
-    latents, y = train.latent_training_set(vae, device="cpu")
+    latents, y = latent.encode_training_set(vae, device="cpu")
     scale = latent.fit_scale_factor(latents)
     schedule = pretrained.schedule_for("fmnist-ldm")
     shape = tuple(latents.shape[1:])
@@ -79,7 +79,7 @@ def main():
         result = training.train(net, schedule, latents * scale, y, cfg, device="cpu")
         train_s = time.perf_counter() - t0
         ldm = latent.LatentDiffusion(vae, result.ema.eval(), schedule, scale).eval()
-        ev = train.evaluate_latent(ldm, n=args.n)
+        ev = evaluation.evaluate_latent(ldm, n=args.n)
         row = {"channels": [w, 2 * w, 2 * w], "params": count_parameters(net), "forward_flops": flops,
                "step_s": step_s, "step_speedup_vs_pixel": pixel_step / step_s, "train_seconds": train_s,
                "fid_cond": ev["fid_cond"], "floor_balanced": ev["floor_balanced"], "fid_uncond": ev["fid_uncond"],

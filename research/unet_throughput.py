@@ -1,6 +1,6 @@
 """Training and sampling throughput: the course's U-Net vs diffusers' UNet2DModel (HF course config).
 
-    python benchmarks/unet_throughput.py [--device cpu|cuda] [--batch 128]
+    python research/unet_throughput.py [--device cpu|cuda] [--batch 128]
 
 The peer is the 28×28 configuration of the Hugging Face diffusion course: block_out_channels
 (32, 64, 64), attention in the two lower blocks, 2 layers per block (~1.7 M parameters).

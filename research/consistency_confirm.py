@@ -1,12 +1,14 @@
 """Confirm a shipped student's paired 2-step ratio on noise draws no screening has seen.
 
-    python benchmarks/consistency_confirm.py [--models fmnist-cd-v4,fmnist-cd] [--seeds 3000 4000] [--n 1000]
-                                             [--json benchmarks/results/consistency_confirm.json]
+    python research/consistency_confirm.py [--models fmnist-cd-v4,fmnist-cd] [--seeds 3000 4000] [--n 1000]
+                                           [--json research/results/consistency_confirm.json]
 
-``benchmarks/consistency_stage.py`` screened every candidate on the same three noise draws (seeds 0, 1000, 2000 of
-``benchmarks/results/consistency_nfe.json``), and the chosen one was then judged on those draws: a selection that can
-flatter it. This re-measures each model's 1- and 2-step FID and the teacher's DDIM-50 on *fresh* draws (same labels
-and real set as ``consistency.evaluate``; student and teacher from the same noise), and prints the paired ratios.
+``research/consistency_stage.py`` screened every candidate on the same three noise draws (seeds 0, 1000, 2000 of the
+``consistency_nfe`` record, ``diffusion_course/records/consistency_nfe.json``), and the chosen one was then judged on
+those draws: a selection that can flatter it. This re-measures each model's 1- and 2-step FID and the teacher's
+DDIM-50 on *fresh* draws (same labels and real set as ``evaluation.evaluate_consistency_samplers``; student and teacher
+from the same noise), and prints the paired ratios. Earlier students (``fmnist-cd-v4``) load from ``data/lineage/``,
+so run it from a source checkout.
 """
 import argparse
 import json
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_course import consistency, pretrained
+from diffusion_course import evaluation, pretrained
 
 
 def main() -> None:
@@ -33,15 +35,17 @@ def main() -> None:
     names = [m for m in args.models.split(",") if m]
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    teacher, schedule = pretrained.load(pretrained.RECIPES[names[0]].teacher, device="cpu")
+    teacher = pretrained.load(pretrained.RECIPES[names[0]].teacher, device="cpu")
+    schedule = teacher.schedule
     clf = pretrained.load("fmnist-classifier", device="cpu")
     models = {m: pretrained.load(m, device="cpu") for m in names}
     rows = {m: [] for m in names}
     for seed in args.seeds:
-        ref = consistency.evaluate(None, n=args.n, seed=seed, teacher=teacher, teacher_schedule=schedule,
-                                   ddim_steps=(50,), classifier=clf)["fid_ddim50"]
+        ref = evaluation.evaluate_consistency_samplers(None, n=args.n, seed=seed, teacher=teacher,
+                                                       teacher_schedule=schedule, ddim_steps=(50,),
+                                                       classifier=clf)["fid_ddim50"]
         for m, cm in models.items():
-            r = consistency.evaluate(cm, n=args.n, steps=(1, 2), seed=seed, classifier=clf)
+            r = evaluation.evaluate_consistency_samplers(cm, n=args.n, steps=(1, 2), seed=seed, classifier=clf)
             rows[m].append({"seed": seed, "cm1": r["fid_cm1"], "cm2": r["fid_cm2"], "ddim50": ref,
                             "ratio_cm2": r["fid_cm2"] / ref, "ratio_cm1": r["fid_cm1"] / ref})
             print(f"seed {seed}: {m:<14} 1-step {r['fid_cm1']:6.2f}  2-step {r['fid_cm2']:5.2f}  teacher DDIM-50 "

@@ -1,6 +1,6 @@
 """Time-to-quality: FID after a fixed wall-clock training budget from scratch — a network *and* a recipe.
 
-    python benchmarks/time_to_quality.py --minutes 15 [--n 500] [--eval-at 5,10] [--runs plain:peer,plain:course,hf:peer]
+    python research/time_to_quality.py --minutes 15 [--n 500] [--eval-at 5,10] [--runs plain:peer,plain:course,hf:peer]
                                          [--grid docs/]   # also save the first 40 samples of each point as a PNG
 
 Each run is ``network:recipe``. It trains class-unconditionally on Fashion-MNIST for the same number of wall-clock

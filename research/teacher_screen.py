@@ -1,15 +1,16 @@
 """Screen recipes for the shipped teacher ``fmnist-ddpm``: a short run, then conditional *and* unconditional FID.
 
-    python benchmarks/teacher_screen.py --minutes 10 --p-uncond 0.2 [--init v1|scratch] [--batch 64] [--lr 5e-4]
-                                        [--t-sampling logsnr-normal] [--n 500] [--threads 1] [--json out.json]
-    python benchmarks/teacher_screen.py --minutes 0 --init v1      # only evaluate the starting point
-    python benchmarks/teacher_screen.py --init shipped --steps 4000 --lr-decay cosine --lr 1e-4 --batch 32 --n 1000
-                                        # a further cosine cycle of the shipped teacher, by steps
+    python research/teacher_screen.py --minutes 10 --p-uncond 0.2 [--init v1|scratch] [--batch 64] [--lr 5e-4]
+                                      [--t-sampling logsnr-normal] [--n 500] [--threads 1] [--json out.json]
+    python research/teacher_screen.py --minutes 0 --init v1      # only evaluate the starting point
+    python research/teacher_screen.py --init shipped --steps 4000 --lr-decay cosine --lr 1e-4 --batch 32 --n 1000
+                                      # a further cosine cycle of the shipped teacher, by steps
 
 ``--init v1`` starts from the weights of ``fmnist-ddpm-v1`` (the first shipped model: 8,000 steps, uniform t,
-10 % label dropout) and fine-tunes them; ``shipped`` continues the current ``fmnist-ddpm`` (to screen a further
-fine-tune); ``scratch`` starts from a fresh network of the same architecture.
-Both are measured by ``train.evaluate_diffusion``: class-conditional samples (balanced labels) against a
+10 % label dropout; kept in ``data/lineage/``, so run it from a source checkout) and fine-tunes them; ``shipped``
+continues the current ``fmnist-ddpm`` (to screen a further fine-tune); ``scratch`` starts from a fresh network of the
+same architecture.
+Both are measured by ``evaluation.evaluate_diffusion``: class-conditional samples (balanced labels) against a
 class-balanced real set and floor, unconditional samples against a random real set and floor, and the class
 mix of the unconditional samples. Time is training time on ``--threads`` threads (sampling not counted).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_course import data, pretrained, train as train_cli, training
+from diffusion_course import checkpoints, data, evaluation, pretrained, training
 
 
 def main() -> None:
@@ -46,13 +47,15 @@ def main() -> None:
         raise SystemExit("--minutes must be >= 0 and --steps >= 1")
     if args.lr_decay == "cosine" and args.steps is None:
         raise SystemExit("--lr-decay cosine needs --steps (the cosine runs over a known length)")
-    if args.save and Path(args.save).resolve().parent == pretrained.CHECKPOINT_DIR.resolve():
-        raise SystemExit(f"--save {args.save}: a screen never writes into the shipped {pretrained.CHECKPOINT_DIR}")
+    shipped = (checkpoints.CHECKPOINT_DIR.resolve(), checkpoints.LINEAGE_DIR.resolve())
+    if args.save and Path(args.save).resolve().parent in shipped:
+        raise SystemExit(f"--save {args.save}: a screen never writes into the shipped {checkpoints.CHECKPOINT_DIR} "
+                         f"or {checkpoints.LINEAGE_DIR}")
     torch.set_num_threads(args.threads)
     model = pretrained.build("fmnist-ddpm-v1")
     if args.init != "scratch":
         start = "fmnist-ddpm-v1" if args.init == "v1" else "fmnist-ddpm"
-        model.load_state_dict(pretrained.load(start, device="cpu")[0].state_dict())
+        model.load_state_dict(pretrained.load(start, device="cpu").state_dict())
     schedule = pretrained.schedule_for("fmnist-ddpm")
     info = vars(args).copy()
     if args.steps is not None or args.minutes > 0:
@@ -67,7 +70,7 @@ def main() -> None:
         if args.save:
             torch.save(model.state_dict(), args.save)
     t0 = time.perf_counter()
-    info.update(train_cli.evaluate_diffusion(model.eval(), schedule, n=args.n, device="cpu"))
+    info.update(evaluation.evaluate_diffusion(model.eval(), schedule, n=args.n, device="cpu"))
     info["eval_seconds"] = time.perf_counter() - t0
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in info.items()}))
     if args.json:

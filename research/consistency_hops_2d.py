@@ -1,6 +1,7 @@
 """Multi-hop and sampler-aligned targets on the 2-D mixture: how near the exact consistency map does each get?
 
-    python benchmarks/consistency_hops_2d.py [--seeds 0 1 2] [--steps 1500] [--json benchmarks/results/consistency_hops_2d.json]
+    python research/consistency_hops_2d.py [--seeds 0 1 2] [--steps 1500]
+                                           [--json research/results/consistency_hops_2d.json]
 
 Chapter 7's 2-D setting (8-Gaussian ring, cosine schedule, exact ε as the teacher, a 20-point DDIM grid, MLP
 students of hidden width 128, batch 256): for each hop set and seed, the same student initialisation and data
@@ -8,7 +9,8 @@ order distil for ``--steps`` optimiser steps; the score is the mean distance of 
 PF-ODE map from the same 1,000 noise vectors (``consistency.ExactConsistencyFunction``), the same for its 2-step
 samples against the exact map's 2-step samples (same noise, same re-noising draws), and for f at the middle of the
 grid (t_10, where the 2-step sampler makes its second call) on noised data. The last arm adds sampler-aligned pairs
-(``DistillConfig.aligned_hop`` = 10, half of each batch) to hops (1, 2, 4, 8). Seconds on CPU.
+(``consistency_extensions.ExtendedDistillConfig.aligned_hop`` = 10, half of each batch) to hops (1, 2, 4, 8); every
+arm distils with ``consistency_extensions.distill`` (hops (1,) alone is the paper's loss). Seconds on CPU.
 """
 import argparse
 import json
@@ -20,6 +22,7 @@ import torch
 
 import diffusion_course as dc
 from diffusion_course import consistency as C
+from diffusion_course import consistency_extensions as CX
 from diffusion_course.nn import MLPDenoiser
 
 HOP_SETS = [(1,), (1, 2, 4, 8), (1, 2, 4, 8, 16)]
@@ -41,7 +44,8 @@ def main() -> None:
     oracle, exact = mix.oracle_model(s), C.ExactConsistencyFunction(mix, s)
     x_T = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3))
     f_star = exact(x_T.double(), 999).float()
-    two_star = C.sample(exact, x_T.double(), 2, generator=torch.Generator().manual_seed(4), clip_denoised=False).float()
+    two_star = C.sample(exact, x_T.double(), steps=2, generator=torch.Generator().manual_seed(4),
+                        clip_denoised=False).float()
     data = mix.sample(20000, generator=torch.Generator().manual_seed(5))[0].float()
     base = dict(steps=args.steps, batch_size=256, lr=2e-3, warmup=50, grid_size=20, distance="pseudo-huber",
                 p_uncond=0.0, clip_denoised=False, ema_decay=0.99, sigma_data=1.4)
@@ -54,11 +58,11 @@ def main() -> None:
             student = C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=20, head="raw",
                                          sigma_data=1.4)
             t0 = time.perf_counter()
-            res = C.distill(oracle, s, data, None, C.DistillConfig(**base, **arm, seed=seed),
-                            student=student, device="cpu", progress=False)
+            res = CX.distill(oracle, s, data, None, CX.ExtendedDistillConfig(**base, **arm, seed=seed),
+                             student=student, device="cpu", progress=False)
             seconds.append(time.perf_counter() - t0)
-            one_step.append((C.sample(res.ema, x_T, 1, clip_denoised=False) - f_star).norm(dim=1).mean().item())
-            two = C.sample(res.ema, x_T, 2, generator=torch.Generator().manual_seed(4), clip_denoised=False)
+            one_step.append((C.sample(res.ema, x_T, steps=1, clip_denoised=False) - f_star).norm(dim=1).mean().item())
+            two = C.sample(res.ema, x_T, steps=2, generator=torch.Generator().manual_seed(4), clip_denoised=False)
             two_step.append((two - two_star).norm(dim=1).mean().item())
             t_mid = int(res.ema.grid[10])
             tt = torch.full((1000,), t_mid)
