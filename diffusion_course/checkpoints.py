@@ -337,7 +337,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", veri
 _verify = verify
 
 
-def update_manifest(path: str | os.PathLike, **fields) -> dict:
+def update_manifest(path: str | os.PathLike, **fields: Any) -> dict:
     """Merge ``fields`` into an existing manifest (atomically); the checksum is recomputed from the file."""
     path = Path(path)
     _verify(path)  # never bless a file that no longer matches its checksum

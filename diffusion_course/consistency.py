@@ -61,7 +61,12 @@ import torch
 from torch import nn
 
 from . import forward, sampling, training
+from .gmm import GaussianMixture
 from .schedules import NoiseSchedule
+
+Model = Callable[..., torch.Tensor]          # model(x_t, t[, cond]) -> prediction
+Timesteps = int | torch.Tensor               # an integer timestep, or one per sample (B,)
+Sigma = float | torch.Tensor
 
 __all__ = ["DISTANCES", "HEADS", "MODES", "c_skip", "c_out", "make_grid", "Denoiser", "ConsistencyModel",
            "teacher_step", "distance", "consistency_loss", "ct_grid_size", "target_update", "DistillConfig",
@@ -72,12 +77,12 @@ HEADS = ("eps", "raw")
 MODES = ("cd", "ct")
 
 # --------------------------------------------------------------------------- the parameterisation
-def c_skip(sigma, sigma_data: float = 0.5, sigma_min: float = 0.0):
+def c_skip(sigma: Sigma, sigma_data: float = 0.5, sigma_min: float = 0.0) -> Sigma:
     """c_skip(σ) = σ_d² / ((σ − σ_min)² + σ_d²)   (Song et al. 2023, App. C): 1 at σ_min, → 0 as σ → ∞."""
     return sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
 
 
-def c_out(sigma, sigma_data: float = 0.5, sigma_min: float = 0.0):
+def c_out(sigma: Sigma, sigma_data: float = 0.5, sigma_min: float = 0.0) -> Sigma:
     """c_out(σ) = σ_d (σ − σ_min) / √(σ_d² + σ²)   (Song et al. 2023, App. C): 0 at σ_min, → σ_d as σ → ∞."""
     return sigma_data * (sigma - sigma_min) / (sigma_data**2 + sigma**2) ** 0.5
 
@@ -158,7 +163,7 @@ class Denoiser(nn.Module):
         b = -(s**2 + sd**2).sqrt() / sd
         return {"sigma": sigma, "skip": cs * (1 + sigma**2).sqrt(), "out": co, "a": a, "b": b}
 
-    def forward(self, x: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: Timesteps, cond: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             raise ValueError(f"x must be a batched tensor (B, ...), got {getattr(x, 'shape', type(x).__name__)}")
         t = sampling._as_t(t, x)
@@ -176,7 +181,7 @@ class Denoiser(nn.Module):
         return cast(k["skip"]) * x + torch.where(out == 0, torch.zeros_like(F), out * F)
 
     @classmethod
-    def from_teacher(cls, teacher: nn.Module, schedule: NoiseSchedule, **kwargs) -> "Denoiser":
+    def from_teacher(cls, teacher: nn.Module, schedule: NoiseSchedule, **kwargs: float | int | str) -> "Denoiser":
         """A copy of an ε-teacher's network wrapped with the ε-head: at σ ≤ σ_cap it starts as the teacher's denoiser."""
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"a warm start needs the teacher's network (an nn.Module), got {type(teacher).__name__}")
@@ -204,7 +209,7 @@ class ConsistencyModel(Denoiser):
         self.t_min = int(grid[0])
         self.config["grid_size"] = grid_size
 
-    def to_ve(self, x: torch.Tensor, t) -> torch.Tensor:
+    def to_ve(self, x: torch.Tensor, t: Timesteps) -> torch.Tensor:
         """y = x_t/√ᾱ_t = √(1+σ_t²)·x_t, computed as the model's skip path is (so f(x, t_min) equals it bit for bit)."""
         t = sampling._as_t(t, x)
         scale = (1 + self.sigma_at(t) ** 2).sqrt()
@@ -213,7 +218,7 @@ class ConsistencyModel(Denoiser):
 
 # --------------------------------------------------------------------------- the teacher's ODE step
 @torch.no_grad()
-def teacher_step(teacher, x_t: torch.Tensor, t, t_prev, schedule: NoiseSchedule, cond: torch.Tensor | None = None,
+def teacher_step(teacher: Model, x_t: torch.Tensor, t: Timesteps, t_prev: Timesteps, schedule: NoiseSchedule, cond: torch.Tensor | None = None,
                  clip_denoised: bool = False) -> torch.Tensor:
     """One deterministic step of the teacher's PF-ODE, x_t → x_{t_prev}: ``sampling.ddim_step`` (η = 0) with the
     teacher's ε̂ — an Euler step in the VE coordinates y = x/√ᾱ, dy/dσ = ε̂ (Song et al. 2021, Eq. 13)."""
@@ -241,7 +246,8 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2", c: float | None
     return (diff.pow(2).sum(1) + c * c).sqrt() - c
 
 
-def consistency_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor, teacher=None,
+def consistency_loss(student: Model, target: Model, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
+                     teacher: Model | None = None,
                      cond: torch.Tensor | None = None, kind: str = "l2", clip_denoised: bool = False,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """The consistency loss E_n[d(f_θ(x_{t_{n+1}}, t_{n+1}), f_θ⁻(x̂_{t_n}, t_n))], n ~ U{0..N−1}.
@@ -367,7 +373,7 @@ class DistillResult:
     interrupted: bool = False
 
 
-def teacher_fingerprint(teacher) -> str | None:
+def teacher_fingerprint(teacher: object) -> str | None:
     """sha256 of a teacher network's weights (names, dtypes, values), or None for a teacher without weights (an
     exact oracle) — what a distillation state records so that resuming it with another teacher is refused."""
     if not isinstance(teacher, nn.Module):
@@ -392,7 +398,7 @@ def drop_labels(y: torch.Tensor | None, p: float, num_classes: int, gen: torch.G
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
-def check_data(images, labels) -> None:
+def check_data(images: object, labels: object) -> None:
     """Refuse training data that is not (N, ...) images with optional int64 (N,) labels."""
     if not isinstance(images, torch.Tensor) or images.ndim < 2:
         raise ValueError("images must be a tensor of shape (N, ...)")
@@ -401,7 +407,7 @@ def check_data(images, labels) -> None:
         raise ValueError(f"labels must be an int64 tensor of shape ({images.shape[0]},) or None")
 
 
-def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
+def distill(teacher: Model | None, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
             config: DistillConfig | None = None, student: nn.Module | None = None, resume: bool = True,
             progress: bool = True, device: torch.device | str | None = None, until: int | None = None,
             loss_fn: Callable | None = None) -> DistillResult:
@@ -489,7 +495,7 @@ def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torc
 
 
 # --------------------------------------------------------------------------- sampling (Alg. 1)
-def multistep_timesteps(model, steps: int) -> torch.Tensor:
+def multistep_timesteps(model: ConsistencyModel, steps: int) -> torch.Tensor:
     """The ``steps`` descending timesteps multistep sampling evaluates f at: trailing spacing on the model's grid
     (grid indices N, N − N/k, …), so 1 step is t = T−1, 2 steps are T−1 and ≈T/2 on the DDIM-N grid."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -504,14 +510,17 @@ def multistep_timesteps(model, steps: int) -> torch.Tensor:
 
 def renoise(x0: torch.Tensor, t: int, z: torch.Tensor, schedule: NoiseSchedule, sigma_min: float) -> torch.Tensor:
     """Alg. 1's re-noising, in the teacher's VP coordinates: y = x̂₀ + √(σ_t² − σ_min²)·z, x_t = √ᾱ_t·y
-    (x̂₀ sits at σ_min, so only the missing variance is added)."""
-    ab = float(schedule.alpha_bar[int(t)])
+    (x̂₀ sits at σ_min, so only the missing variance is added). ``t`` is an integer timestep in [0, T − 1]."""
+    from . import validate
+
+    t = t.item() if isinstance(t, torch.Tensor) and t.numel() == 1 and not t.is_floating_point() else t
+    ab = float(schedule.alpha_bar[validate.integer("t", t, low=0, high=schedule.T - 1)])
     sigma2 = (1 - ab) / ab
     return math.sqrt(ab) * (x0 + math.sqrt(max(sigma2 - sigma_min**2, 0.0)) * z)
 
 
 @torch.no_grad()
-def sample(model, x_T: torch.Tensor, *, steps: int = 1, timesteps: torch.Tensor | None = None,
+def sample(model: ConsistencyModel, x_T: torch.Tensor, *, steps: int = 1, timesteps: torch.Tensor | None = None,
            cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
            clip_denoised: bool = False) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1) with ``steps`` network calls.
@@ -521,12 +530,13 @@ def sample(model, x_T: torch.Tensor, *, steps: int = 1, timesteps: torch.Tensor 
     y = x̂₀ + √(σ_τ² − σ_min²)·z, x_τ = √ᾱ_τ·y, and applies f again. ``timesteps`` (descending ints) overrides
     :func:`multistep_timesteps`. ``clip_denoised`` clamps each x̂₀ to [−1, 1] (images: pass True; off by default,
     as in every sampler of the course, so 2-D data is not clipped). The model carries its schedule (no ``schedule``
-    argument).
+    argument). A float64/float16 x_T is converted to the model's dtype; a non-finite x̂₀ is an error naming its step.
     """
+    from . import validate
+
     if not isinstance(model, ConsistencyModel) and not (hasattr(model, "grid") and hasattr(model, "schedule")):
         raise TypeError(f"model must be a ConsistencyModel (with .grid and .schedule), got {type(model).__name__}")
-    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 2:
-        raise ValueError(f"x_T must be a batched tensor (B, ...), got {getattr(x_T, 'shape', type(x_T).__name__)}")
+    x_T = validate.float_tensor("x_T", x_T, min_ndim=2, dtype=validate.model_dtype(model))
     if cond is not None and (not isinstance(cond, torch.Tensor) or cond.shape != (x_T.shape[0],)
                              or cond.dtype.is_floating_point):
         raise ValueError(f"cond must be an integer label tensor of shape ({x_T.shape[0]},) or None")
@@ -540,20 +550,16 @@ def sample(model, x_T: torch.Tensor, *, steps: int = 1, timesteps: torch.Tensor 
                 or int(ts.max()) >= model.schedule.T:
             raise ValueError(f"timesteps must be {steps} strictly descending ints in ({model.t_min}, {model.schedule.T - 1}]")
     schedule, sigma_min = model.schedule, model.sigma_min
-    def full(t_int):
-        return torch.full((x_T.shape[0],), int(t_int), dtype=torch.long, device=x_T.device)
+    def f(x, t_int, i):  # x̂₀ = f(x_t, t), the i-th of len(ts) network calls
+        x0 = model(x, torch.full((x_T.shape[0],), int(t_int), dtype=torch.long, device=x_T.device), cond)
+        validate.finite("the model's x̂₀", x0, f"at step {i} of {len(ts)} (t={int(t_int)})")
+        return x0.clamp(-1, 1) if clip_denoised else x0
 
     ab = float(schedule.alpha_bar[int(ts[0])])
-    x = math.sqrt(1 - ab) * x_T
-    x0 = model(x, full(ts[0]), cond)
-    if clip_denoised:
-        x0 = x0.clamp(-1, 1)
-    for tau in ts[1:].tolist():
+    x0 = f(math.sqrt(1 - ab) * x_T, ts[0], 1)
+    for i, tau in enumerate(ts[1:].tolist(), 2):
         z = torch.randn(x_T.shape, generator=generator, dtype=torch.float32).to(x_T.device, x_T.dtype)
-        x = renoise(x0, tau, z, schedule, sigma_min)
-        x0 = model(x, full(tau), cond)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+        x0 = f(renoise(x0, tau, z, schedule, sigma_min), tau, i)
     return x0
 
 
@@ -570,7 +576,7 @@ class ExactConsistencyFunction:
 
     objective = "x0"
 
-    def __init__(self, mixture, schedule: NoiseSchedule, t_min: int = 0, rk_steps: int = 400):
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, t_min: int = 0, rk_steps: int = 400):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.mixture, self.schedule, self.t_min, self.rk_steps = mixture, schedule, int(t_min), int(rk_steps)
@@ -607,7 +613,7 @@ class ExactConsistencyFunction:
             u = u + h[:, 0]
         return y
 
-    def __call__(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: Timesteps, cond: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.mixture.dim:
             raise ValueError(f"x must have shape (B, {self.mixture.dim})")
         t = sampling._as_t(t, x).cpu()

@@ -19,17 +19,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import Sequence
 
 import torch
 
 from . import consistency, forward, sampling
+from .consistency import Model, Timesteps
 from .schedules import NoiseSchedule
 
 SOLVERS = ("ddim", "heun")
 
 
 @torch.no_grad()
-def teacher_step(teacher, x_t: torch.Tensor, t, t_prev, schedule: NoiseSchedule, cond: torch.Tensor | None = None,
+def teacher_step(teacher: Model, x_t: torch.Tensor, t: Timesteps, t_prev: Timesteps, schedule: NoiseSchedule, cond: torch.Tensor | None = None,
                  clip_denoised: bool = False, solver: str = "ddim") -> torch.Tensor:
     """One deterministic step of the teacher's PF-ODE, x_t → x_{t_prev}.
 
@@ -65,7 +67,7 @@ def teacher_step(teacher, x_t: torch.Tensor, t, t_prev, schedule: NoiseSchedule,
 
 
 @torch.no_grad()
-def teacher_chain(teacher, x_t: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
+def teacher_chain(teacher: Model, x_t: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
                   cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
     """The chain of :func:`teacher_step` s from x_t at t = grid[-1] down ``grid`` (ascending timesteps) to y at
     t_0 = grid[0]: the value a perfect consistency model distilled on that grid with that solver gives f(x_t, t) —
@@ -83,7 +85,7 @@ def teacher_chain(teacher, x_t: torch.Tensor, schedule: NoiseSchedule, grid: tor
 
 
 @torch.no_grad()
-def teacher_ode_sample(teacher, x_T: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
+def teacher_ode_sample(teacher: Model, x_T: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
                        cond: torch.Tensor | None = None, solver: str = "ddim", clip_denoised: bool = True) -> torch.Tensor:
     """Solve the teacher's PF-ODE down ``grid`` (ascending timesteps, as :func:`make_grid`) with :func:`teacher_step`
     from standard normal x_T (taken as x_{t_N} = √(1−ᾱ) x_T, as :func:`sample` does) to y at t_0 = grid[0]: the end
@@ -102,7 +104,7 @@ class ConsistencyLossDetails:
     per_sample: torch.Tensor
 
 
-def check_hops(hops, grid_size: int) -> tuple[int, ...]:
+def check_hops(hops: Sequence[int], grid_size: int) -> tuple[int, ...]:
     """Validate the multi-hop choices of :func:`consistency_loss`: distinct ints in [1, N], returned sorted."""
     h = tuple(hops) if isinstance(hops, (tuple, list)) else None
     if not h or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= grid_size for v in h) \
@@ -111,7 +113,7 @@ def check_hops(hops, grid_size: int) -> tuple[int, ...]:
     return tuple(sorted(h))
 
 
-def draw_pairs(batch_size: int, grid_size: int, hops=(1,), generator: torch.Generator | None = None,
+def draw_pairs(batch_size: int, grid_size: int, hops: Sequence[int] = (1,), generator: torch.Generator | None = None,
                aligned_hop: int = 0, aligned_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The grid intervals (n, k) of a batch of consistency pairs t_{n+k} → t_n: k ~ U(``hops``), n ~ U{0..N−k}.
 
@@ -157,11 +159,12 @@ def _aligned_count(batch_size: int, grid_size: int, aligned_hop: int, aligned_fr
     return m
 
 
-def multi_hop_loss(student, target, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor, teacher=None,
-                     cond: torch.Tensor | None = None, kind: str = "l2", clip_denoised: bool = False,
-                     generator: torch.Generator | None = None, n: torch.Tensor | None = None,
-                     noise: torch.Tensor | None = None, return_details: bool = False, solver: str = "ddim",
-                     hops=(1,), k: torch.Tensor | None = None):
+def multi_hop_loss(student: Model, target: Model, x0: torch.Tensor, schedule: NoiseSchedule, grid: torch.Tensor,
+                   teacher: Model | None = None, cond: torch.Tensor | None = None, kind: str = "l2",
+                   clip_denoised: bool = False, generator: torch.Generator | None = None, n: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None, return_details: bool = False, solver: str = "ddim",
+                   hops: Sequence[int] = (1,),
+                   k: torch.Tensor | None = None) -> torch.Tensor | ConsistencyLossDetails:
     """:func:`consistency.consistency_loss` generalised: E[d(f_θ(x_{t_{n+k}}, t_{n+k}), f_θ⁻(x̂_{t_n}, t_n))],
     k ~ U(``hops``), n ~ U{0..N−k}, x̂_{t_n} k teacher steps (``solver``) down the grid from x_{t_{n+k}}. With
     ``hops=(1,)`` and ``solver="ddim"`` it draws and computes exactly the paper's loss.
@@ -247,8 +250,8 @@ def _extended_loss(student, target, x0, schedule, grid, teacher=None, cond=None,
                           hops=cfg.teacher_hops, n=n, k=k)
 
 
-def distill(teacher, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
-            config: consistency.DistillConfig | None = None, **kwargs) -> consistency.DistillResult:
+def distill(teacher: Model | None, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
+            config: consistency.DistillConfig | None = None, **kwargs: object) -> consistency.DistillResult:
     """:func:`consistency.distill` with the variants of an :class:`ExtendedDistillConfig` (a plain
     ``DistillConfig`` runs the paper's loss)."""
     cfg = config or consistency.DistillConfig()

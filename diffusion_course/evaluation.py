@@ -14,12 +14,17 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 from . import consistency, consistency_extensions, guidance, metrics, pretrained, sampling, shapes
 from .data import load_fashion_mnist
+from .gmm import GaussianMixture
+from .schedules import NoiseSchedule
+
+Model = Callable[..., torch.Tensor]   # model(x_t, t[, cond]) -> prediction
 
 
 @dataclass
@@ -30,8 +35,9 @@ class SamplerSpec:
     run: Callable = field(repr=False)
 
 
-def standard_specs(ddim_steps=(10, 20, 50, 100), dpm_steps=(10, 20), etas=(0.0, 1.0), ddpm: bool = True,
-                   clip_denoised: bool = True):
+def standard_specs(ddim_steps: Sequence[int] = (10, 20, 50, 100), dpm_steps: Sequence[int] = (10, 20),
+                   etas: Sequence[float] = (0.0, 1.0), ddpm: bool = True,
+                   clip_denoised: bool = True) -> list[SamplerSpec]:
     """DDPM-1000, DDIM at several step counts and η, DPM-Solver++(2M): the chapter-3 line-up.
 
     ``clip_denoised`` (default on, as for any model of images in [−1, 1]) clamps x̂₀ at every step.
@@ -67,7 +73,8 @@ class _CountCalls:
 
 
 @torch.no_grad()
-def compare_samplers(model, schedule, specs: list[SamplerSpec], n: int, classifier, batch_size: int = 250,
+def compare_samplers(model: Model, schedule: NoiseSchedule, specs: list[SamplerSpec], n: int, classifier: nn.Module,
+                     batch_size: int = 250,
                      seed: int = 0, conditional: bool = True, progress: bool = True,
                      class_balanced: bool | None = None, keep_samples: bool = False) -> list[dict]:
     """One row per sampler: FID vs ``n`` real test images, the floor at n, class accuracy, seconds.
@@ -114,7 +121,7 @@ def compare_samplers(model, schedule, specs: list[SamplerSpec], n: int, classifi
 
 
 @torch.no_grad()
-def paired_fid_difference(classifier, samples_a: torch.Tensor, samples_b: torch.Tensor, reference: torch.Tensor,
+def paired_fid_difference(classifier: nn.Module, samples_a: torch.Tensor, samples_b: torch.Tensor, reference: torch.Tensor,
                           n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """FID(a) − FID(b) with a paired bootstrap interval, for two sample sets drawn from the *same* noise.
 
@@ -150,7 +157,7 @@ def paired_fid_difference(classifier, samples_a: torch.Tensor, samples_b: torch.
 
 
 @torch.no_grad()
-def ode_reference(mixture, x_T: torch.Tensor, schedule, t_start: int | None = None, t_end: int = -1,
+def ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, schedule: NoiseSchedule, t_start: int | None = None, t_end: int = -1,
                   steps: int = 2000) -> tuple[torch.Tensor, float]:
     """The probability-flow ODE solution for Gaussian-mixture data, from ``t_start`` (default T−1) to
     ``t_end`` (−1: the clean end, ᾱ = 1), far more accurately than any sampler it is used to score.
@@ -213,7 +220,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 @torch.no_grad()
-def guidance_sweep(model, schedule, scales, n: int, classifier, steps: int = 20, num_classes: int = 10,
+def guidance_sweep(model: Model, schedule: NoiseSchedule, scales: Sequence[float], n: int, classifier: nn.Module,
+                   steps: int = 20, num_classes: int = 10,
                    batch_size: int = 250, seed: int = 0, rescale: float = 0.0, progress: bool = True,
                    keep: int = 0, class_balanced: bool = True, keep_samples: bool = False,
                    interval: tuple[int, int] | None = None) -> list[dict]:
@@ -297,7 +305,7 @@ def reversed_order(caption: str) -> str:
 
 
 @torch.no_grad()
-def text_composition(model, schedule, prompts: list[str], scale: float = 3.0, steps: int = 25, seed: int = 0,
+def text_composition(model: Model, schedule: NoiseSchedule, prompts: list[str], scale: float = 3.0, steps: int = 25, seed: int = 0,
                      negative: list[str] | None = None, interval: tuple[int, int] | None = None,
                      batch_size: int = 100, progress: bool = True, desc: str = "model calls") -> dict:
     """Sample one image per prompt (DDIM-``steps``, same x_T for every call with the same seed) and score it:
@@ -328,8 +336,9 @@ def text_composition(model, schedule, prompts: list[str], scale: float = 3.0, st
 
 # --------------------------------------------------------------------------- what a manifest records
 @torch.no_grad()
-def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: int = 0, device=None,
-                       sampler=None, noise_shape: tuple[int, ...] = (1, 28, 28)) -> dict:
+def evaluate_diffusion(model: Model | None, schedule: NoiseSchedule | None, n: int = 1000, steps: int = 50,
+                       seed: int = 0, device: torch.device | str | None = None,
+                       sampler: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None, noise_shape: tuple[int, ...] = (1, 28, 28)) -> dict:
     """FID (DDIM-``steps``) of unconditional and class-conditional samples, each against its like-for-like floor.
 
     Conditional samples use exactly class-balanced labels, so they are compared with a class-balanced real set
@@ -373,8 +382,9 @@ def evaluate_diffusion(model, schedule, n: int = 1000, steps: int = 50, seed: in
 
 
 @torch.no_grad()
-def evaluate_text_model(model, schedule, n: int = 200, steps: int = 50, scales=(0.0, 1.0, 3.0), seed: int = 0,
-                        device=None) -> dict:
+def evaluate_text_model(model: nn.Module, schedule: NoiseSchedule, n: int = 200, steps: int = 50,
+                        scales: Sequence[float] = (0.0, 1.0, 3.0), seed: int = 0,
+                        device: torch.device | str | None = None) -> dict:
     """Caption-attribute match rates (colours, shapes, relation, all) of samples for ``n`` random
     two-object prompts of trained pairings ("seen") and ``n`` of the held-out pairings, at each guidance
     scale (DDIM-``steps``)."""
@@ -402,7 +412,7 @@ def evaluate_text_model(model, schedule, n: int = 200, steps: int = 50, scales=(
 
 
 @torch.no_grad()
-def evaluate_latent(ldm, n: int = 1000, steps: int = 50, seed: int = 0) -> dict:
+def evaluate_latent(ldm: nn.Module, n: int = 1000, steps: int = 50, seed: int = 0) -> dict:
     """``evaluate_diffusion`` for a ``LatentDiffusion``: DDIM in latent space from latent-shaped noise, then decode."""
     out = evaluate_diffusion(ldm, ldm.schedule, n=n, steps=steps, seed=seed, noise_shape=ldm.latent_shape,
                              sampler=lambda z_T, cond: ldm.sample(z_T.shape[0], cond=cond, steps=steps, z_T=z_T,
@@ -412,7 +422,7 @@ def evaluate_latent(ldm, n: int = 1000, steps: int = 50, seed: int = 0) -> dict:
 
 
 @torch.no_grad()
-def evaluate_autoencoder(vae, n: int = 1000, seed: int = 0, device=None) -> dict:
+def evaluate_autoencoder(vae: nn.Module, n: int = 1000, seed: int = 0, device: torch.device | str | None = None) -> dict:
     """Reconstruction quality on the test set: MSE and PSNR over all 10,000 images, and the **reconstruction
     FID** — ``n`` test images through encode→decode against ``n`` *other* test images, next to the floor of the
     same two real sets. It is the best FID any latent model built on this decoder can reach at ``n``. The
@@ -435,7 +445,8 @@ def evaluate_autoencoder(vae, n: int = 1000, seed: int = 0, device=None) -> dict
             "floor_balanced": metrics.fid(clf, x[ba], x[bb])}
 
 
-def evaluate_consistency(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, device=None) -> dict:
+def evaluate_consistency(cm: nn.Module, n: int = 1000, steps: Sequence[int] = (1, 2, 4), seed: int = 0,
+                         device: torch.device | str | None = None) -> dict:
     """FID of a consistency model's 1/2/4-step samples (class-balanced labels and real set, n) and seconds per image
     at batch 1 and 250 for one step — what a ``fmnist-cd`` manifest records (:func:`evaluate_consistency_samplers`)."""
     out = evaluate_consistency_samplers(cm, n=n, steps=steps, seed=seed, device=device)
@@ -449,9 +460,12 @@ def evaluate_consistency(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, devi
 
 # --------------------------------------------------------------------------- consistency samplers and timing
 @torch.no_grad()
-def evaluate_consistency_samplers(cm, n: int = 1000, steps=(1, 2, 4), seed: int = 0, teacher=None, teacher_schedule=None,
-             ddim_steps=(1, 2, 4, 50), dpm_steps=(), batch_size: int = 250, device=None, classifier=None,
-             progress: bool = False, ode_solvers=()) -> dict:
+def evaluate_consistency_samplers(cm: nn.Module | None, n: int = 1000, steps: Sequence[int] = (1, 2, 4), seed: int = 0,
+                                  teacher: Model | None = None, teacher_schedule: NoiseSchedule | None = None,
+                                  ddim_steps: Sequence[int] = (1, 2, 4, 50), dpm_steps: Sequence[int] = (),
+                                  batch_size: int = 250, device: torch.device | str | None = None,
+                                  classifier: nn.Module | None = None, progress: bool = False,
+                                  ode_solvers: Sequence[str] = ()) -> dict:
     """Class-conditional FID of ``cm``'s k-step samples (k in ``steps``) and, with a ``teacher``, of its DDIM-k
     (``ddim_steps``) and DPM-Solver++(2M)-k (``dpm_steps``) samples — all from the same noise and the same exactly
     class-balanced labels, against a class-balanced real set of n, next to the class-balanced floor (two disjoint
@@ -535,8 +549,9 @@ def interleaved_seconds_per_image(fns: dict[str, Callable[[torch.Tensor], torch.
 
 # --------------------------------------------------------------------------- flows (chapter 9)
 @torch.no_grad()
-def evaluate_flow(model, n: int = 1000, steps=(1, 2, 4, 8, 50), seed: int = 0, solver: str = "euler",
-                  batch_size: int = 250, device=None, classifier=None, progress: bool = False) -> dict:
+def evaluate_flow(model: nn.Module, n: int = 1000, steps: Sequence[int] = (1, 2, 4, 8, 50), seed: int = 0,
+                  solver: str = "euler", batch_size: int = 250, device: torch.device | str | None = None,
+                  classifier: nn.Module | None = None, progress: bool = False) -> dict:
     """Class-conditional FID of a velocity model's samples at each number of ``steps`` (one noise draw and exactly
     class-balanced labels for all, against a class-balanced real set of n, next to the class-balanced floor), class
     accuracy, sampling seconds, and the straightness of its paths (``flow.straightness``, 32 Euler steps, 250

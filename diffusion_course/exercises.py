@@ -247,7 +247,12 @@ def check(fn: Callable, name: str, atol: float = 1e-4, seed: int = 0, verbose: b
     ``PROPERTY_CHECKS``, check the properties any correct answer has)."""
     if name not in CHECKS and name not in PROPERTY_CHECKS:
         raise ValueError(f"unknown exercise {name!r}; available: {sorted([*CHECKS, *PROPERTY_CHECKS])}")
-    ok = PROPERTY_CHECKS[name](fn, verbose) if name in PROPERTY_CHECKS else _check(fn, name, atol, seed, verbose)
+    try:
+        ok = PROPERTY_CHECKS[name](fn, verbose) if name in PROPERTY_CHECKS else _check(fn, name, atol, seed, verbose)
+    except Exception as e:  # an answer that cannot even be compared (a meta tensor, another device…) fails
+        if verbose:
+            print(f"❌ {name}: your answer could not be compared with the reference ({type(e).__name__}: {e})")
+        ok = False
     if not ok and verbose and name in SOLUTIONS:
         print(f"   (stuck? dc.exercises.solution({name!r}) prints a solution)")
     return ok
@@ -267,6 +272,11 @@ def _check(fn: Callable, name: str, atol: float, seed: int, verbose: bool) -> bo
             if verbose:
                 print(f"❌ {name}: expected a tensor of shape {tuple(expected.shape)}, got "
                       f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__} (case {i})")
+            return False
+        if got.is_complex() or got.device.type == "meta":
+            if verbose:
+                kind = "complex" if got.is_complex() else "meta (value-less)"
+                print(f"❌ {name}: expected real numbers, got a {kind} tensor of dtype {got.dtype} (case {i})")
             return False
         err = (got.double() - expected.double()).abs().max().item()
         if not err <= atol:
@@ -401,8 +411,32 @@ def _check_renoise(fn, verbose: bool) -> bool:
     return True
 
 
+def _check_boundary_values(answer: object, verbose: bool) -> bool:
+    try:
+        c_skip, c_out = (float(v) for v in answer)
+    except (TypeError, ValueError):
+        if verbose:
+            print("❌ boundary_values: answer with two numbers, (c_skip, c_out) at σ = σ_min")
+        return False
+    ok = abs(c_skip - 1) < 1e-6 and abs(c_out) < 1e-6
+    if verbose:
+        print("✅ boundary_values: at σ_min the model must return its input: f = 1·x + 0·F" if ok else
+              "❌ boundary_values: not quite — what must f(x, σ_min) equal, whatever the network F outputs?")
+    return ok
+
+
+def _check_student_cap(answer: object, verbose: bool) -> bool:
+    ok = isinstance(answer, str) and answer.strip().lower().strip("()") == "b"
+    if verbose:
+        print("✅ student_cap: the loss only asks f to agree with itself one teacher step down the grid, so a perfect "
+              "student reproduces the chain of those steps" if ok else
+              "❌ student_cap: not that one — what does the loss compare f with, and what does that imply at its optimum?")
+    return ok
+
+
 # name -> checker(fn, verbose): exercises whose answer is right when it has the properties, not one exact value
-PROPERTY_CHECKS: dict[str, Callable] = {"boundary": _check_boundary, "renoise": _check_renoise}
+PROPERTY_CHECKS: dict[str, Callable] = {"boundary": _check_boundary, "renoise": _check_renoise,
+                                        "boundary_values": _check_boundary_values, "student_cap": _check_student_cap}
 SOLUTIONS["boundary"] = """\
 def my_c_skip(sigma, sigma_data, sigma_min):
     # 1 at σ_min (f(x, σ_min) = x), falling to 0 at high noise (Song et al. 2023, App. C)
@@ -419,3 +453,7 @@ def my_renoise(x0, t, z, schedule, sigma_min):
     sigma2 = (1 - ab) / ab                                  # σ_t² in the VE coordinates y = x/√ᾱ
     y = x0 + max(sigma2 - sigma_min ** 2, 0.0) ** 0.5 * z   # x̂₀ sits at σ_min: add only the missing variance
     return ab ** 0.5 * y                                    # back to the VP coordinates x_t = √ᾱ·y"""
+SOLUTIONS["boundary_values"] = """\
+my_prediction = (1.0, 0.0)   # f(x, σ_min) = c_skip·x + c_out·F must be x whatever F is: c_skip = 1, c_out = 0"""
+SOLUTIONS["student_cap"] = """\
+my_answer = "b"   # the loss ties f at t_{n+1} to f one DDIM step down; at its optimum f follows that chain of steps"""

@@ -200,7 +200,7 @@ class FlowUNet(nn.Module):
 
     objective = "flow"   # not "eps"/"x0"/"v": sampling's VP samplers refuse it rather than misread it
 
-    def __init__(self, unet: nn.Module | None = None, T: int = 1000, **unet_kwargs):
+    def __init__(self, unet: nn.Module | None = None, T: int = 1000, **unet_kwargs: object):
         super().__init__()
         from .nn.unet import UNet
 
@@ -240,7 +240,7 @@ class VelocityFromEps:
         self.t_max = float(self.grid[-1])
         self.num_classes = getattr(eps_model, "num_classes", 0)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         t = _check_time(t, x.shape[0])
         te = t.detach().double().cpu().clamp(max=self.t_max)
         u = torch.from_numpy(np.interp(te.numpy(), self.grid.numpy(), np.arange(-1.0, self.schedule.T)))

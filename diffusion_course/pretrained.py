@@ -59,7 +59,27 @@ def load(name: str, device: torch.device | str | None = None) -> torch.nn.Module
     dev = torch.device(device) if device is not None else get_device()
     model = build(name)
     state = checkpoints.load(path)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict of {name!r}")
+    _check_state(path, name, state, model)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(dev).eval()
+
+
+def _check_state(path: Path, name: str, state: object, model: torch.nn.Module) -> None:
+    """The file is ``name``'s own state_dict: its manifest names it, and its keys and shapes are the model's."""
+    expected = f"the state_dict of {name!r} (a {type(model).__name__})"
+    owner = checkpoints.read_manifest(path).get("name", name)
+    if owner != name:
+        raise ValueError(f"{path} is the checkpoint of {owner!r} (its manifest {path.with_suffix('.json').name} says "
+                         f"so), not of {name!r}: load it as pretrained.load({owner!r}), or restore {name}.pt/.json "
+                         f"(`git checkout data/`)")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        what = (f"a dict whose values are not all tensors (keys {sorted(map(str, state))[:5]}: a training state?)"
+                if isinstance(state, dict) else f"a {type(state).__name__}")
+        raise ValueError(f"{path} holds {what}, not {expected}")
+    want = model.state_dict()
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    wrong = sorted(k for k in set(want) & set(state) if tuple(want[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path} holds a state_dict of another model, not {expected}: {len(missing)} of its "
+                         f"{len(want)} tensors missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. "
+                         f"{unexpected[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from . import validate
+
 if TYPE_CHECKING:
     from .schedules import NoiseSchedule
 
@@ -21,6 +23,11 @@ def _median(values: list[float]) -> float:
     values = sorted(values)
     mid = len(values) // 2
     return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def _check_timing(batch: int, repeats: int = 1) -> None:
+    validate.positive_int("batch", batch)
+    validate.positive_int("repeats", repeats)   # 0 repeats would time nothing: the median of no runs
 
 
 def _inputs(model: nn.Module, shape: tuple[int, ...], batch: int, num_classes: int, generator: torch.Generator):
@@ -36,8 +43,7 @@ def train_step_seconds(model: nn.Module, shape: tuple[int, ...], batch: int = 32
     """Median wall-clock seconds of one training step (forward, MSE backward, AdamW update) at ``batch``.
 
     ``shape`` is one input's (C, H, W). The model's weights are restored afterwards, so timing never trains it."""
-    if batch < 1 or repeats < 1:
-        raise ValueError(f"batch and repeats must be >= 1, got {batch}, {repeats}")
+    _check_timing(batch, repeats)
     g = torch.Generator().manual_seed(seed)
     x, t, cond = _inputs(model, shape, batch, getattr(model, "num_classes", 0), g)
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -65,6 +71,7 @@ def train_step_seconds(model: nn.Module, shape: tuple[int, ...], batch: int = 32
 @torch.no_grad()
 def forward_seconds(model: nn.Module, shape: tuple[int, ...], batch: int = 32, repeats: int = 5, seed: int = 0) -> float:
     """Median wall-clock seconds of one inference forward pass at ``batch`` (what one sampler step costs)."""
+    _check_timing(batch, repeats)
     g = torch.Generator().manual_seed(seed)
     x, t, cond = _inputs(model, shape, batch, getattr(model, "num_classes", 0), g)
     was_training = model.training
@@ -85,6 +92,7 @@ def flops_per_forward(model: nn.Module, shape: tuple[int, ...], batch: int = 1) 
     """FLOPs of one forward pass on ``batch`` inputs of ``shape``, counted by ``torch.utils.flop_counter``."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _check_timing(batch)
     g = torch.Generator().manual_seed(0)
     x, t, cond = _inputs(model, shape, batch, getattr(model, "num_classes", 0), g)
     was_training = model.training

@@ -15,13 +15,15 @@ import torch
 from torch import nn
 
 from . import forward, sampling, training
-from .consistency import Denoiser, DistillConfig, DistillHistory, _check_schedule, check_data, drop_labels, teacher_step
+from .consistency import (Denoiser, DistillConfig, DistillHistory, Model, Timesteps, _check_schedule, check_data,
+                          drop_labels, teacher_step)
 from .schedules import NoiseSchedule
 
 __all__ = ["progressive_target", "progressive_loss", "progressive_distillation"]
 
 
-def progressive_target(x_t: torch.Tensor, x_tpp: torch.Tensor, t, t_pp, schedule: NoiseSchedule) -> torch.Tensor:
+def progressive_target(x_t: torch.Tensor, x_tpp: torch.Tensor, t: Timesteps, t_pp: Timesteps,
+                       schedule: NoiseSchedule) -> torch.Tensor:
     """The x₀ that makes one DDIM step t → t'' land on x_{t''} (Salimans & Ho 2022, Alg. 2):
 
         x̃ = (x_{t''} − (σ_{t''}/σ_t)·x_t) / (α_{t''} − (σ_{t''}/σ_t)·α_t),   α = √ᾱ, σ = √(1−ᾱ);
@@ -33,7 +35,7 @@ def progressive_target(x_t: torch.Tensor, x_tpp: torch.Tensor, t, t_pp, schedule
     return (x_tpp - ratio * x_t) / (ab_pp.sqrt() - ratio * ab.sqrt())
 
 
-def progressive_loss(student, teacher, x0: torch.Tensor, schedule: NoiseSchedule, student_steps: int,
+def progressive_loss(student: Model, teacher: Model, x0: torch.Tensor, schedule: NoiseSchedule, student_steps: int,
                      cond: torch.Tensor | None = None, clip_denoised: bool = False,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """One progressive-distillation loss: the student's single DDIM step must match two of the teacher's.
@@ -64,7 +66,7 @@ def progressive_loss(student, teacher, x0: torch.Tensor, schedule: NoiseSchedule
     return (weight * (x0_hat - target).pow(2).flatten(1).mean(1)).mean()
 
 
-def progressive_distillation(teacher, schedule: NoiseSchedule, images: torch.Tensor,
+def progressive_distillation(teacher: Model, schedule: NoiseSchedule, images: torch.Tensor,
                              labels: torch.Tensor | None = None, start_steps: int = 8, end_steps: int = 1,
                              config: DistillConfig | None = None, student: nn.Module | None = None,
                              progress: bool = True, device: torch.device | str | None = None) -> list[dict]:

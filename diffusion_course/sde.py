@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from . import validate
 from .schedules import NoiseSchedule
 
 __all__ = ["SDE", "VPSDE", "VESDE", "DiscreteVPSDE", "score_from_eps", "ScoreFromEps", "euler_maruyama",
@@ -77,6 +78,18 @@ def _check_steps(steps, name: str = "steps") -> int:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"{name} must be a positive int, got {steps!r}")
     return steps
+
+
+def _check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _finite_at(t: float, **tensors: torch.Tensor) -> None:
+    """Each tensor finite, else a :class:`validate.NonFiniteError` naming it and the time t where it went wrong."""
+    for name, value in tensors.items():
+        validate.finite(f"the {name}", value, f"at t={t:.4g}")
 
 
 def _check_tol(rtol: float, atol: float) -> None:
@@ -389,6 +402,7 @@ def _call_score(score_fn, x, t_value):
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         raise ValueError(f"score_fn returned {getattr(out, 'shape', type(out).__name__)} for x of shape "
                          f"{tuple(x.shape)}; it must return a tensor of x's shape")
+    _finite_at(t_value, score=out)
     return out
 
 
@@ -416,7 +430,7 @@ def euler_maruyama(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: int,
     from tqdm.auto import tqdm
 
     _check_sde(sde)
-    x = _check_batch("x_T", x_T)
+    x = validate.finite("x_T", _check_batch("x_T", x_T))
     ts = _time_grid(sde, _check_steps(steps), x, spacing=spacing)
     traj = [x]
     with torch.no_grad():
@@ -424,6 +438,7 @@ def euler_maruyama(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: int,
             last = i == steps - 1
             x, mean = em_step(score_fn, x, ts[i], ts[i + 1], sde, None if last else _randn(x.shape, generator, x))
             x = mean if last else x
+            validate.finite("the sample", x, f"after step {i + 1} of {steps} (t={ts[i]:.4g} -> {ts[i + 1]:.4g})")
             traj.append(x)
     return (x, torch.stack(traj)) if return_trajectory else x
 
@@ -451,10 +466,9 @@ def predictor_corrector(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: i
     from tqdm.auto import tqdm
 
     _check_sde(sde)
-    x = _check_batch("x_T", x_T)
+    x = validate.finite("x_T", _check_batch("x_T", x_T))
     ts = _time_grid(sde, _check_steps(steps), x, spacing=spacing)
-    if not isinstance(snr, (int, float)) or not snr > 0:
-        raise ValueError(f"snr must be a positive number, got {snr!r}")
+    _check_positive("snr", snr)
     if not isinstance(corrector_steps, int) or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be a non-negative int, got {corrector_steps!r}")
     traj = [x]
@@ -475,6 +489,7 @@ def predictor_corrector(score_fn: ScoreFn, x_T: torch.Tensor, sde: SDE, steps: i
                     z = _randn(x.shape, generator, x)
                     eps = _bshape(langevin_step_size(s, z, snr, alpha), x)
                     x = x + eps * s + (2 * eps).sqrt() * z
+            validate.finite("the sample", x, f"after step {i + 1} of {steps} (t={ts[i]:.4g} -> {ts[i + 1]:.4g})")
             traj.append(x)
     return (x, torch.stack(traj)) if return_trajectory else x
 
@@ -485,13 +500,13 @@ def langevin(grad_log_p: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     """Unadjusted Langevin dynamics x ← x + ε ∇log p(x) + √(2ε) z, whose stationary law is p as ε → 0
     (Roberts & Tweedie 1996; Song & Ermon 2019, Eq. 2 with ε there = 2 × ours). ``grad_log_p(x)`` is the score
     of one fixed density (no t). Mixes slowly between well-separated modes: that is why NCSN anneals the noise."""
-    x = _check_batch("x", x)
-    if not isinstance(step_size, (int, float)) or not step_size > 0:
-        raise ValueError(f"step_size must be a positive number, got {step_size!r}")
+    x = validate.finite("x", _check_batch("x", x))
+    _check_positive("step_size", step_size)
     traj = [x]
     with torch.no_grad():
-        for _ in range(_check_steps(steps)):
+        for k in range(_check_steps(steps)):
             x = x + step_size * grad_log_p(x).to(x.dtype) + math.sqrt(2 * step_size) * _randn(x.shape, generator, x)
+            validate.finite("the sample", x, f"after Langevin step {k + 1} of {steps}")
             traj.append(x)
     return (x, torch.stack(traj)) if return_trajectory else x
 
@@ -508,9 +523,8 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sde: VESDE, levels: in
 
     if not isinstance(sde, VESDE):
         raise TypeError(f"annealed_langevin runs on a VESDE's noise levels, got {type(sde).__name__}")
-    x = _check_batch("x", x)
-    if not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    x = validate.finite("x", _check_batch("x", x))
+    _check_positive("eps", eps)
     L = _check_steps(levels, "levels")
     n_steps = _check_steps(steps_per_level, "steps_per_level")
     sigmas = torch.logspace(math.log10(sde.sigma_max), math.log10(sde.sigma_min), L, dtype=torch.float64)
@@ -518,13 +532,16 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sde: VESDE, levels: in
     ts = (torch.log(torch.sqrt(sigmas**2 + sde.sigma_min**2) / sde.sigma_min)
           / math.log(sde.sigma_max / sde.sigma_min)).clamp(max=1.0)
     with torch.no_grad():
-        for t, sig in tqdm(list(zip(ts.tolist(), sigmas.tolist())), desc="annealed Langevin", disable=not progress,
-                           leave=False):
+        for level, (t, sig) in enumerate(tqdm(list(zip(ts.tolist(), sigmas.tolist())), desc="annealed Langevin",
+                                              disable=not progress, leave=False), 1):
             a = eps * sig**2 / sde.sigma_min**2
-            for _ in range(n_steps):
+            for k in range(n_steps):
                 x = x + 0.5 * a * _call_score(score_fn, x, t) + math.sqrt(a) * _randn(x.shape, generator, x)
+                validate.finite("the sample", x, f"after step {k + 1} of {n_steps} at noise level {level} of {L} "
+                                                 f"(σ={sig:.4g}, t={t:.4g})")
         if final_denoise:
             x = x + sde.sigma_min**2 * _call_score(score_fn, x, float(ts[-1]))
+            validate.finite("the sample", x, "after the final denoising step")
     return x
 
 
@@ -539,6 +556,7 @@ def pf_ode_velocity(score_fn: ScoreFn, sde: SDE) -> Callable[[torch.Tensor, torc
         if not isinstance(s, torch.Tensor) or s.shape != x.shape:
             raise ValueError(f"score_fn returned {getattr(s, 'shape', type(s).__name__)} for x of shape "
                              f"{tuple(x.shape)}; it must return a tensor of x's shape")
+        _finite_at(float(t[0]), score=s)
         return sde.drift(x, t) - 0.5 * g2 * s.to(x.dtype)
 
     return velocity
@@ -559,7 +577,7 @@ def solve_ode(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float,
 
     ``velocity(x, t)`` gets t as a tensor (B,) in x's dtype.
     """
-    x = _check_batch("x", x)
+    x = validate.finite("x", _check_batch("x", x), f"(the initial state, t={t_start:.4g})")
     if method not in ODE_METHODS:
         raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
     _check_tol(rtol, atol)
@@ -568,7 +586,10 @@ def solve_ode(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float,
     def v(x_, t_):
         nonlocal nfe
         nfe += 1
-        return velocity(x_, _full_t(t_, x_))
+        _finite_at(t_, state=x_)   # the adaptive solver's trial states: blame the blow-up, not a NaN time
+        out = velocity(x_, _full_t(t_, x_))
+        _finite_at(t_, velocity=out)
+        return out
 
     if method == "rk45":
         if steps is not None:
@@ -581,14 +602,14 @@ def solve_ode(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float,
         # dopri5's initial step-size heuristic probes one point past the interval: clamp it back inside
         out = odeint(lambda t_, x_: v(x_, min(max(float(t_), lo), hi)), x, ts.to(x.device), method="dopri5",
                      rtol=rtol, atol=atol)
-        return out[-1], nfe
+        return validate.finite("the ODE solution", out[-1], f"at t={t_end:.4g}"), nfe
     if steps is None:
         raise ValueError(f"method={method!r} needs steps (a positive int)")
     if grid is None:
         grid = torch.linspace(t_start, t_end, _check_steps(steps) + 1, dtype=torch.float64).tolist()
     elif len(grid) != _check_steps(steps) + 1 or abs(grid[0] - t_start) > 1e-12 or abs(grid[-1] - t_end) > 1e-12:
         raise ValueError(f"grid must hold steps + 1 = {steps + 1} times from t_start to t_end, got {len(grid)}")
-    for t0, t1 in zip(grid[:-1], grid[1:]):
+    for k, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
         h = t1 - t0
         d = v(x, t0)
         if method == "euler":
@@ -596,6 +617,7 @@ def solve_ode(velocity: Callable, x: torch.Tensor, t_start: float, t_end: float,
         else:
             d2 = v(x + h * d, t1)
             x = x + 0.5 * h * (d + d2)
+        validate.finite("the sample", x, f"after {method} step {k + 1} of {steps} (t={t0:.4g} -> {t1:.4g})")
     return x, nfe
 
 
@@ -664,7 +686,7 @@ def flow_log_likelihood(velocity: Callable, x: torch.Tensor, t_start: float, t_e
     Chen et al. 2018, Thm. 1), then log p(x) = prior_logp(x(t_end)) + Δ. The divergence is exact (autograd) or a
     Hutchinson estimate with ``probes`` fixed probe vectors drawn once for the whole solve (FFJORD, Grathwohl et al.
     2019). Nats per sample, (B,); ``return_info`` adds a dict (nfe, prior_logp, delta, z)."""
-    x = _check_batch("x", x)
+    x = validate.finite("x", _check_batch("x", x))
     _check_tol(rtol, atol)
     eps = None if exact_trace else draw_probes(x.shape, probes, probe, generator, x)
     from torchdiffeq import odeint
@@ -679,6 +701,7 @@ def flow_log_likelihood(velocity: Callable, x: torch.Tensor, t_start: float, t_e
         tt = _full_t(min(max(float(t), min(t_start, t_end)), max(t_start, t_end)), xs)
         fn = lambda y: velocity(y, tt)  # noqa: E731
         out, div = divergence(fn, xs) if exact_trace else hutchinson_divergence(fn, xs, eps)
+        _finite_at(float(tt[0]), velocity=out, divergence=div)
         return out, div
 
     ts = torch.tensor([t_start, t_end], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -720,12 +743,12 @@ def log_likelihood(score_fn: ScoreFn, x: torch.Tensor, sde: SDE, exact_trace: bo
 
 
 # =========================================================================== bits per dimension
-def _check_images(x: torch.Tensor) -> torch.Tensor:
-    x = _check_batch("x", x)
+def _check_images(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    x = validate.finite(name, _check_batch(name, x))
     if x.ndim != 4:
-        raise ValueError(f"x must be images (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must be images (B, C, H, W), got shape {tuple(x.shape)}")
     if float(x.min()) < -1 - 1e-4 or float(x.max()) > 1 + 1e-4:
-        raise ValueError(f"x must be images in [-1, 1] (the loaders' k/127.5 − 1 for 8-bit k), got range "
+        raise ValueError(f"{name} must be images in [-1, 1] (the loaders' k/127.5 − 1 for 8-bit k), got range "
                          f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x
 
@@ -818,7 +841,8 @@ def ddpm_elbo_bpd(model: Callable[..., torch.Tensor], x: torch.Tensor, schedule:
         ti = torch.full((xt.shape[0],), i, dtype=torch.long, device=dev) if isinstance(i, int) else i.to(dev)
         c = None if cond is None else cond[s:s + xt.shape[0]].to(dev)
         out = model(xt.float(), ti, c) if c is not None else model(xt.float(), ti)
-        return out.double()
+        return validate.finite("the model's ε prediction", out, f"at timesteps t in [{int(ti.min())}, {int(ti.max())}] "
+                                                                f"(images {s}…{s + xt.shape[0] - 1})").double()
 
     # the per-image index draws: stratum j covers indices 1 + [j (T−1)/K, (j+1)(T−1)/K)
     edges = torch.linspace(0, T - 1, K + 1, dtype=torch.float64)
@@ -858,12 +882,11 @@ def independent_pixel_bpd(train_images: torch.Tensor, test_images: torch.Tensor,
     """A baseline for scale: bits/dim (B,) of ``test_images`` under independent per-pixel categorical models over
     the 256 values, fitted by counting on ``train_images`` (add-``pseudo_count`` smoothing). Exact, no bound."""
     for name, imgs in (("train_images", train_images), ("test_images", test_images)):
-        _check_images(imgs)
+        _check_images(imgs, name)
     if train_images.shape[1:] != test_images.shape[1:]:
         raise ValueError(f"train and test images differ in shape: {tuple(train_images.shape[1:])} vs "
                          f"{tuple(test_images.shape[1:])}")
-    if not pseudo_count > 0:
-        raise ValueError(f"pseudo_count must be > 0, got {pseudo_count}")
+    _check_positive("pseudo_count", pseudo_count)
     k_tr = ((train_images.double() + 1) * 127.5).round().clamp(0, 255).long().flatten(1)   # (N, D)
     k_te = ((test_images.double() + 1) * 127.5).round().clamp(0, 255).long().flatten(1)
     D = k_tr.shape[1]

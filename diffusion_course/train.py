@@ -12,13 +12,14 @@ import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from . import checkpoints, consistency, consistency_extensions, distributed, evaluation, latent, metrics, pretrained, recipes
 from .config import get_device, is_quick
 from .data import load_fashion_mnist
-from .training import TrainConfig, train
+from .training import TrainConfig, TrainResult, train
 
 
 def _device_name(dev: torch.device) -> str:
@@ -40,7 +41,7 @@ def load_or_train(name: str, device: torch.device | str | None = None) -> torch.
     return model.eval()
 
 
-def evaluate_existing(name: str, device=None) -> dict:
+def evaluate_existing(name: str, device: torch.device | str | None = None) -> dict:
     """Measure a shipped checkpoint and merge the numbers into its manifest."""
     model = pretrained.load(name, device=device)
     recipe = recipes.get(name)
@@ -84,15 +85,15 @@ def _target_dir(name: str, steps: int | None, out, overwrite: bool, save: bool) 
     return target
 
 
-def _start_from(name: str, what: str, device) -> torch.nn.Module | None:
-    """The shipped (or lineage) model a recipe continues from; in quick mode a missing one is replaced by a few-step
-    stand-in (``load_or_train``) or, for weights to start from, by None (a fresh network)."""
+def _start_from(name: str, what: str, device, weights_only: bool = False) -> torch.nn.Module | None:
+    """The shipped (or lineage) model a recipe builds on; in quick mode a missing one is replaced by a few-step
+    stand-in (``load_or_train``) or, when only its weights are wanted (``weights_only``), by None (a fresh network)."""
     if pretrained.path_for(name).exists():
         return pretrained.load(name, device=device)
     if is_quick():
-        print(f"{name!r} ({what}) is missing: quick mode " + ("trains a few-step stand-in" if what == "the teacher"
-                                                             else "starts from a fresh network"))
-        return load_or_train(name, device) if what == "the teacher" else None
+        print(f"{name!r} ({what}) is missing: quick mode " + ("starts from a fresh network" if weights_only
+                                                             else "trains a few-step stand-in"))
+        return None if weights_only else load_or_train(name, device)
     raise FileNotFoundError(f"{what} {name!r} is missing ({pretrained.path_for(name)}); train it first: "
                             f"python -m diffusion_course.train {name}")
 
@@ -102,7 +103,8 @@ def _with_steps(fields: dict, steps: int | None) -> dict:
     fields = dict(fields)
     if steps is not None:
         fields["steps"] = steps
-        fields["lr_cycle_ends"] = tuple(e for e in fields.get("lr_cycle_ends", ()) if e < steps)
+        if "lr_cycle_ends" in fields:
+            fields["lr_cycle_ends"] = tuple(e for e in fields["lr_cycle_ends"] if e < steps)
     return fields
 
 
@@ -111,7 +113,8 @@ def _recipe_seed(recipe) -> int:
     return int(fields.get("seed", getattr(recipe, "seed", 0)))
 
 
-def run_recipe(name: str, steps: int | None = None, save: bool = True, device=None, fresh: bool = False,
+def run_recipe(name: str, steps: int | None = None, save: bool = True, device: torch.device | str | None = None,
+               fresh: bool = False,
                evaluate: bool = True, out: str | Path | None = None, overwrite: bool = False) -> torch.nn.Module:
     """Train ``name`` by its recipe; with ``save`` export the weights and manifest. Returns the model.
 
@@ -141,7 +144,7 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
     job = Job(name, recipe, steps, save, dev, evaluate, path, str(state_path) if save else None, t0)
     if isinstance(recipe, recipes.ClassifierRecipe):
         n_steps = recipe.steps if steps is None else steps
-        model, acc = metrics.train_classifier(n_steps, recipe.batch_size, recipe.seed, device=dev)
+        model, acc = metrics.train_classifier(n_steps, recipe.batch_size, recipe.seed, device=dev, arch=recipe.arch)
         if save:
             checkpoints.save(model.state_dict(), path, job.manifest(n_steps, {"test_accuracy": acc}))
         return model
@@ -157,11 +160,12 @@ def run_recipe(name: str, steps: int | None = None, save: bool = True, device=No
 class Job:
     """One run of a recipe: what it is, where it writes, and its manifest."""
 
-    def __init__(self, name, recipe, steps, save, dev, evaluate, path, state_path, t0):
+    def __init__(self, name: str, recipe: recipes.Recipe, steps: int | None, save: bool, dev: torch.device,
+                 evaluate: bool, path: Path, state_path: str | None, t0: float):
         self.name, self.recipe, self.steps, self.save, self.dev = name, recipe, steps, save, dev
         self.evaluate, self.path, self.state_path, self.t0 = evaluate, path, state_path, t0
 
-    def check_interrupted(self, result) -> None:
+    def check_interrupted(self, result: TrainResult | consistency.DistillResult) -> None:
         if result.interrupted:
             where = (f"; its state is saved in {self.state_path}: run the same command to resume exactly"
                      if self.save else " (not saved)")
@@ -173,7 +177,8 @@ class Job:
                 "wall_seconds_total": round(time.perf_counter() - self.t0, 1), "metrics": info,
                 "reproduce": f"python -m diffusion_course.train {self.name}"}
 
-    def export(self, model: torch.nn.Module, steps: int, info: dict, measure=None) -> None:
+    def export(self, model: torch.nn.Module, steps: int, info: dict,
+               measure: Callable[[torch.nn.Module], dict] | None = None) -> None:
         """Write the fp16 weights and manifest; then, with ``evaluate``, measure the exported model and record it."""
         half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         checkpoints.save(half, self.path, self.manifest(steps, info))
@@ -217,7 +222,7 @@ def _run_diffusion(job: Job) -> torch.nn.Module:
         net = recipes.build(name)
     if getattr(recipe, "init_from", None) is not None:
         # Fine-tuning: start from another checkpoint's (EMA) weights, e.g. fmnist-ddpm from fmnist-ddpm-v1.
-        start = _start_from(recipe.init_from, "the checkpoint it fine-tunes", "cpu")
+        start = _start_from(recipe.init_from, "the checkpoint it fine-tunes", "cpu", weights_only=True)
         if start is not None:
             net.load_state_dict(start.state_dict())
     result = train(net, schedule, x, y if recipe.conditional else None, cfg, device=job.dev)
@@ -253,7 +258,8 @@ def _run_autoencoder(job: Job) -> torch.nn.Module:
     return vae
 
 
-def consistency_start(name: str, device=None, distill: dict | None = None):
+def consistency_start(name: str, device: torch.device | str | None = None,
+                      distill: dict | None = None) -> tuple[torch.nn.Module, consistency.ConsistencyModel]:
     """What a consistency recipe starts from: ``(teacher, student)`` — the teacher loaded, the student warm-started
     from the teacher's weights or, with ``init_from``, from the earlier student it continues (which must have the
     same grid and have been distilled from this very teacher). ``distill`` overrides the recipe's settings."""
@@ -266,7 +272,7 @@ def consistency_start(name: str, device=None, distill: dict | None = None):
                                                         sigma_data=fields.get("sigma_data", 0.5),
                                                         sigma_cap=fields.get("sigma_cap", 2.0))
     if recipe.init_from is not None:
-        start = _start_from(recipe.init_from, "the student it continues", "cpu")
+        start = _start_from(recipe.init_from, "the student it continues", "cpu", weights_only=True)
         if start is not None:
             if start.config["grid_size"] != student.config["grid_size"]:
                 raise ValueError(f"{recipe.init_from!r} (grid {start.config['grid_size']}) does not match the "
@@ -305,7 +311,7 @@ def _run_flow(job: Job) -> torch.nn.Module:
     cfg = FlowTrainConfig(**{**_with_steps(recipe.train, job.steps), "checkpoint_path": job.state_path})
     net = recipes.build(name)
     if recipe.init_from is not None:
-        start = _start_from(recipe.init_from, "the checkpoint it starts from", "cpu")
+        start = _start_from(recipe.init_from, "the checkpoint it starts from", "cpu", weights_only=True)
         if start is not None:   # an ε-model's U-Net gives the velocity model's U-Net its weights
             (net.unet if isinstance(start, UNet) else net).load_state_dict(start.state_dict())
     info: dict = {}
@@ -349,7 +355,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=recipes.names())
     parser.add_argument("--steps", type=_positive_int, default=None,

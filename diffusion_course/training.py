@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -24,6 +24,17 @@ from . import checkpoints, distributed, validate
 from .config import get_device
 from .losses import OBJECTIVES, T_SAMPLINGS, diffusion_loss, draw_timesteps
 from .schedules import NoiseSchedule
+
+
+class TrainingSettings(Protocol):
+    """What the skeleton reads from any of the course's training configs (a dataclass: ``TrainConfig``,
+    ``FlowTrainConfig``, ``consistency.DistillConfig``, ``latent.AutoencoderConfig``); the optional fields
+    (``lr_decay``, ``lr_cycle_ends``, ``restart_lr_scale``, ``max_minutes``, ``grad_clip``) default when absent."""
+    steps: int
+    lr: float
+    warmup: int
+    seed: int
+    checkpoint_every: int
 
 
 @dataclass
@@ -150,7 +161,7 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def lr_at(step: int, cfg, elapsed_seconds: float = 0.0) -> float:
+def lr_at(step: int, cfg: TrainingSettings, elapsed_seconds: float = 0.0) -> float:
     """The learning rate at ``step`` — the course's one schedule, used by every training loop: linear warm-up,
     then constant or cosine decay to 10 % of the peak (per cycle, with warm restarts at ``lr_cycle_ends``).
     With ``cfg.max_minutes`` the decay follows whichever is further along: the steps or the wall-clock budget
@@ -184,7 +195,7 @@ def _norm(v):
     return tuple(_norm(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-def config_differences(saved: dict, cfg, saved_step: int) -> list[str]:
+def config_differences(saved: dict, cfg: TrainingSettings, saved_step: int) -> list[str]:
     """What makes a saved run and ``cfg`` (any of the course's training configs) different recipes — empty when
     resuming continues the same run. The one resume check of every loop.
 
@@ -286,8 +297,9 @@ class Loop:
     a batch from ``loop.gen``, return the loss) and ``after_update(out)`` (EMA, target network, history extras).
     """
 
-    def __init__(self, cfg, modules: dict[str, nn.Module], opt: torch.optim.Optimizer, history, *,
-                 params=None, desc: str = "training", progress: bool = True, scaler=None,
+    def __init__(self, cfg: TrainingSettings, modules: dict[str, nn.Module | None], opt: torch.optim.Optimizer,
+                 history: object, *, params: Iterable[nn.Parameter] | None = None, desc: str = "training",
+                 progress: bool = True, scaler: torch.amp.GradScaler | None = None,
                  extra_state: dict | None = None, main: bool = True, defer_sigint: bool = True):
         self.cfg, self.modules, self.opt, self.history = cfg, modules, opt, history
         self.params = list(params) if params is not None else [p for g in opt.param_groups for p in g["params"]]
@@ -315,7 +327,8 @@ class Loop:
         if self.ckpt is not None and self.main:
             checkpoints.save(self.state(), self.ckpt)
 
-    def resume(self, device, resume: bool | str = True, check: Callable[[dict], None] | None = None) -> bool:
+    def resume(self, device: torch.device | str, resume: bool | str = True,
+               check: Callable[[dict], None] | None = None) -> bool:
         """Continue from ``cfg.checkpoint_path`` if it exists (``resume=False`` starts over; ``"force"`` resumes
         despite configuration differences). ``check(state)`` may refuse a state for a loop's own reasons (e.g. a
         different teacher). Returns whether it resumed."""

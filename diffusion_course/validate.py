@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
 
 __all__ = [
-    "NonFiniteError", "finite", "float_tensor", "integer", "positive_int", "non_negative_int", "real",
-    "probability", "seed",
+    "NonFiniteError", "finite", "float_tensor", "images", "model_dtype", "integer", "positive_int", "non_negative_int",
+    "real", "probability", "seed", "names",
 ]
 
 
@@ -38,8 +39,10 @@ def finite(name: str, x: torch.Tensor, where: str = "") -> torch.Tensor:
     return x
 
 
-def float_tensor(name: str, x: object, *, min_ndim: int = 0, check_finite: bool = True) -> torch.Tensor:
-    """A floating-point ``torch.Tensor`` (images are float in [−1, 1]); uint8/int images get a hint how to convert."""
+def float_tensor(name: str, x: object, *, min_ndim: int = 0, check_finite: bool = True,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A floating-point ``torch.Tensor`` (images are float in [−1, 1]); uint8/int images get a hint how to convert.
+    With ``dtype`` (a model's, see :func:`model_dtype`) a float64/float16 tensor is converted to it."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -50,7 +53,49 @@ def float_tensor(name: str, x: object, *, min_ndim: int = 0, check_finite: bool 
         raise ValueError(f"{name} must have at least {min_ndim} dimensions (B, ...), got shape {tuple(x.shape)}")
     if check_finite:
         finite(name, x)
+    return x if dtype is None else x.to(dtype)
+
+
+def images(name: str, x: object, *, dtype: torch.dtype | None = None, tol: float = 1e-3) -> torch.Tensor:
+    """Images as the course keeps them: a finite float tensor in [−1, 1] (± ``tol``), converted to ``dtype`` if given.
+
+    Values outside the range are an error; a batch with no negative value at all (torchvision's ``ToTensor``
+    gives [0, 1]) is warned about, since real [−1, 1] images almost always have some."""
+    x = float_tensor(name, x, dtype=dtype)
+    if x.numel():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1 - tol or hi > 1 + tol:
+            raise ValueError(f"{name} must lie in [-1, 1] (the course's image range), got values in [{lo:.4g}, "
+                             f"{hi:.4g}] (8-bit pixels k map to k / 127.5 - 1, [0, 1] images to x * 2 - 1)")
+        if lo >= 0 and hi > 0:
+            warnings.warn(f"{name} has no negative values (range [{lo:.3g}, {hi:.3g}]): images must be in [-1, 1]; "
+                          f"if these are [0, 1] images (torchvision's ToTensor), map them with x * 2 - 1",
+                          stacklevel=3)
     return x
+
+
+def model_dtype(model: object) -> torch.dtype | None:
+    """The dtype of ``model``'s floating-point parameters (what its inputs must have), or None if it has none."""
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def names(name: str, value: object) -> list[str]:
+    """A non-empty list of distinct, non-empty strings (class names for a picker)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty list of str, got an empty one")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"{name}[{i}] must be a non-empty str, got {v!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} must be distinct, got repeats: {sorted({v for v in value if value.count(v) > 1})}")
+    return list(value)
 
 
 def integer(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:

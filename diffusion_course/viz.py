@@ -3,13 +3,24 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .schedules import NoiseSchedule
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    class _LossHistory(Protocol):  # training.History, or anything with its loss list and smoothing
+        loss: list[float]
+
+        def smoothed(self, window: int = ...) -> list[float]: ...
 
 
 def to_numpy_image(x: torch.Tensor) -> np.ndarray:
@@ -37,8 +48,8 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1, pad_v
     return grid[0].numpy() if C == 1 else grid.permute(1, 2, 0).numpy()
 
 
-def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None = None, ax=None,
-                size: float = 4.0):
+def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None = None, ax: Axes | None = None,
+                size: float = 4.0) -> Axes:
     """Show a batch of images in [−1, 1] as one grid; returns the axes."""
     grid = make_grid(images, nrow)
     if ax is None:
@@ -51,7 +62,8 @@ def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None
     return ax
 
 
-def show_strip(images: Sequence[torch.Tensor], labels: Sequence[str], title: str | None = None, size: float = 1.6):
+def show_strip(images: Sequence[torch.Tensor], labels: Sequence[str], title: str | None = None,
+               size: float = 1.6) -> Figure:
     """A row of single images (C, H, W) with a caption under each."""
     fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size * 1.25))
     axes = np.atleast_1d(axes)
@@ -65,7 +77,8 @@ def show_strip(images: Sequence[torch.Tensor], labels: Sequence[str], title: str
     return fig
 
 
-def plot_schedules(schedules: dict[str, NoiseSchedule], axes=None):
+def plot_schedules(schedules: dict[str, NoiseSchedule],
+                   axes: Sequence[Axes] | np.ndarray | None = None) -> Sequence[Axes] | np.ndarray:
     """ᾱ_t and log-SNR(t) for several schedules, side by side."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -81,7 +94,7 @@ def plot_schedules(schedules: dict[str, NoiseSchedule], axes=None):
     return axes
 
 
-def plot_loss(history, window: int = 50, ax=None, label: str | None = None):
+def plot_loss(history: _LossHistory, window: int = 50, ax: Axes | None = None, label: str | None = None) -> Axes:
     """Raw and smoothed training loss from a :class:`~diffusion_course.training.History`."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
@@ -93,8 +106,8 @@ def plot_loss(history, window: int = 50, ax=None, label: str | None = None):
     return ax
 
 
-def plot_points(points: torch.Tensor, ax=None, title: str | None = None, s: float = 2.0, lim: float = 3.0,
-                **kwargs):
+def plot_points(points: torch.Tensor, ax: Axes | None = None, title: str | None = None, s: float = 2.0,
+                lim: float = 3.0, **kwargs: Any) -> Axes:
     """Scatter a 2-D point cloud (N, 2)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
@@ -116,7 +129,7 @@ def png_bytes(img: np.ndarray, scale: int = 6) -> bytes:
     return buf.getvalue()
 
 
-def show_source(obj) -> None:
+def show_source(obj: object) -> None:
     """Display a package function's or class's source in a notebook: what you read is what runs (and is tested)."""
     import inspect
 

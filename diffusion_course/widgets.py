@@ -7,6 +7,7 @@ model sees x_t, and what a *perfect denoiser* predicts, E[x₀ | x_t] over the w
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
@@ -15,6 +16,9 @@ import torch
 from . import forward, validate
 from .schedules import NoiseSchedule
 from .viz import png_bytes, to_numpy_image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class ForwardExplorer:
@@ -34,8 +38,8 @@ class ForwardExplorer:
     """
 
     def __init__(self, images: dict[str, torch.Tensor], data: torch.Tensor, schedules: dict[str, NoiseSchedule],
-                 seed: int = 0, frames: int = 40, scale: int = 6, model=None,
-                 model_schedule: NoiseSchedule | None = None):
+                 seed: int = 0, frames: int = 40, scale: int = 6,
+                 model: Callable[..., torch.Tensor] | None = None, model_schedule: NoiseSchedule | None = None):
         if not images:
             raise ValueError("images must be a non-empty dict {name: (C, H, W) tensor}")
         if not schedules:
@@ -51,6 +55,7 @@ class ForwardExplorer:
                 raise ValueError(f"image {name!r} has shape {tuple(img.shape)}, data items have {tuple(data.shape[1:])}")
         if (model is None) != (model_schedule is None):
             raise ValueError("pass model and model_schedule together (the network's own noise schedule), or neither")
+        frames = validate.positive_int("frames", frames)
         self.images, self.data, self.schedules = images, data, schedules
         self.model, self.model_schedule = model, model_schedule
         self.T = Ts.pop()
@@ -159,7 +164,7 @@ class ForwardExplorer:
             f"= <b>{math.sqrt(ab):.3f}</b>·x₀ + <b>{math.sqrt(1 - ab):.3f}</b>·ε &nbsp; "
             f"(ᾱ = {ab:.4f}, SNR = {ab / max(1 - ab, 1e-12):.3g})</span>")
 
-    def strip(self, ts=(0, 100, 250, 400, 550, 700, 850, 999), figsize_per=1.3):
+    def strip(self, ts: Sequence[int] = (0, 100, 250, 400, 550, 700, 850, 999), figsize_per: float = 1.3) -> Figure:
         """A static figure of the three panels at several t (for readers who cannot run widgets)."""
         keep = self.t_slider.value
         keys = ("x0", "x_t", "x0_hat") + (("x0_net",) if self.model is not None else ())
@@ -205,7 +210,7 @@ class _GridExplorer:
         self.image.layout.max_width = "100%"
         self.image.layout.height = "auto"
 
-    def figure(self, settings: list[dict], ncols: int | None = None, size: float = 2.6):
+    def figure(self, settings: list[dict], ncols: int | None = None, size: float = 2.6) -> Figure:
         """A static figure of the grid under several settings (for readers who cannot run widgets).
 
         ``settings`` is a list of {control name: value}, e.g. ``[{"steps": 3}, {"steps": 50}]``; the
@@ -218,13 +223,17 @@ class _GridExplorer:
                 unknown = set(setting) - set(controls)
                 if unknown:
                     raise ValueError(f"unknown control(s) {sorted(unknown)}; available: {sorted(controls)}")
+                for k, v in setting.items():   # a slider clamps silently: refuse what it cannot show
+                    lo, hi = getattr(controls[k], "min", None), getattr(controls[k], "max", None)
+                    if lo is not None and not lo <= v <= hi:
+                        raise ValueError(f"{k}={v!r} is outside this explorer's range [{lo}, {hi}]")
                 self._hold = True
                 for k, v in setting.items():
                     controls[k].value = v
                 self._hold = False
                 self.update()
                 grids.append(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))))
-                titles.append(", ".join(f"{k} = {v}" for k, v in setting.items()))
+                titles.append(", ".join(f"{k} = {controls[k].value}" for k in setting))   # what was sampled
         finally:
             self._hold = True
             for k, v in keep.items():
@@ -252,14 +261,15 @@ class SamplerExplorer(_GridExplorer):
         image_shape: (C, H, W) of one sample.
     """
 
-    def __init__(self, model, schedule: NoiseSchedule, n: int = 16, class_names: list[str] | None = None,
-                 image_shape: tuple[int, int, int] = (1, 28, 28), max_steps: int = 100, scale: int = 3,
-                 clip_denoised: bool = True):
+    def __init__(self, model: Callable[..., torch.Tensor], schedule: NoiseSchedule, n: int = 16,
+                 class_names: list[str] | None = None, image_shape: tuple[int, int, int] = (1, 28, 28),
+                 max_steps: int = 100, scale: int = 3, clip_denoised: bool = True):
         from . import sampling
         from .viz import make_grid
 
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        n, max_steps = validate.positive_int("n", n), validate.positive_int("max_steps", max_steps)
+        if class_names is not None:
+            validate.names("class_names", class_names)
         self._sampling, self._make_grid = sampling, make_grid
         self.model, self.schedule, self.n, self.shape, self.scale = model, schedule, n, image_shape, scale
         self.clip_denoised = clip_denoised
@@ -322,7 +332,8 @@ class GuidanceExplorer(_GridExplorer):
         initial_scale: the guidance scale the slider starts at; png_scale: display zoom.
     """
 
-    def __init__(self, model, schedule: NoiseSchedule, class_names: list[str] | None = None, tokenizer=None,
+    def __init__(self, model: Callable[..., torch.Tensor], schedule: NoiseSchedule,
+                 class_names: list[str] | None = None, tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
                  n: int = 16, image_shape: tuple[int, int, int] = (1, 28, 28), steps: int = 20, png_scale: int = 3,
                  prompt: str = "a red circle above a blue square", initial_scale: float = 3.0):
         from . import guidance, sampling
@@ -330,8 +341,10 @@ class GuidanceExplorer(_GridExplorer):
 
         if (class_names is None) == (tokenizer is None):
             raise ValueError("pass exactly one of class_names (class-conditional model) or tokenizer (text model)")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        n, steps = validate.positive_int("n", n), validate.positive_int("steps", steps)
+        if class_names is not None:
+            validate.names("class_names", class_names)
+        validate.real("initial_scale", initial_scale, low=0.0, high=10.0)   # the slider's range: never clamped silently
         self._guidance, self._sampling, self._make_grid = guidance, sampling, make_grid
         self.model, self.schedule, self.n, self.shape, self.steps, self.png_scale = (model, schedule, n, image_shape,
                                                                                      steps, png_scale)
@@ -387,6 +400,73 @@ class GuidanceExplorer(_GridExplorer):
         calls = ("one batched (uncond + cond) call per step" if s not in (0.0, 1.0) or self.rescale.value
                  else "one plain call per step")
         self.info.value = f"s = {s:g}: {meaning}; DDIM-{self.steps}, {calls} — {secs:.2f} s"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class TwoStepExplorer(_GridExplorer):
+    """Drag the intermediate time of a consistency model's 2-step sampler (Song et al. 2023, Alg. 1) and watch the
+    grid change: the first call maps the noise from t = T − 1 to x̂₀ (the same for every setting), the second re-noises
+    x̂₀ to the chosen grid time and maps it again.
+
+    Args:
+        model: a ``consistency.ConsistencyModel`` (its ``grid`` gives the times to choose from).
+        n: images in the grid; ``class_names``: the labels of the class picker ("any" = unconditional).
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], n: int = 16, class_names: list[str] | None = None,
+                 image_shape: tuple[int, int, int] = (1, 28, 28), initial_t: int = 499, scale: int = 3):
+        from . import consistency
+        from .viz import make_grid
+
+        n = validate.positive_int("n", n)
+        if class_names is not None:
+            validate.names("class_names", class_names)
+        grid = getattr(model, "grid", None)
+        if grid is None or not hasattr(model, "schedule"):
+            raise TypeError(f"model must be a consistency model with .grid and .schedule, got {type(model).__name__}")
+        times = [int(t) for t in grid.tolist()[1:-1]]   # strictly between t_min and the top: where a 2nd call can go
+        if not times:
+            raise ValueError("the model's grid has no time between its ends: a 2-step sampler needs N >= 2")
+        if initial_t not in times:
+            raise ValueError(f"initial_t must be one of the model's grid times {times}, got {initial_t!r}")
+        self._consistency, self._make_grid = consistency, make_grid
+        self.model, self.n, self.shape, self.scale = model, n, image_shape, scale
+        self.t_mid = W.SelectionSlider(options=times, value=initial_t, description="t, 2nd call",
+                                       continuous_update=False)
+        self.seed = W.IntText(value=0, description="seed", layout=W.Layout(width="160px"))
+        options = ["any (unconditional)"] + list(class_names or [])
+        self.label = W.Dropdown(options=options, value=options[0], description="class", disabled=class_names is None)
+        self.image = W.Image(format="png")
+        self.info = W.HTML()
+        for control in (self.t_mid, self.seed, self.label):
+            control.observe(self._changed, names="value")
+        self.widget = W.VBox([self.t_mid, W.HBox([self.seed, self.label]), self.image, self.info])
+        self.last = None
+        self.update()
+
+    def _controls(self) -> dict:
+        return {"t_mid": self.t_mid, "seed": self.seed, "label": self.label}
+
+    def update(self) -> None:
+        import time
+
+        device = next(self.model.parameters()).device if hasattr(self.model, "parameters") else torch.device("cpu")
+        g = torch.Generator().manual_seed(int(self.seed.value))
+        x_T = torch.randn((self.n, *self.shape), generator=g).to(device)
+        cond = None
+        if self.label.index and self.label.index > 0:
+            cond = torch.full((self.n,), self.label.index - 1, dtype=torch.long, device=device)
+        top = self.model.schedule.T - 1
+        start = time.perf_counter()
+        self.last = self._consistency.sample(self.model, x_T, steps=2, timesteps=torch.tensor([top, self.t_mid.value]),
+                                             cond=cond, generator=g, clip_denoised=True).cpu()
+        secs = time.perf_counter() - start
+        self._show_grid(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.scale)
+        self.info.value = f"2 calls: t = {top} → re-noise to t = {self.t_mid.value} — {secs:.2f} s"
 
     def _ipython_display_(self):
         from IPython.display import display

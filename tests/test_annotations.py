@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "diffusion_course"
 PUBLIC_DUNDERS = {"__init__", "__call__", "forward"}
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -83,6 +85,7 @@ def unannotated(source: str, module: str = "<string>") -> list[str]:
 
 
 def package_offenders() -> list[str]:
+    """The offenders of every module of the package."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         offenders += unannotated(path.read_text(), _module_name(path))

@@ -52,10 +52,14 @@ ex3''',
     # chapter 4: class guidance, then text guidance
     '''ex4 = dc.widgets.GuidanceExplorer(net, net_schedule, class_names=dc.data.FASHION_CLASSES, n=4, steps=4)
 ex4''',
-    '''t2i, t2i_schedule = dc.pretrained.load("shapes-t2i", device="cpu")
+    '''t2i = dc.pretrained.load("shapes-t2i", device="cpu")
+t2i_schedule = t2i.schedule
 ex4t = dc.widgets.GuidanceExplorer(t2i, t2i_schedule, tokenizer=t2i.tokenizer, n=4, image_shape=(3, 32, 32), steps=4,
                                    png_scale=4)
 ex4t''',
+    # chapter 7: the intermediate time of the shipped consistency student's 2-step sampler
+    '''ex7 = dc.widgets.TwoStepExplorer(dc.pretrained.load("fmnist-cd", device="cpu"), n=4)
+ex7''',
 ]
 
 
@@ -206,8 +210,16 @@ def test_explorers_respond_in_jupyterlab(lab):
             prompt.press("Enter")
             _wait_changed(grid4t, before)
 
+            # chapter 7: move the second call's time one grid step with the keyboard
+            grid7 = images[4].first
+            before = _settle(grid7)
+            outputs[4].locator(".noUi-handle").first.focus()
+            page.keyboard.press("ArrowLeft")
+            _wait_changed(grid7, before)
+            outputs[4].locator(".widget-html", has_text="t = 449").first.wait_for(timeout=30_000)
+
             # the grid explorers are shown at their own size, not stretched to the cell's width
-            for img, natural in [(grid3, 3 * 59), (grid4, 3 * 59), (grid4t, 4 * 67)]:
+            for img, natural in [(grid3, 3 * 59), (grid4, 3 * 59), (grid4t, 4 * 67), (grid7, 3 * 59)]:
                 box = img.bounding_box()
                 assert box is not None and abs(box["width"] - natural) <= 2, (box, natural)
         except Exception:

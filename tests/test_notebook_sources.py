@@ -54,3 +54,11 @@ def test_update_keeps_the_outputs_of_a_prose_edit_and_names_code_cells_carried_a
     built.cells[i].source += "\n# edited"
     assert nbbuild.update(built, stored) == [i]
     assert code.cells
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_no_chapter_reads_a_file_by_a_path_computed_from_the_package(src):
+    """A regular `pip install .` has no benchmarks/ or research/ beside the package: what a chapter reads ships as
+    package data (`records.load`) or is computed in the chapter."""
+    text = src.read_text()
+    assert "__file__" not in text and "benchmarks/results" not in text.replace("# ", ""), src.name

@@ -700,3 +700,329 @@ def test_valid_edge_inputs_still_work():
     assert config.seed_everything(2**64 - 1).initial_seed() == 2**64 - 1
     assert TrainConfig(warmup=0, checkpoint_every=0, grad_clip=0.0).warmup == 0
     assert _tok()(("a red circle", "a blue square")).shape == (2, 10)
+
+
+def test_a_recipe_trained_twice_with_its_seed_gives_the_same_weights(tmp_path):
+    """The network is initialised from the recipe's seed, so two runs of one recipe write the same bytes."""
+    from diffusion_course import checkpoints as ck
+    from diffusion_course import train as train_cli
+
+    for out in ("a", "b"):
+        train_cli.run_recipe("fmnist-vae", steps=2, device="cpu", evaluate=False, out=tmp_path / out)
+    a, b = (ck.sha256_file(tmp_path / out / "fmnist-vae.pt") for out in ("a", "b"))
+    assert a == b
+
+
+def test_cli_refuses_an_out_that_is_a_file_before_training(tmp_path):
+    from diffusion_course import train as train_cli
+
+    target = tmp_path / "file.txt"
+    target.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file"):
+        train_cli.run_recipe("fmnist-vae", steps=2, device="cpu", evaluate=False, out=target)
+
+
+def test_an_interrupted_recipe_says_where_its_state_is_and_how_to_resume(tmp_path, monkeypatch):
+    from diffusion_course import train as train_cli
+
+    def fault(p, step):
+        if p == "batch" and step == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_fault_hook", fault)
+    with pytest.raises(KeyboardInterrupt, match=r"step 1; its state is saved in .*fmnist-vae.train.pt: run the same"):
+        train_cli.run_recipe("fmnist-vae", steps=3, device="cpu", evaluate=False, out=tmp_path)
+
+
+# --------------------------------------------------------------------------- 5. no NaN passes silently (issue 38)
+from diffusion_course import consistency, exercises, latent, profiling, sde  # noqa: E402
+from diffusion_course.nn.autoencoder import Autoencoder  # noqa: E402
+from diffusion_course.nn.dit import DiT, patchify  # noqa: E402
+
+P2 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+SHIPPED_DIR = checkpoints.CHECKPOINT_DIR   # before any fixture moves it
+VP, VE = sde.VPSDE(), sde.VESDE()
+
+
+def _nan_below(t_switch):
+    """A score that is fine above t_switch and NaN below it (a network that breaks at low noise)."""
+    return lambda x, t: -x if float(t[0]) > t_switch else x * NAN
+
+
+def _inf_score(x, t):
+    return torch.full_like(x, float("inf"))
+
+
+SDE_NON_FINITE = {
+    "Euler–Maruyama": (lambda: sde.euler_maruyama(_nan_below(0.5), P2, VP, 10), r"the score contains NaN .* at t=0\.4"),
+    "predictor–corrector": (lambda: sde.predictor_corrector(_nan_below(0.5), P2, VP, 10,
+                                                            generator=torch.Generator().manual_seed(0)),
+                            r"the score contains NaN .* at t=0\.4"),
+    "predictor–corrector snr=inf": (lambda: sde.predictor_corrector(lambda x, t: -x, P2, VP, 10, snr=float("inf")),
+                                    "snr must be a positive finite number, got inf"),
+    "PF-ODE Euler": (lambda: sde.probability_flow(_nan_below(0.5), P2, VP, method="euler", steps=10),
+                     r"the score contains NaN .* at t=0\.4"),
+    "PF-ODE Heun": (lambda: sde.probability_flow(_nan_below(0.5), P2, VP, method="heun", steps=10),
+                    r"the score contains NaN .* at t=0\.4"),
+    "PF-ODE overflow": (lambda: sde.solve_ode(lambda x, t: torch.full_like(x, 3e38), P2 + 1e38, 0.0, 1.0,
+                                              method="euler", steps=2),       # finite velocity, overflowing update
+                        r"the sample contains inf .*after euler step 2 of 2 \(t=0\.5 -> 1\)"),
+    "adaptive ODE, NaN score": (lambda: sde.probability_flow(lambda x, t: x * NAN, P2, VP),
+                                r"the score contains NaN .* at t=1$"),
+    "adaptive ODE, inf score": (lambda: sde.probability_flow(_inf_score, P2, VP), r"the score contains inf .* at t=1$"),
+    "adaptive ODE, NaN mid-way": (lambda: sde.probability_flow(_nan_below(0.5), P2, VP),
+                                  r"the score contains NaN .* at t=0\.\d+$"),
+    "Langevin, NaN gradient": (lambda: sde.langevin(lambda x: x * NAN, P2, 0.1, 5),
+                               "the sample contains NaN .* after Langevin step 1 of 5"),
+    "Langevin, overflow": (lambda: sde.langevin(lambda x: x**3, P2, 1.0, 50),
+                           r"the sample contains inf .* after Langevin step \d+ of 50"),
+    "Langevin step_size=inf": (lambda: sde.langevin(lambda x: -x, P2, float("inf"), 5),
+                               "step_size must be a positive finite number, got inf"),
+    "annealed Langevin step=inf": (lambda: sde.annealed_langevin(lambda x, t: -x, P2, VE, levels=2, steps_per_level=2,
+                                                                 eps=float("inf")),
+                                   "eps must be a positive finite number, got inf"),
+    "annealed Langevin, NaN score": (lambda: sde.annealed_langevin(_nan_below(0.5), P2, VE, levels=4,
+                                                                   steps_per_level=2),
+                                     r"the score contains NaN .* at t=0\.\d+"),
+    "annealed Langevin, overflow": (lambda: sde.annealed_langevin(lambda x, t: -x, P2 * 1e30, VE, levels=2,
+                                                                  steps_per_level=3, eps=1e10),
+                                    r"the sample contains inf .* after step \d of 3 at noise level 1 of 2"),
+    "x_T with NaN": (lambda: sde.euler_maruyama(lambda x, t: -x, _with_nan(P2), VP, 3), "x_T contains NaN"),
+    "log-likelihood, inf score": (lambda: sde.log_likelihood(_inf_score, P2, VP), r"the score contains inf .* at t="),
+    "flow log-likelihood, NaN velocity": (lambda: sde.flow_log_likelihood(lambda x, t: x * NAN, P2, 0.0, 1.0,
+                                                                          VP.prior_logp),
+                                          r"the velocity contains NaN .* at t=0$"),
+    "DDPM ELBO, NaN model": (lambda: sde.ddpm_elbo_bpd(lambda x, t: x * NAN, torch.zeros(2, 1, 2, 2) - 0.5, COS,
+                                                       timesteps=3, generator=torch.Generator().manual_seed(0)),
+                             r"the model's ε prediction contains NaN .* at timesteps t in \[\d+, \d+\]"),
+    "pixel bpd, NaN images": (lambda: sde.independent_pixel_bpd(_with_nan(X).clamp(-1, 1), X.clamp(-1, 1)),
+                              "train_images contains NaN"),
+    "pixel bpd, pseudo_count=inf": (lambda: sde.independent_pixel_bpd(X.clamp(-1, 1), X.clamp(-1, 1),
+                                                                      pseudo_count=float("inf")),
+                                    "pseudo_count must be a positive finite number, got inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(SDE_NON_FINITE))
+def test_sde_samplers_and_likelihoods_name_where_values_went_non_finite(case):
+    fn, pattern = SDE_NON_FINITE[case]
+    with pytest.raises(ValueError, match=pattern):   # a NonFiniteError is a ValueError (and a FloatingPointError)
+        fn()
+
+
+class _DuckCM:
+    """Just what consistency.sample reads; returns NaN from its ``bad_call``-th call on."""
+
+    def __init__(self, bad_call):
+        self.schedule, self.grid, self.t_min, self.sigma_min = COS, torch.arange(0, 50, 5), 0, 0.01
+        self.calls, self.bad_call = 0, bad_call
+
+    def __call__(self, x, t, cond=None):
+        self.calls += 1
+        return 0.5 * x * (NAN if self.calls >= self.bad_call else 1.0)
+
+
+def test_consistency_sampling_names_the_step_and_renoise_checks_t():
+    with pytest.raises(validate.NonFiniteError, match=r"the model's x̂₀ contains NaN .* at step 2 of 3 \(t=\d+\)"):
+        consistency.sample(_DuckCM(bad_call=2), X, steps=3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(validate.NonFiniteError, match="x_T contains NaN"):
+        consistency.sample(_DuckCM(bad_call=99), _with_nan(X), steps=2)
+    with pytest.raises(TypeError, match=r"x_T must be a floating-point tensor, got dtype torch.uint8 .*127.5 - 1"):
+        consistency.sample(_DuckCM(bad_call=99), X.to(torch.uint8), steps=2)
+    for t in (-1, 50, 1000):
+        with pytest.raises(ValueError, match=rf"t must satisfy 0 <= t <= 49, got {t}"):
+            consistency.renoise(X, t, X, COS, 0.01)
+    with pytest.raises(TypeError, match="t must be an int"):
+        consistency.renoise(X, 2.5, X, COS, 0.01)
+    assert torch.equal(consistency.renoise(X, torch.tensor(7), X, COS, 0.01), consistency.renoise(X, 7, X, COS, 0.01))
+
+
+def test_consistency_sample_converts_float64_and_float16_to_the_models_dtype():
+    from diffusion_course.nn import MLPDenoiser
+    torch.manual_seed(0)
+    cm = consistency.ConsistencyModel(MLPDenoiser(dim=2, hidden=16, depth=2), COS, grid_size=10, head="raw").eval()
+    ref = consistency.sample(cm, P2, steps=2, generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.float64, torch.float16):
+        out = consistency.sample(cm, P2.to(dtype), steps=2, generator=torch.Generator().manual_seed(1))
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, ref, atol=5e-3 if dtype == torch.float16 else 1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- 6. inputs checked at the boundaries (38)
+def _tiny_vae():
+    torch.manual_seed(0)
+    return Autoencoder(channels=(8, 8), image_size=4).eval()
+
+
+IMG = (torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(4)) * 2 - 1)
+
+
+def test_autoencoder_refuses_images_outside_the_range_and_converts_float_dtypes():
+    vae = _tiny_vae()
+    with pytest.raises(ValueError, match=r"images must lie in \[-1, 1\].*got values in \[.*k / 127\.5 - 1"):
+        vae.encode((IMG + 1) * 127.5)
+    with pytest.raises(validate.NonFiniteError, match="images contains NaN"):
+        vae.encode(_with_nan(IMG))
+    with pytest.raises(TypeError, match=r"images must be a floating-point tensor, got dtype torch.uint8 .*127\.5 - 1"):
+        vae.encode(((IMG + 1) * 127.5).to(torch.uint8))
+    with pytest.warns(UserWarning, match=r"no negative values .*\[0, 1\] images .*x \* 2 - 1"):
+        vae.encode((IMG + 1) / 2)   # torchvision's ToTensor range: warned, not refused
+    ref = vae.encode(IMG)[0]
+    torch.testing.assert_close(vae.encode(IMG.double())[0], ref)          # float64: converted, same answer
+    torch.testing.assert_close(vae.encode(IMG.half())[0], ref, atol=1e-2, rtol=0)
+    assert vae.decode(ref.double()).dtype == torch.float32
+    with pytest.raises(TypeError, match="latents must be a floating-point tensor"):
+        vae.decode(ref.to(torch.uint8))
+    # the loss (training) goes through the same check
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        latent.vae_loss(vae, IMG * 3)
+
+
+def test_latent_diffusion_encode_decode_check_dtype_range_and_nan():
+    vae = _tiny_vae()
+    den = DiT(input_size=2, patch=1, in_channels=4, dim=8, depth=1, heads=2, num_classes=0)
+    ldm = latent.LatentDiffusion(vae, den, COS, 0.5)
+    z = ldm.encode(IMG)
+    torch.testing.assert_close(ldm.encode(IMG.double()), z)
+    torch.testing.assert_close(ldm.decode(z.double()), ldm.decode(z))
+    with pytest.raises(TypeError, match=r"dtype torch.uint8 .*127\.5 - 1"):
+        ldm.encode(((IMG + 1) * 127.5).to(torch.uint8))
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        ldm.encode(IMG * 255)
+    with pytest.raises(validate.NonFiniteError, match="images contains NaN"):
+        ldm.encode(_with_nan(IMG))
+    with pytest.raises(TypeError, match="z must be a floating-point tensor"):
+        ldm.decode(z.to(torch.uint8))
+    with pytest.raises(validate.NonFiniteError, match="z contains NaN"):
+        ldm.decode(_with_nan(z))
+
+
+def test_dit_converts_float_inputs_and_refuses_uint8():
+    dit = DiT(input_size=4, patch=2, in_channels=1, dim=8, depth=1, heads=2, num_classes=3)
+    t = torch.tensor([1, 2])
+    ref = dit(IMG, t)
+    assert torch.equal(dit(IMG.double(), t), ref) and dit(IMG.half(), t).dtype == torch.float32
+    with pytest.raises(TypeError, match=r"x must be a floating-point tensor, got dtype torch.uint8 .*127\.5 - 1"):
+        dit(IMG.to(torch.uint8), t)
+
+
+def test_encode_dataset_cache_keys_on_every_pixel(tmp_path):
+    vae = _tiny_vae()
+    a = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    b = a.clone()
+    b[17] = -b[17]                               # one image of the set swapped for another
+    cache = tmp_path / "latents.pt"
+    la = latent.encode_dataset(vae, a, batch_size=8, progress=False, cache=cache)
+    lb = latent.encode_dataset(vae, b, batch_size=8, progress=False, cache=cache)
+    fresh = latent.encode_dataset(vae, b, batch_size=8, progress=False, cache=tmp_path / "fresh.pt")
+    assert torch.equal(lb, fresh)                 # b's own latents, not the stale ones of a
+    assert not torch.equal(la[17], lb[17]) and torch.equal(la[:17], lb[:17])
+    big = torch.rand(2000, 1, 16, 16, generator=torch.Generator().manual_seed(6))  # large enough for a strided sample
+    edited = big.clone()
+    edited.view(-1)[123] += 1e-3                 # a single pixel
+    assert latent._cache_key(vae, edited) != latent._cache_key(vae, big)
+
+
+BOUNDARY = {
+    "DiT(num_classes=-1)": (lambda: DiT(num_classes=-1), ValueError, "num_classes must satisfy 0 <= num_classes"),
+    "DiT(patch=2.5)": (lambda: DiT(patch=2.5), TypeError, "patch must be an int, got float 2.5"),
+    "DiT(heads=0)": (lambda: DiT(heads=0), ValueError, "heads must satisfy 1 <= heads, got 0"),
+    "DiT(depth=0)": (lambda: DiT(depth=0), ValueError, "depth must satisfy 1 <= depth"),
+    "DiT(mlp_ratio=0)": (lambda: DiT(mlp_ratio=0), ValueError, "mlp_ratio must satisfy"),
+    "patchify(p=0)": (lambda: patchify(IMG, 0), ValueError, "patch must satisfy 1 <= patch, got 0"),
+    "patchify(p=2.0)": (lambda: patchify(IMG, 2.0), TypeError, "patch must be an int"),
+    "Autoencoder(channels=(8, 8.5))": (lambda: Autoencoder(channels=(8, 8.5)), TypeError,
+                                       r"channels\[1\] must be an int, got float 8.5"),
+    "Autoencoder(channels=(8, 0))": (lambda: Autoencoder(channels=(8, 0)), ValueError, r"channels\[1\] must satisfy"),
+    "Autoencoder(channels='88')": (lambda: Autoencoder(channels="88"), ValueError, "channels must be a non-empty"),
+    "encode_dataset(batch_size=2.5)": (lambda: latent.encode_dataset(_tiny_vae(), IMG, batch_size=2.5, progress=False),
+                                       TypeError, "batch_size must be an int, got float 2.5"),
+    "forward_seconds(batch=0)": (lambda: profiling.forward_seconds(DiT(input_size=4, patch=2, in_channels=1, dim=8,
+                                                                       depth=1, heads=2), (1, 4, 4), batch=0),
+                                 ValueError, "batch must satisfy 1 <= batch, got 0"),
+    "forward_seconds(repeats=0)": (lambda: profiling.forward_seconds(DiT(input_size=4, patch=2, in_channels=1, dim=8,
+                                                                         depth=1, heads=2), (1, 4, 4), repeats=0),
+                                   ValueError, "repeats must satisfy 1 <= repeats, got 0"),
+    "train_step_seconds(repeats=0)": (lambda: profiling.train_step_seconds(torch.nn.Linear(1, 1), (1,), repeats=0),
+                                      ValueError, "repeats must satisfy 1 <= repeats"),
+    "flops_per_forward(batch=0)": (lambda: profiling.flops_per_forward(torch.nn.Linear(1, 1), (1,), batch=0),
+                                   ValueError, "batch must satisfy 1 <= batch"),
+}
+
+
+@pytest.mark.parametrize("case", list(BOUNDARY))
+def test_constructors_and_timers_name_the_bad_argument(case):
+    fn, exc, pattern = BOUNDARY[case]
+    with pytest.raises(exc, match=pattern):
+        fn()
+
+
+class _Half(torch.nn.Module):
+    """ε̂ = w·x with one parameter (the explorers read the device from it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x, t, cond=None):
+        return self.w * x
+
+
+def test_explorers_refuse_what_they_would_silently_change():
+    from diffusion_course.widgets import ForwardExplorer, GuidanceExplorer, SamplerExplorer
+    with pytest.raises(ValueError, match="frames must satisfy 1 <= frames, got 0"):
+        ForwardExplorer({"a": X[0]}, X, {"cosine": COS}, frames=0)
+    with pytest.raises(ValueError, match="max_steps must satisfy 1 <= max_steps, got 0"):
+        SamplerExplorer(_Half(), COS, n=4, image_shape=(1, 4, 4), max_steps=0)
+    for bad, pattern in (([], "class_names must be a non-empty list"), (["a", ""], r"class_names\[1\] must be a non-"),
+                         (["a", "a"], "class_names must be distinct")):
+        with pytest.raises(ValueError, match=pattern):
+            SamplerExplorer(_Half(), COS, n=4, class_names=bad, image_shape=(1, 4, 4))
+        with pytest.raises(ValueError, match=pattern):
+            GuidanceExplorer(_Half(), COS, class_names=bad, n=4, image_shape=(1, 4, 4))
+    with pytest.raises(ValueError, match=r"initial_scale must satisfy 0.0 <= initial_scale <= 10.0, got 20"):
+        GuidanceExplorer(_Half(), COS, class_names=["a", "b"], n=4, image_shape=(1, 4, 4), initial_scale=20)
+    ex = SamplerExplorer(_Half(), COS, n=4, image_shape=(1, 4, 4), max_steps=10)
+    with pytest.raises(ValueError, match=r"steps=500 is outside this explorer's range \[1, 10\]"):
+        ex.figure([{"steps": 500}])
+    fig = ex.figure([{"steps": 3}, {"steps": 10}])
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["steps = 3", "steps = 10"]
+    assert ex.steps.value == 10                  # the control is restored afterwards
+
+
+def test_exercise_check_fails_complex_and_meta_answers_with_a_message(capsys):
+    from diffusion_course.nn.autoencoder import kl_to_standard_normal
+    complex_answer = lambda mean, logvar: kl_to_standard_normal(mean, logvar).to(torch.complex64) + 1j  # noqa: E731
+    assert exercises.check(complex_answer, "kl") is False
+    assert "complex" in capsys.readouterr().out
+    assert exercises.check(lambda mean, logvar: torch.empty(mean.shape[0], device="meta"), "kl") is False
+    assert "meta" in capsys.readouterr().out
+    meta_renoise = lambda x0, t, z, schedule, sigma_min: torch.empty_like(x0, device="meta")  # noqa: E731
+    assert exercises.check(meta_renoise, "renoise") is False
+    assert "could not be compared" in capsys.readouterr().out
+    assert exercises.check(kl_to_standard_normal, "kl") is True      # a right answer still passes
+
+
+def test_pretrained_load_checks_whose_file_it_is(shipped):
+    lineage = checkpoints.LINEAGE_DIR
+    if (lineage / "fmnist-cd-v4.pt").exists():   # the issue's case: an earlier version copied in under the name
+        for ext in (".pt", ".json"):
+            (shipped / f"fmnist-cd{ext}").write_bytes((lineage / f"fmnist-cd-v4{ext}").read_bytes())
+        with pytest.raises(ValueError, match=r"fmnist-cd\.pt is the checkpoint of 'fmnist-cd-v4' .*not of 'fmnist-cd'"):
+            pretrained.load("fmnist-cd", device="cpu")
+    path = shipped / "fmnist-vae.pt"
+    checkpoints.save([torch.ones(2)], path, manifest={"name": "fmnist-vae"})
+    with pytest.raises(ValueError, match=r"fmnist-vae\.pt holds a list, not the state_dict of 'fmnist-vae' "
+                                         r"\(a Autoencoder\)"):
+        pretrained.load("fmnist-vae", device="cpu")
+    checkpoints.save({"model": {"w": torch.ones(2)}, "step": 3}, path, manifest={"name": "fmnist-vae"})
+    with pytest.raises(ValueError, match=r"holds a dict whose values are not all tensors .*'model', 'step'"):
+        pretrained.load("fmnist-vae", device="cpu")
+    other = DiT(input_size=4, patch=2, in_channels=1, dim=8, depth=1, heads=2).state_dict()
+    checkpoints.save(other, path, manifest={"name": "fmnist-vae"})
+    with pytest.raises(ValueError, match=r"fmnist-vae\.pt holds a state_dict of another model, not the state_dict of "
+                                         r"'fmnist-vae' .*tensors missing"):
+        pretrained.load("fmnist-vae", device="cpu")
+    for ext in (".pt", ".json"):                  # the real pair still loads, unchanged
+        (shipped / f"fmnist-vae{ext}").write_bytes((SHIPPED_DIR / f"fmnist-vae{ext}").read_bytes())
+    assert isinstance(pretrained.load("fmnist-vae", device="cpu"), Autoencoder)

@@ -219,3 +219,37 @@ def test_grid_explorers_are_sized_and_have_a_static_figure():
     assert torch.equal(ex.last, first) and ex.steps.value == 20 and ex.seed.value == 0   # restored
     with pytest.raises(ValueError, match="unknown control"):
         ex.figure([{"stepz": 3}])
+
+
+def test_two_step_explorer_moves_the_second_call_and_has_a_static_figure():
+    """Chapter 7's explorer: the intermediate time of the 2-step consistency sampler, on a tiny consistency model."""
+    import pytest
+    import torch
+
+    from diffusion_course import consistency as C
+    from diffusion_course.nn import UNet
+    from diffusion_course.schedules import NoiseSchedule
+    from diffusion_course.widgets import TwoStepExplorer
+
+    s = NoiseSchedule.cosine(1000)
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, channels=(8, 16), attention_levels=(), num_classes=2, patch=2)
+    with torch.no_grad():   # make the output depend on the input (the last conv starts at zero)
+        net.out[-1].weight.normal_(0, 0.3)
+    cm = C.ConsistencyModel(net, s, grid_size=20, head="raw").eval()
+    ex = TwoStepExplorer(cm, n=4, class_names=["a", "b"])
+    assert ex.t_mid.value == 499 and 999 not in ex.t_mid.options and 0 not in ex.t_mid.options
+    first = ex.last.clone()
+    ex.t_mid.value = 249
+    assert not torch.equal(first, ex.last) and "t = 249" in ex.info.value
+    # the same setting gives the same picture (seeded), a new seed another one
+    ex.t_mid.value = 499
+    assert torch.equal(first, ex.last)
+    ex.seed.value = 3
+    assert not torch.equal(first, ex.last)
+    fig = ex.figure([{"t_mid": 249}, {"t_mid": 749}])
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["t_mid = 249", "t_mid = 749"]
+    with pytest.raises(ValueError, match="grid times"):
+        TwoStepExplorer(cm, initial_t=500)
+    with pytest.raises(TypeError, match="consistency model"):
+        TwoStepExplorer(net)

@@ -1,5 +1,7 @@
 """Networks: timestep embeddings, the U-Net (with optional cross-attention), a text encoder and the
 text-to-image U-Net, and a 2-D MLP denoiser."""
+from __future__ import annotations
+
 from .embeddings import TimestepEmbedding, timestep_embedding
 from .mlp import MLPDenoiser
 from .text import TextEncoder, TextToImageUNet

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validate
+
 
 def _groups(ch: int) -> int:
     for g in (32, 16, 8, 4, 2, 1):
@@ -51,10 +53,12 @@ class Autoencoder(nn.Module):
     def __init__(self, in_channels: int = 1, latent_channels: int = 4, channels: tuple[int, ...] = (32, 64, 64),
                  image_size: int = 28):
         super().__init__()
-        if not channels or any(int(c) < 1 for c in channels):
-            raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels}")
-        if latent_channels < 1 or in_channels < 1:
-            raise ValueError(f"in_channels and latent_channels must be >= 1, got {in_channels}, {latent_channels}")
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, (tuple, list)) or not channels:
+            raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels!r}")
+        channels = tuple(validate.positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
+        in_channels = validate.positive_int("in_channels", in_channels)
+        latent_channels = validate.positive_int("latent_channels", latent_channels)
+        image_size = validate.positive_int("image_size", image_size)
         self.factor = 2 ** (len(channels) - 1)
         if image_size % self.factor:
             raise ValueError(f"image_size {image_size} must be divisible by the down-sampling factor {self.factor}")
@@ -86,24 +90,25 @@ class Autoencoder(nn.Module):
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.latent_channels, self.latent_size, self.latent_size)
 
-    def _check_images(self, x) -> None:
+    def _check_images(self, x) -> torch.Tensor:
+        """Images (B, C, H, W) in [−1, 1] (``validate.images``: finite, range, dtype), in the weights' dtype."""
         want = (self.in_channels, self.image_size, self.image_size)
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"images must have shape (B, {', '.join(map(str, want))}), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"images must be float in [-1, 1], got dtype {x.dtype} (convert uint8 with x/127.5 - 1)")
+        return validate.images("images", x, dtype=validate.model_dtype(self))
 
-    def _check_latents(self, z) -> None:
+    def _check_latents(self, z) -> torch.Tensor:
         if not isinstance(z, torch.Tensor) or z.ndim != 4 or tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"latents must have shape (B, {', '.join(map(str, self.latent_shape))}), got "
                              f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        # dtype only: NaN latents mid-training are left to the training loop's own check (it rolls the step back)
+        return validate.float_tensor("latents", z, check_finite=False, dtype=validate.model_dtype(self))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x): the posterior's mean and log-variance, each (B, c, h, w). The log-variance is clamped to
         [−30, 20] (as in Stable Diffusion's ``DiagonalGaussianDistribution``) so exp() stays finite."""
-        self._check_images(x)
-        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        mean, logvar = self.encoder(self._check_images(x)).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     @staticmethod
@@ -113,8 +118,7 @@ class Autoencoder(nn.Module):
         return mean + (0.5 * logvar).exp() * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_latents(z)
-        return self.decoder(z)
+        return self.decoder(self._check_latents(z))
 
     def forward(self, x: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

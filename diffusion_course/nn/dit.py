@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validate
 from .embeddings import TimestepEmbedding
 
 # Sizes (DiT's paper names S/B/L/XL; these are far smaller, sized for a CPU).
@@ -120,6 +121,9 @@ class FinalLayer(nn.Module):
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) → (B, (H/p)(W/p), p·p·C): the raw patches, row-major (what the conv embedding sees)."""
+    patch = validate.positive_int("patch", patch)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"x must be a tensor (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
     B, C, H, W = x.shape
     if H % patch or W % patch:
         raise ValueError(f"image size {H}×{W} is not divisible by the patch size {patch}")
@@ -154,12 +158,16 @@ class DiT(nn.Module):
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, num_classes: int = 10, objective: str = "eps"):
         super().__init__()
         h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        h, w = validate.positive_int("input_size", h), validate.positive_int("input_size", w)
         if objective not in {"eps", "x0", "v"}:
             raise ValueError(f"objective must be 'eps', 'x0' or 'v', got {objective!r}")
-        if patch < 1 or h % patch or w % patch:
+        for name, value in (("patch", patch), ("in_channels", in_channels), ("depth", depth), ("heads", heads)):
+            validate.positive_int(name, value)
+        validate.integer("dim", dim, low=4)
+        validate.non_negative_int("num_classes", num_classes)   # 0 = unconditional only
+        validate.real("mlp_ratio", mlp_ratio, low=0.0, low_open=True)
+        if h % patch or w % patch:
             raise ValueError(f"input size {h}×{w} must be divisible by the patch size {patch}")
-        if depth < 1 or dim < 4:
-            raise ValueError(f"depth must be >= 1 and dim >= 4, got depth={depth}, dim={dim}")
         self.config = dict(input_size=input_size, patch=patch, in_channels=in_channels, dim=dim, depth=depth,
                            heads=heads, mlp_ratio=mlp_ratio, num_classes=num_classes, objective=objective)
         self.input_size, self.patch, self.in_channels = (h, w), patch, in_channels
@@ -192,7 +200,8 @@ class DiT(nn.Module):
     def num_tokens(self) -> int:
         return (self.input_size[0] // self.patch) * (self.input_size[1] // self.patch)
 
-    def _check_inputs(self, x, t, cond) -> None:
+    def _check_inputs(self, x, t, cond) -> torch.Tensor:
+        """``x`` in the weights' dtype (a float64/float16 input is converted; uint8 refused) after the checks."""
         want = (self.in_channels, *self.input_size)
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, want))}), got "
@@ -207,9 +216,10 @@ class DiT(nn.Module):
             if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) > self.num_classes):
                 raise ValueError(f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null label), "
                                  f"got range [{int(cond.min())}, {int(cond.max())}]")
+        return validate.float_tensor("x", x, check_finite=False, dtype=self.x_embedder.weight.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        self._check_inputs(x, t, cond)
+        x = self._check_inputs(x, t, cond)
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed      # (B, N, dim): patchify + position
         c = self.t_embedder(t)
         if self.y_embedder is not None:

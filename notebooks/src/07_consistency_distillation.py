@@ -10,7 +10,8 @@
 # 4. **measure** what one step costs in quality on Fashion-MNIST — FID against DDIM and DPM-Solver++ at the same number of
 #    network calls, next to the teacher's DDIM-50 and the floor — and what it buys in milliseconds.
 #
-# Time: about 10 minutes on one CPU thread (a 2–4 minute live distillation is most of it); a GPU is much faster.
+# Time: TIME_PLACEHOLDER on this project's 2-core machine (one thread for the chapter; most of it is the
+# Fashion-MNIST section's FID table); a GPU is much faster.
 
 # %%
 import math
@@ -19,6 +20,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
+from tqdm.auto import tqdm
 
 import diffusion_course as dc
 from diffusion_course import consistency as C
@@ -160,7 +162,8 @@ for N in (20, 100, 999):
 
 # %% [markdown]
 # Now distil the exact ε (the teacher) into a small MLP on the 20-point grid and score its **one-step** samples against the
-# exact map from the same noise, next to what the teacher itself does with one and two DDIM steps.
+# exact map from the same noise. Two yardsticks frame the number: the exact map itself (distance 0, and the MMD that two
+# samples of the mixture show by chance) and what the teacher does with one and two DDIM steps.
 
 # %%
 n_pts = dc.config.budget(quick=300, cpu=1000, gpu=2000)
@@ -171,35 +174,44 @@ data2 = mix.sample(20000, generator=torch.Generator().manual_seed(5))[0].float()
 chance = metrics.mmd_rbf(mix.sample(n_pts, generator=torch.Generator().manual_seed(6))[0].float(), ref2)
 
 
-def score_2d(name, xs):
-    dist = (xs - f_star).norm(dim=1).mean().item()
-    mmd = metrics.mmd_rbf(xs.float(), ref2)
+def score_2d(xs):
+    """(mean distance to the exact map's 1-step answer from the same noise, MMD to fresh data)."""
+    return (xs - f_star).norm(dim=1).mean().item(), metrics.mmd_rbf(xs.float(), ref2)
+
+
+def show_2d(name, xs):
+    dist, mmd = score_2d(xs)
     print(f"{name:<34} mean distance to the exact map {dist:6.3f}   MMD {mmd:7.4f}")
     return dist, mmd
 
 
 print(f"MMD between two samples of the mixture itself (chance level at n = {n_pts}): {chance:.4f}")
-score_2d("exact map (1 step, perfect)", f_star)
-score_2d("teacher DDIM-1 (exact ε)", sampling.ddim_sample(oracle, x_T2.double(), s, steps=1, progress=False))
-ddim2_2d = score_2d("teacher DDIM-2 (exact ε)", sampling.ddim_sample(oracle, x_T2.double(), s, steps=2, progress=False))
+show_2d("exact map (1 step, perfect)", f_star)
+show_2d("teacher DDIM-1 (exact ε)", sampling.ddim_sample(oracle, x_T2.double(), s, steps=1, progress=False))
+show_2d("teacher DDIM-2 (exact ε)", sampling.ddim_sample(oracle, x_T2.double(), s, steps=2, progress=False))
 
 steps_2d = dc.config.budget(quick=60, cpu=1500, gpu=3000)
-torch.manual_seed(0)
-student2d = C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=20, head="raw", sigma_data=1.4)
+
+
+def student_2d(seed, N=20):
+    torch.manual_seed(seed)
+    return C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=N, head="raw", sigma_data=1.4)
+
+
 cfg2d = C.DistillConfig(steps=steps_2d, batch_size=256, lr=2e-3, warmup=50, grid_size=20, distance="pseudo-huber",
                         p_uncond=0.0, clip_denoised=False, ema_decay=0.99, sigma_data=1.4)
 t0 = time.perf_counter()
-cd2d = C.distill(oracle, s, data2, None, cfg2d, student=student2d, device="cpu")
+cd2d = C.distill(oracle, s, data2, None, cfg2d, student=student_2d(0), device="cpu")
 print(f"consistency distillation: {steps_2d} steps in {time.perf_counter() - t0:.0f} s")
-cd_1 = C.sample(cd2d.ema, x_T2, steps=1, clip_denoised=False)
-cd_score = score_2d("CD student, 1 step", cd_1)
-score_2d("CD student, 2 steps", C.sample(cd2d.ema, x_T2, steps=2, clip_denoised=False, generator=torch.Generator().manual_seed(7)))
-print("verdict: the 1-step CD student", "beats" if cd_score[1] < ddim2_2d[1] else "does NOT beat",
-      "the teacher's DDIM-2 in MMD")
+cd_1 = C.sample(cd2d.ema, x_T2, steps=1)
+show_2d("CD student, 1 step", cd_1)
+show_2d("CD student, 2 steps", C.sample(cd2d.ema, x_T2, steps=2, generator=torch.Generator().manual_seed(7)))
 
 # %% [markdown]
-# (The mean distance is only meaningful for one step: with two, the re-noising in between draws fresh noise, so the
-# sample leaves the original trajectory by design and only its distribution — MMD — can be compared.)
+# The student lands far nearer the exact map than DDIM-1 or DDIM-2 with the *exact* ε — but far from the exact map itself,
+# and its MMD stays well above the chance level. (The mean distance is only meaningful for one step: with two, the
+# re-noising in between draws fresh noise, so the sample leaves the original trajectory by design and only its
+# distribution — MMD — can be compared.)
 #
 # ## 4. Consistency training: no teacher at all
 #
@@ -212,26 +224,30 @@ print("verdict: the 1-step CD student", "beats" if cd_score[1] < ddim2_2d[1] els
 dc.viz.show_source(C.ct_grid_size)
 
 # %%
-torch.manual_seed(0)
-n_end = 80
-ct_student = C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=n_end, head="raw", sigma_data=1.4)
-cfg_ct = C.DistillConfig(**{**cfg2d.__dict__, "mode": "ct", "ct_n_start": 10, "ct_n_end": n_end, "grid_size": n_end})
+cfg_ct = C.DistillConfig(**{**cfg2d.__dict__, "mode": "ct", "ct_n_start": 10, "ct_n_end": 80, "grid_size": 80})
 t0 = time.perf_counter()
-ct2d = C.distill(None, s, data2, None, cfg_ct, student=ct_student, device="cpu")
+ct2d = C.distill(None, s, data2, None, cfg_ct, student=student_2d(0, N=80), device="cpu")
 print(f"consistency training: {steps_2d} steps in {time.perf_counter() - t0:.0f} s, N grew",
       sorted(set(ct2d.history.grid_size)))
-ct_score = score_2d("CT student (no teacher), 1 step", C.sample(ct2d.ema, x_T2, steps=1, clip_denoised=False))
-print("verdict: with the same budget, CT is", "worse" if ct_score[1] > cd_score[1] else "NOT worse",
-      "than CD in MMD — the teacher's ε is a lower-variance target than one noise sample")
+ct_1 = C.sample(ct2d.ema, x_T2, steps=1)
+show_2d("CT student (no teacher), 1 step", ct_1)
 
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
 for ax, (name, pts) in zip(axes, [("data", ref2), ("exact map, 1 step", f_star), ("CD student, 1 step", cd_1),
-                                  ("CT student, 1 step", C.sample(ct2d.ema, x_T2, steps=1, clip_denoised=False))]):
+                                  ("CT student, 1 step", ct_1)]):
     dc.viz.plot_points(pts, ax=ax, title=name, lim=3.2)
 plt.show()
 
 # %% [markdown]
-# ## 5. Progressive distillation: halve the steps, round by round
+# Look at the figure before the numbers: the exact map puts every noise point on one of the eight modes. Neither student
+# does — the CD student's one-step points form a diffuse cloud around the ring, the CT student's a ring without modes.
+# Both have learned the coarse shape of the map (most of the distance to it is gone) but not the sharp decision of which
+# mode a point goes to: that decision is made near the top of the trajectory, where the map changes fastest.
+#
+# Is CT worse than CD, as its noisier target suggests? One run cannot say, and this pair also differs in its grid (CT
+# grows to N = 80). The next section compares the methods like for like.
+#
+# ## 5. Progressive distillation, and the three methods side by side
 #
 # Salimans & Ho (2022) take a different route to few steps: a student learns to do in **one** DDIM step what the teacher
 # does in **two**; then it becomes the teacher and the number of steps halves again. The target is the $\tilde x_0$ that
@@ -244,46 +260,67 @@ dc.viz.show_source(progressive.progressive_target)
 
 # %% [markdown]
 # The student must predict x₀ (or v) — an ε-student can't work at one or two steps: at t = 999 ($\bar\alpha \approx 2\cdot 10^{-9}$)
-# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$ multiplies every error in ε̂ by $2\cdot 10^4$. So the students here are
-# `C.Denoiser`s (the same $c_\text{skip}/c_\text{out}$ form, without a boundary). First a 2-D *network* teacher, trained as in
-# chapter 2 (x₀ target); then rounds 16 → 8 → 4 → 2 → 1, each student starting from its teacher.
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$ multiplies every error in ε̂ by $2\cdot 10^4$. So its students are
+# `C.Denoiser`s (the same $c_\text{skip}/c_\text{out}$ form, without a boundary), here in rounds 16 → 8 → 4 → 2 → 1.
+#
+# **Like for like.** Every method gets the same teacher (the exact ε of the mixture; CT uses only the data), the same
+# network and initialisation per seed, the same batch and the same number of optimiser steps in total (PD splits them over
+# its four rounds), and the same score — the one-step samples' distance to the exact map from the same noise, and their
+# MMD — over three seeds. CT runs twice: on CD's final grid (N grows 10 → 20) and with iCT's longer curriculum (→ 80).
+# What differs, and is printed, is how many teacher calls an update costs.
 
 # %%
-torch.manual_seed(0)
-teacher2d = C.Denoiser(MLPDenoiser(dim=2, hidden=128, depth=3), s, sigma_data=1.4, head="raw")
-tcfg = dc.training.TrainConfig(steps=dc.config.budget(quick=50, cpu=1500, gpu=3000), batch_size=256, lr=2e-3, warmup=50,
-                               objective="x0", ema_decay=0.995, p_uncond=0.0, seed=0)
-teacher2d = dc.training.train(teacher2d, s, data2, config=tcfg, device="cpu").ema
-start = dc.config.budget(quick=4, cpu=16, gpu=16)
-pd_cfg = C.DistillConfig(steps=dc.config.budget(quick=20, cpu=300, gpu=600), batch_size=256, lr=1e-3, warmup=20,
-                         p_uncond=0.0, clip_denoised=False, seed=0)
+def pd_student(seed):
+    torch.manual_seed(seed)
+    return C.Denoiser(MLPDenoiser(dim=2, hidden=128, depth=3), s, sigma_data=1.4, head="raw")
+
+
+def run_method(method, seed):
+    """One training run of ``method`` with seed ``seed``; returns its one-step samples of x_T2."""
+    cfg = C.DistillConfig(**{**cfg2d.__dict__, "seed": seed})
+    if method == "CD (N = 20)":
+        return C.sample(C.distill(oracle, s, data2, None, cfg, student=student_2d(seed), device="cpu",
+                                  progress=False).ema, x_T2, steps=1)
+    if method.startswith("CT"):
+        n_end = 20 if "→ 20" in method else 80
+        cfg = C.DistillConfig(**{**cfg.__dict__, "mode": "ct", "ct_n_start": 10, "ct_n_end": n_end, "grid_size": n_end})
+        return C.sample(C.distill(None, s, data2, None, cfg, student=student_2d(seed, N=n_end), device="cpu",
+                                  progress=False).ema, x_T2, steps=1)
+    rounds = progressive.progressive_distillation(
+        oracle, s, data2, None, start_steps=16, end_steps=1, student=pd_student(seed), progress=False, device="cpu",
+        config=C.DistillConfig(**{**cfg.__dict__, "steps": steps_2d // 4, "lr": 1e-3, "warmup": 20}))
+    return sampling.ddim_sample(rounds[-1]["model"], x_T2, s, steps=1, progress=False)
+
+
+methods = {"CD (N = 20)": "1 (DDIM step)", "CT (N 10 → 20)": "0", "CT (N 10 → 80)": "0", "PD (16 → 1)": "2 (two DDIM steps)"}
+seeds = dc.config.budget(quick=(0,), cpu=(0, 1, 2), gpu=(0, 1, 2))
 t0 = time.perf_counter()
-rounds = progressive.progressive_distillation(teacher2d, s, data2, None, start_steps=start, end_steps=1, config=pd_cfg, device="cpu")
-print(f"progressive distillation: {len(rounds)} rounds in {time.perf_counter() - t0:.0f} s")
-teacher_full = sampling.ddim_sample(teacher2d, x_T2, s, steps=start, progress=False)
-print(f"{'steps':>5} {'student vs teacher-' + str(start):>22} {'teacher itself at k steps':>26} {'MMD student':>12} "
-      f"{'MMD teacher-k':>14}")
-pd_rows = []
-for r in rounds:
-    k = r["steps"]
-    st = sampling.ddim_sample(r["model"], x_T2, s, steps=k, progress=False)
-    naive = sampling.ddim_sample(teacher2d, x_T2, s, steps=k, progress=False)
-    row = (k, (st - teacher_full).norm(dim=1).mean().item(), (naive - teacher_full).norm(dim=1).mean().item(),
-           metrics.mmd_rbf(st, ref2), metrics.mmd_rbf(naive, ref2))
-    pd_rows.append(row)
-    print(f"{row[0]:>5} {row[1]:>22.3f} {row[2]:>26.3f} {row[3]:>12.4f} {row[4]:>14.4f}")
-print(f"(teacher DDIM-{start} MMD {metrics.mmd_rbf(teacher_full, ref2):.4f}; chance level {chance:.4f})")
+scores = {m: [score_2d(run_method(m, seed)) for seed in seeds] for m in tqdm(methods, desc="2-D methods")}
+print(f"{len(methods)} methods × {len(seeds)} seeds, {steps_2d} optimiser steps each, in {time.perf_counter() - t0:.0f} s")
+print(f"{'method':<16} {'teacher calls/update':>21} {'1-step distance':>17} {'1-step MMD':>16}")
+for m, rows in scores.items():
+    d, q = [r[0] for r in rows], [r[1] for r in rows]
+    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else float("nan"))
+    print(f"{m:<16} {methods[m]:>21} {statistics.mean(d):>9.3f} ± {sd(d):.3f} {statistics.mean(q):>9.4f} ± {sd(q):.4f}")
+pd_teacher = sampling.ddim_sample(oracle, x_T2.double(), s, steps=16, progress=False).float()
+print(f"(PD's own target, the teacher's DDIM-16: distance {score_2d(pd_teacher)[0]:.3f}; chance-level MMD {chance:.4f})")
+best = min(scores, key=lambda m: statistics.mean(r[0] for r in scores[m]))
+cd_d, ct20_d = ([r[0] for r in scores[m]] for m in ("CD (N = 20)", "CT (N 10 → 20)"))
+print(f"nearest the exact map: {best}; CT on CD's grid is nearer than CD on",
+      f"{sum(a < b for a, b in zip(ct20_d, cd_d))} of {len(seeds)} seeds (paired by seed)")
 
 # %% [markdown]
-# Read the table row by row: each round's student stays close to where the full teacher lands, while the teacher run with
-# the same few steps drifts away — that gap is what distillation buys. Errors accumulate over rounds, one reason
-# consistency models, which need no chain of rounds, displaced progressive distillation.
+# Read it with its spread. On this problem consistency *training* is not the poor relation its noisier target suggests:
+# the printed paired count says on how many seeds it beat distillation on the same grid — the exact teacher's single
+# Euler step has an error of its own that CT's true-noise pairs do not share, and the mixture is easy to sample. Progressive
+# distillation's students inherit each round's error and its target is DDIM-16, not the exact map; what this toy does not
+# show is the cost that made consistency models displace it at scale: PD needs a chain of rounds, each trained to
+# convergence, while one consistency run gives 1-, 2- and 4-step sampling at once.
 #
 # ## 6. Fashion-MNIST: distilling the course's own model
 #
 # The teacher is chapter 2's `fmnist-ddpm`, the model the shipped student was distilled from (the recipe names it, and a
-# student is always judged against its own teacher). DDIM with 1, 2 or 4 steps gives blurs — the one-step DDIM output
-# *is* the denoiser $E[x_0\mid x_T]$, an average over everything — while DDIM-50 gives the teacher's real quality:
+# student is always judged against its own teacher). With few DDIM steps it fails in a way worth seeing:
 
 # %%
 teacher_name = dc.pretrained.RECIPES["fmnist-cd"].teacher
@@ -301,12 +338,18 @@ fig, axes = plt.subplots(1, 4, figsize=(15, 2.6))
 for ax, (k, xs) in zip(axes, ddim_show.items()):
     dc.viz.show_images(xs, nrow=10, ax=ax, title=f"teacher DDIM-{k}")
 plt.show()
+ab_top = float(sched.alpha_bar[999])
+print(f"at t = 999, ᾱ = {ab_top:.1e}: x̂₀ = (x − √(1−ᾱ)·ε̂)/√ᾱ multiplies an ε̂ error by 1/√ᾱ = {ab_top ** -0.5:.0f}")
 
 # %% [markdown]
+# One DDIM step from pure noise *is* the denoiser's answer $\hat x_0 = (x_T - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$. With the exact
+# ε that would be $E[x_0\mid x_T]$, the average garment. But the network's ε̂ is off by a little, and at the top of the
+# cosine schedule that little is multiplied by the factor printed above: the result is salt-and-pepper noise clipped to
+# [−1, 1], not a blur. Two and four steps re-noise that guess and try again, with smaller amplification each time.
+#
 # **A live run.** The student starts as a copy of the teacher's weights (the warm start of ECT, Geng et al. 2024). At the
-# start its one-step output is noise: no ε-network can give a usable $\hat x_0$ from pure noise, where
-# $\bar\alpha = 2\cdot10^{-9}$ (the module docstring explains the head that keeps it bounded). A couple of CPU-minutes of
-# consistency distillation — batch 32, 20-point grid, pseudo-Huber, θ⁻ = stopgrad(θ) — already turns that into clothes:
+# start its one-step output is that same noise. A couple of CPU-minutes of consistency distillation — batch 32, 20-point
+# grid, pseudo-Huber, θ⁻ = stopgrad(θ) — already turns it into clothes:
 
 # %%
 live_steps = dc.config.budget(quick=2, cpu=100, gpu=600)
@@ -326,23 +369,18 @@ dc.viz.show_images(after, nrow=10, ax=axes[1], title=f"1 step, after {live_steps
 plt.show()
 
 # %% [markdown]
-# **The shipped model.** `fmnist-cd` is this distillation run for hours: 12,000 steps in four cosine cycles, each restart
-# at half the previous peak rate (shipped as `fmnist-cd-v1` after two and `fmnist-cd-v2` after four), then two cycles
-# of 4,000 steps with the multi-hop targets of section 6 (below; `fmnist-cd-v3` and `fmnist-cd-v4`), then 3,500 steps
-# in which half of each batch is aligned with the 2-step sampler (section 6, last). Its manifest holds the recipe, wall
-# time and FIDs.
-# If it is present we use it below; otherwise the live student stands in, and the numbers are the live one's.
+# **The shipped model.** `fmnist-cd` is this distillation run for hours on this CPU, with the recipe in
+# `dc.recipes.RECIPES["fmnist-cd"]`; its manifest holds the steps, wall time and FIDs. How it was tuned — the cycles,
+# the variants screened on top of the paper's loss and the selection that chose it — is in
+# [docs/results.md](../docs/results.md); section 7 comes back to that selection, because it holds a lesson of its own.
 
 # %%
-if dc.pretrained.path_for("fmnist-cd").exists():
-    cm_main, main_name = dc.pretrained.load("fmnist-cd", device=device), "fmnist-cd (shipped)"
-    print({k: v for k, v in dc.pretrained.manifest("fmnist-cd").get("metrics", {}).items() if "fid" in k})
-else:
-    cm_main, main_name = cm_live, f"live student ({live_steps} steps)"
-    print("fmnist-cd is not shipped in this checkout: using the live student;",
-          "`python -m diffusion_course.train fmnist-cd` makes the real one")
-cm_show = {k: C.sample(cm_main, x_T_show, steps=k, cond=labels_show.to(device), clip_denoised=True, generator=torch.Generator().manual_seed(11)).cpu()
-           for k in (1, 2, 4)}
+cm_main = dc.pretrained.load("fmnist-cd", device=device)
+cd_manifest = dc.pretrained.manifest("fmnist-cd")
+print(f"fmnist-cd: {cd_manifest['steps']} steps in its last stage, "
+      f"FID at 1 / 2 / 4 steps (n = 1000): " + " / ".join(f"{cd_manifest['metrics'][f'fid_cm{k}']:.2f}" for k in (1, 2, 4)))
+cm_show = {k: C.sample(cm_main, x_T_show, steps=k, cond=labels_show.to(device), clip_denoised=True,
+                       generator=torch.Generator().manual_seed(11)).cpu() for k in (1, 2, 4)}
 fig, axes = plt.subplots(2, 4, figsize=(15, 5))
 for j, k in enumerate((1, 2, 4)):
     dc.viz.show_images(cm_show[k], nrow=10, ax=axes[0, j], title=f"consistency, {k} step{'s' * (k > 1)}")
@@ -352,69 +390,13 @@ axes[1, 3].set_axis_off()
 plt.show()
 
 # %% [markdown]
-# **What a student can reach.** The loss only asks $f$ to agree with itself one teacher step down the grid. So what a perfect
-# student reproduces is not the exact ODE's end point but the end point of the teacher's *chain* of steps down the student's
-# 20-point grid: with DDIM, 20 Euler steps. That chain is a visibly worse sampler than DDIM-50, so it caps the student.
-# A second-order step spends a second teacher call per grid step to move the cap close to the exact ODE's end point.
-# Take it in the form DDIM already has. With $\lambda = -\log\sigma$, $h = \lambda' - \lambda$ and the denoiser $D = y - \sigma\hat\varepsilon$,
-# DDIM is $y' = e^{-h}y + (1-e^{-h})D_1$, which is exact when $D$ is constant. Evaluate $D_2$ again at that end point and
-# integrate the straight line between $D_1$ and $D_2$ exactly:
-#
-# $$y' = e^{-h}\,y + (1-e^{-h})\,D_1 + \Big(1 - \frac{1-e^{-h}}{h}\Big)(D_2 - D_1).$$
-#
-# (Plain Heun in $\sigma$, the EDM sampler, breaks on this grid. Its top step spans $\sigma \approx 2\cdot10^4 \to 3$, where
-# averaging two slopes is far worse than one Euler step.) Section 7 scores both chains as "grid ODE" rows.
-#
-# Is the cap what holds the student back? The project measured it: the student of the time, continued for 6,000 more
-# steps with Heun targets, against where it started (n = 1000, the manifest's protocol; the run's record is read here):
-
-# %%
-import json
-import pathlib
-
-heun_file = records.path("consistency_heun_stage")
-if heun_file.exists():
-    heun = json.loads(heun_file.read_text())
-    start, chain = heun["shipped_fmnist_cd_manifest"], heun["teacher_grid_chain_fid_seed0_n1000"]
-    print(heun["what"])
-    print(f"{'FID at':<28}{'1 step':>8}{'2 steps':>9}{'4 steps':>9}")
-    print(f"{'the student it started from':<28}" + "".join(f"{start[f'fid_cm{k}']:>8.2f} " for k in (1, 2, 4)))
-    print(f"{'after the Heun stage':<28}" + "".join(f"{heun[f'fid_cm{k}']:>8.2f} " for k in (1, 2, 4)))
-    gap = start["fid_cm2"] - chain["ddim20_chain"]
-    print(f"2 steps: {'better' if heun['fid_cm2'] < start['fid_cm2'] else 'worse'} with Heun targets; the starting "
-          f"student's 2-step FID sits {gap:.2f} above its DDIM cap ({chain['ddim20_chain']:.2f}) →",
-          "the cap binds" if gap < 0.3 else "its own fit limits it, not the cap")
-else:
-    print("diffusion_course/records/consistency_heun_stage.json is not in this checkout")
-
-# %% [markdown]
-# Two-step quality got worse with the more accurate targets: a student that far above its DDIM cap is limited by its
-# own fit. Further down this section measures where that fit falls short.
-
-# %%
-dc.viz.show_source(CX.teacher_step)
-
-# %% [markdown]
-# On the 2-D mixture, where the exact end point is known, the two chains' errors show the orders. DDIM's error halves when
-# the grid doubles (first order). Heun's falls by more, approaching 4× as the steps shrink (second order). Heun-N also
-# beats DDIM-2N at the same number of teacher calls:
-
-# %%
-x_chk = torch.randn(500, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-f_chk = exact(x_chk, 999)
-print(f"{'grid N':>6} {'DDIM chain error':>17} {'Heun chain error':>17}")
-for N in (10, 20, 40, 80):
-    errs = [(CX.teacher_ode_sample(oracle, x_chk, s, C.make_grid(s, N), solver=v, clip_denoised=False) - f_chk)
-            .norm(dim=1).mean().item() for v in ("ddim", "heun")]
-    print(f"{N:>6} {errs[0]:>17.4f} {errs[1]:>17.4f}")
-
-# %% [markdown]
-# **Where the fit falls short.** Take real images, noise them to a grid point $t$, and compare the student's one call
-# $f(x_t, t)$ with what it is trained towards there: the end of the teacher's chain of steps from that very $x_t$ down the
-# grid (`CX.teacher_chain`). A perfect student would match the chain exactly, at every $t$:
-
-# %%
-dc.viz.show_source(CX.teacher_chain)
+# **What a student can reach.** The loss only asks $f$ to agree with itself one teacher step down the grid. So what a
+# perfect student reproduces is not the exact ODE's end point but the end point of the teacher's *chain* of steps down the
+# student's 20-point grid: with DDIM, 20 Euler steps. That chain — the student's **cap** — is measured in section 7's
+# table ("grid ODE" rows), next to a second-order (Heun) chain that would cap a student distilled with Heun steps. A
+# student can also fall short of its cap: take real images, noise them to a grid point $t$, and compare its one call
+# $f(x_t, t)$ with what it is trained towards there — the end of the teacher's chain from that very $x_t$ down the grid
+# (`CX.teacher_chain`):
 
 # %%
 n_gap = dc.config.budget(quick=20, cpu=500, gpu=1000)
@@ -423,7 +405,7 @@ y_real = (torch.arange(n_gap) % 10).to(device)
 ref_gap = dc.metrics.reference_images(n_gap, class_balanced=True)
 gen_gap = torch.Generator().manual_seed(21)
 grid_main = cm_main.grid.cpu()
-print(f"{'t':>4} {'links to t=0':>12} {'FID student f':>14} {'FID its target':>15} {'RMS(f − target)':>16}")
+print(f"{'t':>4} {'σ_t':>7} {'learned links to t=0':>21} {'FID student f':>14} {'FID its target':>15} {'RMS(f − target)':>16}")
 fit_gap = {}
 for t in (249, 499, 749):
     z = torch.randn(x_real.shape, generator=gen_gap).to(device)
@@ -436,236 +418,103 @@ for t in (249, 499, 749):
                          for i in range(0, n_gap, 250)]).cpu()
     fit_gap[t] = (metrics.fid(clf, f_t, ref_gap), metrics.fid(clf, chain_t, ref_gap),
                   (f_t - chain_t).pow(2).mean().sqrt().item())
-    print(f"{t:>4} {below.numel() - 1:>12} {fit_gap[t][0]:>14.2f} {fit_gap[t][1]:>15.2f} {fit_gap[t][2]:>16.4f}")
-print("the gap to the target", "grows" if fit_gap[749][2] > fit_gap[499][2] > fit_gap[249][2] else "does NOT grow",
-      "with the number of learned links between t and the boundary")
+    print(f"{t:>4} {float(sched.sigma[t]):>7.2f} {below.numel() - 1:>21} {fit_gap[t][0]:>14.2f} {fit_gap[t][1]:>15.2f} "
+          f"{fit_gap[t][2]:>16.4f}")
 
 # %% [markdown]
-# The student is close to its target near the data and drifts from it higher up: every link of the chain from the boundary
-# to $t$ is learned, and each one's error is inherited by the next. (At $n = 500$ an FID is noisy by a few tenths; the RMS
-# gap is the cleaner number.) This is the fit that the 2-step sampler pays for at $t \approx 500$.
+# The student is close to its target near the data and further from it higher up. Two things grow together down this
+# table: the number of learned links between $t$ and the boundary (each inherits the error of the one below) and the noise
+# level σ_t (a harder prediction at every link). This measurement cannot tell them apart; a control would train students
+# on grids of different sizes and compare them at equal σ. (At $n = 500$ an FID is noisy by a few tenths; the RMS gap is
+# the cleaner number.)
 #
-# **Multi-hop targets.** The loss can tie $f$ at $t_{n+k}$ to $f$ at $t_n$ directly, through $k$ teacher steps, for
-# $k$ drawn from a set such as $\{1, 2, 4, 8\}$ (`DistillConfig.teacher_hops`). The ideal $f$ does not change (it is still the
-# end of the same chain) but an error now reaches the top through about $N/k$ learned links rather than $N$. It is in the
-# spirit of LCM's skipping step (Luo et al. 2023), which instead takes the $k$ intervals in one solver step. On 2-D, at the
-# same number of optimiser steps and the same seed:
-
-# %%
-hop_errs = {(1,): cd_score[0]}   # section 3's student: the same seed and recipe with one-hop pairs
-hop_students = {}
-for hops in [(1, 2, 4, 8), (1, 2, 4, 8, 16)]:
-    torch.manual_seed(0)
-    st2d = C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=20, head="raw", sigma_data=1.4)
-    cfg_h = CX.ExtendedDistillConfig(**{**cfg2d.__dict__, "teacher_hops": hops})
-    res_h = CX.distill(oracle, s, data2, None, cfg_h, student=st2d, device="cpu", progress=False)
-    hop_students[hops] = res_h.ema
-    hop_errs[hops] = (C.sample(res_h.ema, x_T2, steps=1, clip_denoised=False) - f_star).norm(dim=1).mean().item()
-for hops, err in hop_errs.items():
-    print(f"hops {str(hops):<14} 1-step mean distance to the exact map {err:.3f}")
-cut16 = 1 - hop_errs[(1, 2, 4, 8, 16)] / hop_errs[(1, 2, 4, 8)]
-print("multi-hop", "beats" if hop_errs[(1, 2, 4, 8)] < hop_errs[(1,)] else "does NOT beat",
-      "one-hop pairs here (tests/test_consistency.py checks it on two seeds); adding k = 16",
-      f"helps further ({cut16:.0%} nearer)" if cut16 > 0 else "does NOT help further",
-      "— one seed; research/consistency_hops_2d.py repeats it on three")
+# **Ours against the papers.** Song et al. (2023) distil with a second-order (Heun, EDM) teacher step on a continuous
+# σ-grid of N = 18, measure $d$ with LPIPS, and use an EMA target network (μ = 0.95 for CIFAR-10 CD). Improved CT (Song &
+# Dhariwal 2024) draws the grid index from a log-normal over σ, weights the loss by $1/(\sigma_{n+1} - \sigma_n)$, uses
+# pseudo-Huber and lets N grow to 1280. This chapter keeps the teacher's *discrete* grid (its DDIM-20 timesteps: the
+# network sees exactly its training inputs), a one-call DDIM (Euler) teacher step, pseudo-Huber (LPIPS needs a pretrained
+# ImageNet network and means little on 28×28 garments), θ⁻ = stopgrad(θ) (iCT), a uniform grid index without weighting,
+# and a warm start from the teacher (ECT). Each is a choice for a CPU and a small discrete teacher, not a claim that it is
+# better.
 
 # %% [markdown]
-# On Fashion-MNIST the project tried it on the student shipped at the time (kept as `fmnist-cd-v2`): 4,000 more steps
-# with hops $\{1, 2, 4, 8\}$, scored on the same noise before anything was shipped; then a second such cycle at half the
-# learning rate on top; then, on that (`fmnist-cd-v4`), two more candidates: a third cycle at half the rate again, and one
-# cycle whose hops add $k = 16$ (the 2-D arm above). The rule, fixed before each run: ship only if the mean paired
-# 2-step ratio improves by more than its spread. The four runs' records:
-
-# %%
-stages = [("consistency_hops_stage.json", ("before (fmnist-cd-v2)", "after (fmnist-cd-v3)")),
-          ("consistency_hops_stage2.json", ("before (fmnist-cd-v3)", "after (fmnist-cd-v4)")),
-          ("consistency_hops_stage3.json", ("before (fmnist-cd-v4)", "after (not shipped)")),
-          ("consistency_hops16_stage.json", ("before (fmnist-cd-v4)", "after (not shipped)"))]
-
-
-def show_stage(file_name, labels):
-    """Print one screening record of research/consistency_stage.py; return its per-draw paired differences."""
-    if not records.path(file_name[:-5]).exists():
-        print(f"diffusion_course/records/{file_name} is not in this install")
-        return None
-    hops_run = records.load(file_name[:-5])
-    print(hops_run["what"])
-    print(f"{'':<24}{'FID 1 step':>11}{'2 steps':>9}{'4 steps':>9}   RMS fit gap at t = 249 / 499 / 749")
-    for label, name in zip(labels, hops_run["rows"]):
-        row, gap_row = hops_run["rows"][name], hops_run["fit_gap_rms_fid"][name]
-        print(f"{label:<24}" + "".join(f"{row[f'fid_cm{k}']:>9.2f}" for k in (1, 2, 4)) + "   "
-              + " / ".join(f"{gap_row[t]['rms']:.4f}" for t in ("249", "499", "749")))
-    print(hops_run["verdict"])
-    paired = list(hops_run["paired_2step_over_ddim50"].values())
-    print("2-step ÷ DDIM-50 per draw, before:", " / ".join(f"{q:.3f}" for q in paired[0]["ratios"]),
-          "| after:", " / ".join(f"{q:.3f}" for q in paired[1]["ratios"]))
-    diffs = [a - b for a, b in zip(paired[1]["ratios"], paired[0]["ratios"])]
-    print(f"mean paired difference {statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (per draw "
-          + " / ".join(f"{d:+.3f}" for d in diffs) + ")\n")
-    return diffs
-
-
-for file_name, labels in stages:
-    show_stage(file_name, labels)
-
-# %% [markdown]
-# The first two continued students were better at two steps on every draw and nearer their target at every $t$, most
-# at the top of the grid, so each was shipped in turn (the second is kept as `fmnist-cd-v4`). Read the 1-step
-# column: the first cycle cost the 1-step sampler a little, and the second, at half the rate, won it back. The mean
-# paired differences shrink from one cycle to the next, and the third cycle's is smaller than its spread: more of the
-# same objective has stopped paying. Hops up to 16 are the case where 2-D misled: there they brought the student nearer
-# the exact map by the share printed above, here the fit gap at the top of the grid shrank a little, yet two steps got
-# worse on every draw. A student's FID is not its RMS distance to its target, and why the smaller gap did not pay is
-# not measured here. So neither was shipped.
-#
-# **Sampler-aligned pairs.** Two-step sampling evaluates $f$ at exactly two points of the grid, $t = 999$ and
-# $t = 499$, yet uniform pairs start only a small share of each batch at either (counted below). `DistillConfig.aligned_hop` $= K$ puts a
-# share of every batch (`aligned_fraction`) on pairs that *start* at the $(N/K)$-step sampler's timesteps and hop $K$
-# intervals, to the next of them. With $K = 10$ the pair from $t = 499$ lands on $t_\text{min}$, where $f$ is the
-# identity: its target is the teacher's own 10-step chain, with no learned link in between, and the pair from $t = 999$
-# is tied to that point directly. The ideal $f$ does not change (on the exact map the loss is still only the teacher's
-# step error; `tests/test_consistency.py` checks it); what changes is where the training effort goes. Phased consistency
-# models (Wang et al. 2024) split the trajectory at their sampler's steps in the same spirit. The price is teacher calls:
-# an aligned pair takes ten.
-
-# %%
-dc.viz.show_source(CX.draw_pairs)
-
-# %%
-grid20 = C.make_grid(s, 20)
-for label, extra in [("multi-hop (1, 2, 4, 8)", {}), ("half aligned (K = 10)", {"aligned_hop": 10, "aligned_fraction": 0.5})]:
-    n_d, k_d = CX.draw_pairs(100_000, 20, (1, 2, 4, 8), torch.Generator().manual_seed(0), **extra)
-    t_hi = grid20[n_d + k_d]
-    print(f"{label:<24} pairs starting at t = 999: {(t_hi == 999).float().mean():5.1%}, at t = 499: "
-          f"{(t_hi == 499).float().mean():5.1%}; teacher calls per pair {k_d.float().mean():.2f}")
-
-# %% [markdown]
-# On 2-D the score can be taken at two steps too, against the *exact* map's 2-step samples from the same noise and the same
-# re-noising draws (the seed of `sample`'s generator), so both take the same path and any distance is the student's:
-
-# %%
-two_star = C.sample(exact, x_T2.double(), steps=2, generator=torch.Generator().manual_seed(8), clip_denoised=False).float()
-torch.manual_seed(0)
-st2d = C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=20, head="raw", sigma_data=1.4)
-cfg_a = CX.ExtendedDistillConfig(**{**cfg2d.__dict__, "teacher_hops": (1, 2, 4, 8), "aligned_hop": 10, "aligned_fraction": 0.5})
-hop_students["aligned"] = CX.distill(oracle, s, data2, None, cfg_a, student=st2d, device="cpu", progress=False).ema
-two_errs = {}
-for name, st in [("(1, 2, 4, 8)", hop_students[(1, 2, 4, 8)]), ("(1, 2, 4, 8) + aligned", hop_students["aligned"])]:
-    one = (C.sample(st, x_T2, steps=1, clip_denoised=False) - f_star).norm(dim=1).mean().item()
-    two = C.sample(st, x_T2, steps=2, generator=torch.Generator().manual_seed(8), clip_denoised=False)
-    two_errs[name] = (two - two_star).norm(dim=1).mean().item()
-    print(f"hops {name:<24} mean distance to the exact map: 1 step {one:.3f}, 2 steps {two_errs[name]:.3f}")
-cut_a = 1 - two_errs["(1, 2, 4, 8) + aligned"] / two_errs["(1, 2, 4, 8)"]
-print("aligned pairs", f"bring 2-step samples {cut_a:.0%} nearer" if cut_a > 0 else "do NOT bring 2-step samples nearer",
-      "— one seed; research/consistency_hops_2d.py repeats it on three")
-
-# %% [markdown]
-# Hops up to 16 also looked good on 2-D and failed on Fashion-MNIST, so 2-D was only the reason to try. Nor is the gain there immediate: early in training (a few hundred steps, measured in
-# `docs/results.md`) the aligned student is still the farther one. The Fashion-MNIST
-# run: `fmnist-cd-v4` + 3,500 steps, half of each batch aligned with the 2-step sampler and half multi-hop pairs as
-# before, one cosine cycle at the second multi-hop cycle's rate, scored with the same rule:
-
-# %%
-aligned_diffs = show_stage("consistency_aligned_stage.json", ("before (fmnist-cd-v4)", "after (now fmnist-cd)"))
-if aligned_diffs is not None:
-    print("aligned pairs:", "better" if max(aligned_diffs) < 0 else "NOT better", "at two steps on every draw; the mean",
-          "gain exceeds" if -statistics.mean(aligned_diffs) > statistics.stdev(aligned_diffs) else "gain does NOT exceed",
-          "its spread")
-    rec = records.load("consistency_aligned_stage")
-    (before, after), (gap_b, gap_a) = rec["rows"].values(), rec["fit_gap_rms_fid"].values()
-    print("relative change, FID at 1 / 2 / 4 steps: " + " / ".join(
-        f"{after[f'fid_cm{k}'] / before[f'fid_cm{k}'] - 1:+.1%}" for k in (1, 2, 4)) + "; RMS fit gap at t = 249 / 499 / 749: "
-        + " / ".join(f"{gap_a[t]['rms'] / gap_b[t]['rms'] - 1:+.1%}" for t in ("249", "499", "749")))
-    first = records.load("consistency_hops_stage")["paired_2step_over_ddim50"]
-    before_r, after_r = (v["ratios"] for v in first.values())
-    gain_first = statistics.mean(a - b for a, b in zip(after_r, before_r))
-    print(f"mean paired gain {statistics.mean(aligned_diffs):+.3f} against the first multi-hop cycle's {gain_first:+.3f} "
-          f"({statistics.mean(aligned_diffs) / gain_first:.1f}×)")
-
-# %% [markdown]
-# This one paid: two steps better on every draw, by about twice what the first multi-hop cycle gained, and one and four
-# steps better too, although four steps also evaluate $f$ at $t = 749$ and $249$, where no pair was aligned. The fit gap
-# shrank at every $t$, least at the top, by about as much as the 2- and 4-step FIDs moved. It was shipped as `fmnist-cd`.
-# Section 7 measures where it stands against the 1.5× target.
-
-# %% [markdown]
-# ## 7. Measured: quality against network calls, and milliseconds
+# ## 7. Measured: quality against network calls, milliseconds — and what selecting on one metric does
 #
 # FID in the course's classifier features (chapter 2), class-conditional with exactly balanced labels, against a balanced real
 # set and next to the balanced floor (two real sets of the same size) — everything from the same noise. The consistency
 # model at 1, 2, 4 calls; DDIM and DPM-Solver++(2M) on the teacher at matching calls; the teacher's DDIM-50 as the reference
-# line. (`python benchmarks/consistency_nfe.py` prints the same at n = 1000.)
+# line; and the two grid chains (the caps). `python benchmarks/consistency_nfe.py` prints the same at n = 1000.
 
 # %%
 n_fid = dc.config.budget(quick=20, cpu=256, gpu=1000)
 ddim_list = dc.config.budget(quick=(1, 2, 4), cpu=(1, 2, 4, 8, 50), gpu=(1, 2, 4, 8, 20, 50))
 dpm_list = dc.config.budget(quick=(2,), cpu=(2, 4, 8), gpu=(2, 4, 8, 20))
 t0 = time.perf_counter()
-res = evaluation.evaluate_consistency_samplers(cm_main, n=n_fid, steps=(1, 2, 4), teacher=teacher, teacher_schedule=sched, ddim_steps=ddim_list,
-                 dpm_steps=dpm_list, batch_size=256, classifier=clf, progress=True, ode_solvers=("ddim", "heun"))
-if cm_main is not cm_live:
-    res_live = evaluation.evaluate_consistency_samplers(cm_live, n=n_fid, steps=(1, 2, 4), batch_size=256, classifier=clf)
+res = evaluation.evaluate_consistency_samplers(cm_main, n=n_fid, steps=(1, 2, 4), teacher=teacher, teacher_schedule=sched,
+                                               ddim_steps=ddim_list, dpm_steps=dpm_list, batch_size=256,
+                                               classifier=clf, progress=True, ode_solvers=("ddim", "heun"))
 print(f"measured in {time.perf_counter() - t0:.0f} s")
 floor = res["floor_balanced"]
-print(f"{'sampler':<28} {'NFE':>4} {'FID':>7} {'FID/floor':>9} {'class acc':>9} {'ms/image':>9}")
-table = [(f"{main_name[:18]} {k}-step", k, f"cm{k}", res) for k in (1, 2, 4)]
-if cm_main is not cm_live:
-    table += [(f"live student {k}-step", k, f"cm{k}", res_live) for k in (1, 2, 4)]
-table += [(f"DDIM-{k}", k, f"ddim{k}", res) for k in ddim_list] + [(f"DPM-Solver++(2M)-{k}", k, f"dpm{k}", res) for k in dpm_list]
 n_grid = cm_main.grid.numel() - 1
-table += [("grid ODE, DDIM (cap)", n_grid, "ode_ddim", res), ("grid ODE, Heun (cap)", 2 * n_grid, "ode_heun", res)]
-for name, k, key, r in table:
-    print(f"{name:<28} {k:>4} {r['fid_' + key]:>7.1f} {r['fid_' + key] / floor:>9.2f} {r['class_accuracy_' + key]:>9.1%} "
-          f"{1000 * r['seconds_' + key] / n_fid:>9.2f}")
+table = ([(f"fmnist-cd {k}-step", k, f"cm{k}") for k in (1, 2, 4)] + [(f"DDIM-{k}", k, f"ddim{k}") for k in ddim_list]
+         + [(f"DPM-Solver++(2M)-{k}", k, f"dpm{k}") for k in dpm_list]
+         + [("grid ODE, DDIM (cap)", n_grid, "ode_ddim"), ("grid ODE, Heun (cap)", 2 * n_grid, "ode_heun")])
+print(f"{'sampler':<24} {'NFE':>4} {'FID':>7} {'FID/floor':>9} {'class acc':>9} {'ms/image':>9}")
+for name, k, key in table:
+    print(f"{name:<24} {k:>4} {res['fid_' + key]:>7.1f} {res['fid_' + key] / floor:>9.2f} "
+          f"{res['class_accuracy_' + key]:>9.1%} {1000 * res['seconds_' + key] / n_fid:>9.2f}")
 print(f"floor (two balanced real sets of {n_fid}): {floor:.1f}")
 
 fig, ax = plt.subplots(figsize=(6.5, 4))
-ax.plot((1, 2, 4), [res[f"fid_cm{k}"] for k in (1, 2, 4)], "o-", label=main_name)
-if cm_main is not cm_live:
-    ax.plot((1, 2, 4), [res_live[f"fid_cm{k}"] for k in (1, 2, 4)], "o--", label="live student")
+ax.plot((1, 2, 4), [res[f"fid_cm{k}"] for k in (1, 2, 4)], "o-", label="fmnist-cd")
 ax.plot(ddim_list, [res[f"fid_ddim{k}"] for k in ddim_list], "s-", label="DDIM (teacher)")
 ax.plot(dpm_list, [res[f"fid_dpm{k}"] for k in dpm_list], "^-", label="DPM-Solver++(2M) (teacher)")
-ax.plot([n_grid], [res["fid_ode_ddim"]], "D", label="grid ODE, DDIM (the shipped student's cap)")
+ax.plot([n_grid], [res["fid_ode_ddim"]], "D", label="grid ODE, DDIM (the student's cap)")
 ax.plot([2 * n_grid], [res["fid_ode_heun"]], "P", ms=9, label="grid ODE, Heun (a Heun-distilled student's cap)")
 ax.axhline(res[f"fid_ddim{ref_steps}"], color="k", ls="--", lw=1, label=f"teacher DDIM-{ref_steps}")
 ax.axhline(floor, color="0.5", ls=":", label=f"floor (n = {n_fid})")
 ax.set(xscale="log", yscale="log", xlabel="network calls (NFE)", ylabel="FID", title=f"FID vs NFE, n = {n_fid}")
 ax.legend(fontsize=8)
 plt.show()
-r1, r2 = res["fid_cm1"] / res[f"fid_ddim{ref_steps}"], res["fid_cm2"] / res[f"fid_ddim{ref_steps}"]
-print(f"here, n = {n_fid}: 2-step {r2:.2f}×, 1-step {r1:.2f}× the teacher's DDIM-{ref_steps}", end="")
-if floor > 0.5 * res[f"fid_ddim{ref_steps}"]:   # sampling noise alone is then a large part of the teacher's FID
-    print(f" — but two real sets already differ by {floor:.1f} at this n, against the teacher's "
-          f"{res[f'fid_ddim{ref_steps}']:.1f}, so this table cannot judge a 1.5× target")
-else:
-    print(" →", "met" if r2 <= 1.5 else "NOT met", "(2-step ≤ 1.5×);", "met" if r1 <= 3 else "NOT met", "(1-step ≤ 3×)")
-# The targets are judged at n = 1000, where the floor is small: the shipped models' manifests (same protocol).
-cd_m = dc.pretrained.manifest("fmnist-cd").get("metrics", {}) if main_name.startswith("fmnist-cd") else {}
-teacher_m = dc.pretrained.manifest(teacher_name).get("metrics", {})
-if "fid_cm2" in cd_m and "fid_cond" in teacher_m:
-    t50 = teacher_m["fid_cond"]
-    q1, q2 = cd_m["fid_cm1"] / t50, cd_m["fid_cm2"] / t50
-    print(f"n = 1000 (manifests, student and teacher on different noise): 2-step {cd_m['fid_cm2']:.2f} / teacher "
-          f"DDIM-50 {t50:.2f} = {q2:.2f}×, 1-step {cd_m['fid_cm1']:.2f} = {q1:.2f}×")
-# One draw is not a verdict at this margin: the benchmark pairs student and teacher on the same noise, several draws.
-import json
-import pathlib
-
-bench = records.path("consistency_nfe")
-if main_name.startswith("fmnist-cd") and bench.exists():
-    draws = json.loads(bench.read_text()).get("draws", [])
-    q2s = [d["cm2"] / d["ddim50"] for d in draws]
-    q1s = [d["cm1"] / d["ddim50"] for d in draws]
-    if len(draws) > 1:
-        m2, m1 = sum(q2s) / len(q2s), sum(q1s) / len(q1s)
-        sd2 = (sum((q - m2) ** 2 for q in q2s) / (len(q2s) - 1)) ** 0.5
-        print(f"benchmarks/consistency_nfe.py, {len(draws)} paired draws of n = 1000: 2-step "
-              + " / ".join(f"{q:.2f}" for q in q2s) + f" → mean {m2:.2f}× ± {sd2:.2f} →",
-              "met" if m2 <= 1.5 else "NOT met", f"(≤ 1.5×); 1-step mean {m1:.2f}× →", "met" if m1 <= 3 else "NOT met",
-              "(≤ 3×)")
+print(f"the student's 2-step FID is {res['fid_cm2'] - res['fid_ode_ddim']:+.1f} from its DDIM cap; "
+      f"the Heun chain's cap is {res['fid_ode_ddim'] - res['fid_ode_heun']:+.1f} lower than the DDIM chain's "
+      f"(at n = {n_fid} two real sets already differ by {floor:.1f})")
 
 # %% [markdown]
-# **Latency.** Per image at batch 1 (what an interactive app pays) and at batch 256 (throughput):
+# At this $n$ the floor is of the same order as the teacher's own FID, so this table ranks samplers but cannot judge a
+# ratio to the teacher; the targets are judged at n = 1000 on paired noise (`benchmarks/consistency_nfe.py`, in
+# `docs/results.md`). How far the student sits above its cap, and how much lower a Heun chain's cap lies, are printed
+# above — the caps are one noise draw at this $n$, so treat small differences as ties.
+#
+# **Where the second step goes.** Two-step sampling evaluates $f$ at $t = 999$, re-noises to an intermediate time and
+# calls $f$ again. Which intermediate time is best is a choice Song et al. tune per model. Drag it (the grid is the
+# student's own; the first call is the same for every setting, so only the second one changes):
+
+# %%
+explorer = dc.widgets.TwoStepExplorer(cm_main, n=20, class_names=dc.data.FASHION_CLASSES)
+explorer
+
+# %% [markdown]
+# For readers of the stored notebook, the same explorer at three settings, and the FID the course measured over all of
+# the grid's intermediate times (`research/consistency_timesteps.py`, n = 1000, on the student shipped when it ran — the
+# record names it):
+
+# %%
+plt.show(explorer.figure([{"t_mid": 249}, {"t_mid": 499}, {"t_mid": 799}]))
+search = records.load("consistency_timesteps_2step")
+cands = {int(k): v for k, v in search["search"]["2"]["candidates"].items()}
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot(sorted(cands), [cands[k] for k in sorted(cands)], "o-")
+ax.axhline(search["floor_balanced"], color="0.5", ls=":", label="floor")
+ax.set(xlabel="intermediate time of the 2-step sampler", ylabel="FID (n = 1000)",
+       title=f"{search['model']} ({search.get('date', 'recorded')}): best t = {search['search']['2']['best']}")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# **Latency.** Per image at batch 1 (what an interactive app pays) and at batch 256 (throughput). A consistency step is one
+# call of the same network DDIM calls, so the speed-up is the ratio of calls, 50 : 1, give or take overheads; the
+# measurement says how close the clock comes to the arithmetic.
 
 # %%
 one = x_T_show[:1]
@@ -690,31 +539,70 @@ for name in lat:
     bn = 1000 * res[f"seconds_{keys[name]}"] / n_fid if f"seconds_{keys[name]}" in res else float("nan")
     print(f"{name:<22} {b1[name]:>18.1f} {bn:>20.2f} {b1[ref_name] / b1[name]:>15.1f}")
 per_round = sorted(r / c for r, c in zip(rounds[ref_name], rounds["consistency, 1 step"]))
-speedup = per_round[len(per_round) // 2]
-print(f"target: 1-step ≥ 40× faster than DDIM-50 per image — measured {speedup:.0f}× against {ref_name} (median of "
-      f"{reps} interleaved rounds; {per_round[0]:.0f}–{per_round[-1]:.0f}×) →", "met" if speedup >= 40 else "NOT met")
+print(f"1 step against {ref_name}: {per_round[len(per_round) // 2]:.0f}× faster (median of {reps} interleaved rounds, "
+      f"{per_round[0]:.0f}–{per_round[-1]:.0f}×) for {ref_steps}× fewer calls")
+frame = [name for name in lat if b1[name] <= 1000 / 30]
+print(f"within one frame at 30 fps ({1000 / 30:.0f} ms) at batch 1 on this machine: " + ", ".join(frame))
 
 # %% [markdown]
-# (Batch-256 numbers come from the FID runs above; in quick mode the "batch" is the small quick-mode set.)
+# **Select on one metric, confirm on another.** Every stage of `fmnist-cd`'s recipe was kept because it won on the course's
+# FID — the classifier-feature FID in every table of this course. A win found by selecting on a metric can be the metric's
+# noise, or a quirk of its feature space that the student learned to please. So the project built a second feature space
+# independently (`fmnist-classifier-b`: another architecture, seed, optimiser and augmentation) and scored the student and
+# its earlier stages in both, on the same noise (`benchmarks/consistency_two_features.py`; its record is read here):
+
+# %%
+two = records.load("consistency_two_features")
+tkey = "fmnist-ddpm DDIM-50"
+print(f"n = {two['n']}, {two['draws']} noise draws; FID ÷ the teacher's DDIM-50 on the same noise, mean over draws")
+print(f"{'model':<22}{'course FID, 1 step':>20}{'2 steps':>9}{'second FID, 1 step':>21}{'2 steps':>9}")
+ratios = {}
+for name in [k.rsplit(' ', 1)[0] for k in two["fid"] if k.endswith("1-step")]:
+    row = []
+    for space in ("a", "b"):
+        for k in (1, 2):
+            q = [a / b for a, b in zip(two["fid"][f"{name} {k}-step"][space], two["fid"][tkey][space])]
+            row.append(statistics.mean(q))
+    ratios[name] = row
+    print(f"{name:<22}{row[0]:>20.3f}{row[1]:>9.3f}{row[2]:>21.3f}{row[3]:>9.3f}")
+for space, col in (("course", 1), ("second", 3)):
+    order = sorted(ratios, key=lambda m: ratios[m][col])
+    print(f"2-step ranking in the {space} feature space: " + " < ".join(order))
+
+# %% [markdown]
+# WHAT_THE_TABLE_SAYS_PLACEHOLDER
 #
 # ## 8. Where these methods stand
 #
-# * **Latent consistency models** (LCM, Luo et al. 2023) do exactly section 6 in Stable Diffusion's latent space, with the
-#   *guided* teacher (CFG folded into the ODE step) and a skipping-step grid like ours; LCM-LoRA makes it a small adapter.
-# * **Adversarial diffusion distillation** (ADD, SDXL-Turbo; Sauer et al. 2023) adds a discriminator to a distillation loss:
-#   sharper one-step images, at the price of GAN training.
+# * **Latent consistency models** (LCM, Luo et al. 2023) distil Stable Diffusion in its latent space with the *guided*
+#   teacher (CFG folded into the ODE step) and a skipping-step grid. **LCM-LoRA** (Luo et al. 2023) trains the same
+#   objective as a small LoRA adapter, which then plugs into fine-tuned models of the same base.
+# * **Adversarial diffusion distillation** (ADD, Sauer et al. 2023 — SDXL-Turbo, the one-step model named in this course's
+#   origin page) trains the student with a discriminator on frozen DINOv2 features plus a score-distillation loss against
+#   the teacher: sharp 1–4-step images. **LADD** (Sauer et al. 2024, SD3-Turbo) moves the discriminator into the teacher's
+#   own latent features, which removes the pixel-space feature network and scales to high resolution.
+# * **Distribution matching distillation** (DMD, Yin et al. 2024) matches the student's output *distribution* to the
+#   teacher's — the gradient is the difference of two scores, one of the real data (the teacher) and one of the student's
+#   samples (a second diffusion model trained on them) — plus a regression loss on teacher pairs. **DMD2** (Yin et al.
+#   2024) drops the regression loss, adds a GAN loss and multi-step sampling, and reaches the teacher's quality in a few steps.
 # * **sCM** (Lu & Song 2024) makes consistency training work in *continuous* time (no grid at all), stabilised by
-#   reparameterising time and normalising the tangent; two steps reach within ~10 % of the teacher's FID at ImageNet scale.
-# * **Rectified flow / reflow** (chapter 9) straightens the trajectories themselves, so that even a one-step Euler solve is good.
+#   reparameterising time and normalising the tangent.
 #
-# "Skip it when: extreme real-time latency" means, in this chapter's numbers: the teacher's DDIM-50 takes the batch-1
-# milliseconds in the table above per image on this machine; one consistency step takes ~1/50 of that. If your budget is
-# one frame of an interactive app (16–33 ms), only the one- or two-step model fits; if you can afford 20–50 calls, the
-# teacher's own sampler (or DPM-Solver++ at 10–20) keeps the quality distillation gives away.
+# In this chapter's numbers: the latency table says which samplers fit one frame of an interactive app on this machine; if
+# you can afford 20–50 calls, the teacher's own sampler (or DPM-Solver++ at 10–20) keeps the quality distillation gives
+# away.
 #
 # ## 9. Exercises (checked automatically)
 #
-# **9a. Design your own boundary parameterisation.** Any $c_\text{skip}, c_\text{out}$ with $c_\text{skip}(\sigma_\text{min}) = 1$,
+# **9a. Predict before you compute.** At $\sigma = \sigma_\text{min}$, what are $c_\text{skip}$ and $c_\text{out}$? Write your prediction as
+# numbers, then check it (and only then evaluate `C.c_skip` to see why).
+
+# %%
+my_prediction = (0.5, 0.5)   # TODO: (c_skip, c_out) at σ = σ_min
+dc.exercises.check(my_prediction, "boundary_values");
+
+# %% [markdown]
+# **9b. Design your own boundary parameterisation.** Any $c_\text{skip}, c_\text{out}$ with $c_\text{skip}(\sigma_\text{min}) = 1$,
 # $c_\text{out}(\sigma_\text{min}) = 0$, $c_\text{skip}\to 0$ at high noise and $c_\text{out}$ of the order of $\sigma_\text{d}$ there works. The check
 # tests these *properties* (for several σ_min and σ_d), not one formula — EDM's $c_\text{skip} = \sigma_\text{d}^2/(\sigma^2+\sigma_\text{d}^2)$ fails it
 # unless σ_min = 0 (why?). Try e.g. LCM's choice with a rescaled σ, or one of your own.
@@ -733,7 +621,7 @@ def my_c_out(sigma, sigma_data, sigma_min):
 dc.exercises.check((my_c_skip, my_c_out), "boundary");
 
 # %% [markdown]
-# **9b. The re-noising step of multistep sampling** (Alg. 1). Given the one-step answer $\hat x_0$ (which sits at σ_min), a
+# **9c. The re-noising step of multistep sampling** (Alg. 1). Given the one-step answer $\hat x_0$ (which sits at σ_min), a
 # timestep t, standard noise z, the schedule and σ_min, return the teacher-coordinates input for the next call:
 # $y = \hat x_0 + \sqrt{\sigma_t^2-\sigma_\text{min}^2}\,z$, then $x_t = \sqrt{\bar\alpha_t}\,y$. (`C.renoise` is one answer; try before peeking.)
 
@@ -746,23 +634,29 @@ def my_renoise(x0, t, z, schedule, sigma_min):
 dc.exercises.check(my_renoise, "renoise");
 
 # %% [markdown]
+# **9d. Why can the student not beat its teacher's chain?** A student distilled with DDIM steps on a 20-point grid has
+# been trained as long as you like and fits perfectly. Which sampler's samples does it then reproduce from the same noise?
+# (a) the exact probability-flow ODE's; (b) the teacher's DDIM with 20 steps on the student's grid; (c) the teacher's
+# DDIM-50; (d) the data distribution itself. Answer with a letter.
+
+# %%
+my_answer = "c"   # TODO
+dc.exercises.check(my_answer, "student_cap");
+
+# %% [markdown]
 # ## Summary
 #
 # * A consistency function maps every point of a PF-ODE trajectory to its end; the boundary condition is built in by
 #   $c_\text{skip}, c_\text{out}$, and on 2-D data the exact map shows what "perfect" means (and that a denoiser is not it).
 # * **Consistency distillation** teaches it with one teacher ODE step per update; the loss vanishes on the exact map and not
-#   on a perturbed one. A student learns the map of the *chain* of teacher steps down its grid, so the solver caps it: a
-#   second-order (Heun) step moves that cap from DDIM-20's quality to about DDIM-50's, for a second teacher call (the student
-#   they were tried on, `fmnist-cd-v2`, sat above even the DDIM cap, and Heun targets did not improve it). What limits
-#   a student is its own fit, which
-#   drifts from the target the more learned links lie between $t$ and the boundary. Multi-hop targets shorten that chain:
-#   they help on 2-D and gained a few per cent at two steps, then stopped paying (a third cycle gained nothing, and longer
-#   hops, better on 2-D, were worse here). Training where the sampler evaluates — half of each batch on pairs that start
-#   at the 2-step sampler's timesteps, the lower one's target the teacher's own chain — improved two steps on every
-#   draw, by about twice the first multi-hop cycle's gain, and helped at one and four steps too. **Consistency training** needs no teacher but a growing grid, and learns more slowly.
-# * **Progressive distillation** halves a sampler round by round with an x₀ target; each student tracks its teacher.
-# * On Fashion-MNIST, minutes of distillation from a warm start turn noise into clothes in one call; the table above says
-#   what the shipped model keeps of the teacher's quality at 1, 2 and 4 calls, and what each call costs.
+#   on a perturbed one. **Consistency training** replaces the teacher by the true noise; **progressive distillation** halves
+#   a sampler round by round. Side by side on 2-D, with the same teacher, network and budget over three seeds, the table
+#   in section 5 ranks them — CT is no worse than CD there.
+# * A distilled student reproduces the teacher's chain of steps down its grid, not the exact ODE: that chain is its cap,
+#   measured in section 7, and the student's own fit falls short of it more the higher up the grid it is asked to jump.
+# * On Fashion-MNIST, minutes of distillation from a warm start turn noise into clothes in one call; section 7 says what the
+#   shipped model keeps of the teacher's quality at 1, 2 and 4 calls, what each call costs, and — scored in a second,
+#   independent feature space — which of its selection stages survive a metric they were not selected on.
 #
 # **More exercises.** (1) Rerun the 2-D distillation with `target_decay=0.99` (the original EMA target): faster or slower?
 # (2) Change `grid_size` to 10 and 40: how do one-step quality and the loss change? (3) With the exact map as the student,
@@ -773,12 +667,13 @@ dc.exercises.check(my_renoise, "renoise");
 # * Y. Song, P. Dhariwal. *Improved Techniques for Training Consistency Models* (iCT). ICLR 2024.
 # * Z. Geng, A. Pokle, W. Luo, J. Lin, J. Z. Kolter. *Consistency Models Made Easy* (ECT). 2024.
 # * T. Salimans, J. Ho. *Progressive Distillation for Fast Sampling of Diffusion Models.* ICLR 2022 (Alg. 2).
-# * S. Luo, Y. Tan, L. Huang, J. Li, H. Zhao. *Latent Consistency Models.* 2023.
+# * S. Luo, Y. Tan, L. Huang, J. Li, H. Zhao. *Latent Consistency Models.* 2023; S. Luo et al. *LCM-LoRA: A Universal
+#   Stable-Diffusion Acceleration Module.* 2023.
 # * A. Sauer, D. Lorenz, A. Blattmann, R. Rombach. *Adversarial Diffusion Distillation.* 2023.
+# * A. Sauer, F. Boesel, T. Dockhorn, A. Blattmann, P. Esser, R. Rombach. *Fast High-Resolution Image Synthesis with Latent
+#   Adversarial Diffusion Distillation* (LADD). 2024.
+# * T. Yin, M. Gharbi, R. Zhang, E. Shechtman, F. Durand, W. T. Freeman, T. Park. *One-step Diffusion with Distribution
+#   Matching Distillation* (DMD). CVPR 2024; T. Yin et al. *Improved Distribution Matching Distillation for Fast Image
+#   Synthesis* (DMD2). NeurIPS 2024.
 # * C. Lu, Y. Song. *Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models* (sCM). 2024.
-# * F.-Y. Wang, Z. Huang, A. W. Bergman, D. Shen, P. Gao, M. Lingelbach, K. Sun, W. Bian, G. Song, Y. Liu, X. Wang,
-#   H. Li. *Phased Consistency Models* (PCM). NeurIPS 2024.
 # * T. Karras, M. Aittala, T. Aila, S. Laine. *Elucidating the Design Space of Diffusion-Based Generative Models.* NeurIPS 2022.
-# * Q. Zhang, Y. Chen. *Fast Sampling of Diffusion Models with Exponential Integrator* (DEIS). ICLR 2023.
-# * C. Lu, Y. Zhou, F. Bao, J. Chen, C. Li, J. Zhu. *DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
-#   Models.* 2022.
