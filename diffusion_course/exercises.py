@@ -457,3 +457,119 @@ SOLUTIONS["boundary_values"] = """\
 my_prediction = (1.0, 0.0)   # f(x, σ_min) = c_skip·x + c_out·F must be x whatever F is: c_skip = 1, c_out = 0"""
 SOLUTIONS["student_cap"] = """\
 my_answer = "b"   # the loss ties f at t_{n+1} to f one DDIM step down; at its optimum f follows that chain of steps"""
+
+
+# --------------------------------------------------------------------------- chapter 8: adaLN-Zero, reading a scaling plot
+def _first_step_gradients() -> str:
+    """Which parameters of a freshly built DiT one loss gives a non-zero gradient, as the letter of chapter 8's E2:
+    "a" all of them, "b" only adaLN modulation layers, "c" only the final linear layer, "d" none ("?" otherwise)."""
+    from .nn.dit import DiT
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():                       # building the model draws from the global RNG: leave it as it was
+        model = DiT(input_size=4, patch=2, in_channels=2, dim=16, depth=2, heads=2, num_classes=3)
+    x_t, noise = torch.randn(4, 2, 4, 4, generator=g), torch.randn(4, 2, 4, 4, generator=g)
+    loss = (model(x_t, torch.tensor([10, 300, 600, 990]), torch.tensor([0, 1, 2, 3])) - noise).pow(2).mean()
+    loss.backward()
+    names = {n for n, _ in model.named_parameters()}
+    moved = {n for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+    if moved == names:
+        return "a"
+    if moved and all("adaLN_modulation" in n for n in moved):
+        return "b"
+    if moved == {"final.linear.weight", "final.linear.bias"}:
+        return "c"
+    return "d" if not moved else "?"
+
+
+def _check_adaln_zero(answer: object, verbose: bool) -> bool:
+    letter = answer.strip().lower().strip("()") if isinstance(answer, str) else None
+    ok = letter is not None and letter == _first_step_gradients()    # the letter a real backward pass gives
+    if verbose:
+        print("✅ adaln_zero: every other gradient has to pass through a weight that is exactly 0 — the gates on the way "
+              "into each block, the final layer on the way out — so only the final linear layer moves at step 1; "
+              "from step 2 gradients reach the gates and the blocks open one residual branch at a time" if ok else
+              "❌ adaln_zero: not that one — follow one gradient back from the loss: which weights does it cross, and "
+              "what are they at initialisation? (answer with a letter, e.g. \"a\")")
+    return ok
+
+
+def _best_at_reference(curves: dict, flops: float) -> str | None:
+    best, best_loss = None, math.inf
+    for name, curve in curves.items():
+        xs, ys = [math.log(p[1]) for p in curve], [p[2] for p in curve]
+        x = math.log(flops)
+        if x < xs[0] or x > xs[-1]:
+            continue
+        k = max(i for i in range(len(xs)) if xs[i] <= x)
+        loss = ys[k] if k == len(xs) - 1 else ys[k] + (ys[k + 1] - ys[k]) * (x - xs[k]) / (xs[k + 1] - xs[k])
+        if loss < best_loss:
+            best, best_loss = name, loss
+    return best
+
+
+def _cases_best_at() -> list[tuple[dict, float]]:
+    def curve(points):
+        return [[100 * (i + 1), f, loss] for i, (f, loss) in enumerate(points)]
+
+    sweep = {"small": curve([(1e9, 0.40), (2e9, 0.30), (4e9, 0.25)]),          # cheap, ends high
+             "big": curve([(4e9, 0.35), (8e9, 0.22), (1.6e10, 0.18)])}         # dear, ends lowest
+    crossing = {"fast-start": curve([(1e9, 0.30), (4e9, 0.28)]), "slow-start": curve([(1e9, 0.50), (4e9, 0.20)])}
+    return [(sweep, 4e9),       # both measured: the small model is lower there, although "big" ends lower
+            (sweep, 1.6e10),    # only "big" was trained this far
+            (sweep, 3e9),       # between two points of "small"; "big" starts later
+            (sweep, 1e8),       # nobody was measured at so little compute
+            (crossing, 1.5e9),  # before the crossing
+            (crossing, 2.5e9),  # between points: the nearest point says "slow-start", the lines say "fast-start"
+            (crossing, 3.5e9)]  # after the crossing
+
+
+def _check_best_at(fn: Callable, verbose: bool) -> bool:
+    for i, (curves, flops) in enumerate(_cases_best_at()):
+        expected = _best_at_reference(curves, flops)
+        try:
+            got = fn(curves, flops)
+        except Exception as e:  # the learner's code: report, don't crash the notebook
+            if verbose:
+                print(f"❌ best_at: your function raised {type(e).__name__}: {e}\n   expected best_at(curves, flops) -> "
+                      "a model's name, or None")
+            return False
+        if got != expected:
+            if verbose:
+                ranges = {k: f"{c[0][1]:.1e}–{c[-1][1]:.1e} FLOPs" for k, c in curves.items()}
+                print(f"❌ best_at: at {flops:.1e} FLOPs with curves covering {ranges} the answer is {expected!r}, "
+                      f"yours {got!r} (case {i})")
+            return False
+    if verbose:
+        print("✅ best_at: you read each curve at the budget, only where it was measured")
+    return True
+
+
+PROPERTY_CHECKS["adaln_zero"] = _check_adaln_zero
+PROPERTY_CHECKS["best_at"] = _check_best_at
+SOLUTIONS["adaln_zero"] = """\
+my_answer = "c"
+# A fresh DiT's output is final.linear(...) with final.linear's weight = 0: the gradient reaching everything before it
+# is that weight (transposed) times the output's gradient, i.e. 0. Inside the blocks the gates are 0 too. Only
+# final.linear's own weight and bias see a non-zero gradient (the features feeding it are not 0). From step 2 on the
+# output layer is non-zero, gradients reach the gates, and each block's branches open gradually from the identity.
+# Without the zero init (plain adaLN, random gates) every block adds a random residual from step 0: the fresh network
+# is a deep random function of its input, and the first updates are spent undoing it (DiT's Fig. 5: adaLN-Zero
+# trained to a lower FID than adaLN with the same FLOPs).
+# Check it: loss.backward() on a fresh DiT, then [n for n, p in model.named_parameters() if p.grad.abs().sum() > 0]"""
+SOLUTIONS["best_at"] = """\
+import math
+
+def my_best_at(curves, flops):
+    best, best_loss = None, math.inf
+    for name, curve in curves.items():
+        xs = [math.log(p[1]) for p in curve]               # the plot's log axis
+        ys = [p[2] for p in curve]
+        x = math.log(flops)
+        if x < xs[0] or x > xs[-1]:
+            continue                                       # this model was not measured at that budget
+        k = max(i for i in range(len(xs)) if xs[i] <= x)   # the segment the budget falls in
+        loss = ys[k] if k == len(xs) - 1 else ys[k] + (ys[k + 1] - ys[k]) * (x - xs[k]) / (xs[k + 1] - xs[k])
+        if loss < best_loss:
+            best, best_loss = name, loss
+    return best"""

@@ -305,10 +305,9 @@ def _run_consistency(job: Job) -> torch.nn.Module:
 def _run_flow(job: Job) -> torch.nn.Module:
     from . import flow
     from .nn import UNet
-    from .training import FlowTrainConfig, train_flow
 
     recipe, name = job.recipe, job.name
-    cfg = FlowTrainConfig(**{**_with_steps(recipe.train, job.steps), "checkpoint_path": job.state_path})
+    cfg = flow.FlowTrainConfig(**{**_with_steps(recipe.train, job.steps), "checkpoint_path": job.state_path})
     net = recipes.build(name)
     if recipe.init_from is not None:
         start = _start_from(recipe.init_from, "the checkpoint it starts from", "cpu", weights_only=True)
@@ -331,7 +330,7 @@ def _run_flow(job: Job) -> torch.nn.Module:
                     source_sha256=pretrained.manifest(r["source"]).get("sha256"))
     else:
         x, y = load_fashion_mnist("train")
-    result = train_flow(net, x, y if recipe.conditional else None, cfg, noise=noise, device=job.dev)
+    result = flow.train(net, x, y if recipe.conditional else None, cfg, noise=noise, device=job.dev)
     job.check_interrupted(result)
     ema = result.ema.eval()
     if job.save:

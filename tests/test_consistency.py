@@ -400,37 +400,41 @@ def test_fmnist_cd_recipe_trains_on_demand_in_quick_mode_and_the_cli_refuses_a_m
 
 @pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd-v4").exists(),
                     reason="fmnist-cd-v4 (lineage) is only in the source tree")
-def test_fmnist_cd_starts_from_its_previous_stage_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
-    """fmnist-cd is a further stage of fmnist-cd-v4 (itself of fmnist-cd-v3, of fmnist-cd-v2, of fmnist-cd-v1): its
-    student starts from the previous stage's weights, not the teacher's."""
+def test_a_further_stage_starts_from_its_previous_one_and_a_missing_or_mismatched_start_is_a_clear_error(monkeypatch):
+    """Each stage of the student continues the one before (fmnist-cd-v5 ← v4 ← v3 ← v2 ← v1); the shipped fmnist-cd is
+    v2's recipe (continuing v1) — its student starts from the previous stage's weights, not the teacher's."""
     from dataclasses import replace
 
     from diffusion_course import pretrained, train
 
     monkeypatch.setenv("DIFFUSION_COURSE_QUICK", "0")
-    chain = [pretrained.RECIPES[name].init_from for name in ("fmnist-cd", "fmnist-cd-v4", "fmnist-cd-v3", "fmnist-cd-v2")]
-    assert chain == ["fmnist-cd-v4", "fmnist-cd-v3", "fmnist-cd-v2", "fmnist-cd-v1"]
-    assert len({pretrained.RECIPES[name].teacher for name in ("fmnist-cd", "fmnist-cd-v4", "fmnist-cd-v3", "fmnist-cd-v2",
-                                                              "fmnist-cd-v1")}) == 1
-    _, start = train.consistency_start("fmnist-cd", device="cpu")
+    chain = [pretrained.RECIPES[name].init_from for name in ("fmnist-cd-v5", "fmnist-cd-v4", "fmnist-cd-v3",
+                                                              "fmnist-cd-v2", "fmnist-cd")]
+    assert chain == ["fmnist-cd-v4", "fmnist-cd-v3", "fmnist-cd-v2", "fmnist-cd-v1", "fmnist-cd-v1"]
+    assert pretrained.RECIPES["fmnist-cd"].distill == pretrained.RECIPES["fmnist-cd-v2"].distill
+    assert len({pretrained.RECIPES[name].teacher for name in ("fmnist-cd", "fmnist-cd-v5", "fmnist-cd-v4", "fmnist-cd-v3",
+                                                              "fmnist-cd-v2", "fmnist-cd-v1")}) == 1
+    # the shipped fmnist-cd is fmnist-cd-v2's bytes
+    assert pretrained.manifest("fmnist-cd")["sha256"] == pretrained.manifest("fmnist-cd-v2")["sha256"]
+    _, start = train.consistency_start("fmnist-cd-v5", device="cpu")
     previous = pretrained.load("fmnist-cd-v4", device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), previous.state_dict().values()))
     _, teacher_start = train.consistency_start("fmnist-cd-v1", device="cpu")   # no init_from: the teacher's weights
     assert not all(torch.equal(a, b) for a, b in zip(teacher_start.state_dict().values(), previous.state_dict().values()))
-    recipe = pretrained.RECIPES["fmnist-cd"]
-    monkeypatch.setitem(pretrained.RECIPES, "fmnist-cd", replace(recipe, init_from="fmnist-cd-v9"))
+    recipe = pretrained.RECIPES["fmnist-cd-v5"]
+    monkeypatch.setitem(pretrained.RECIPES, "fmnist-cd-v5", replace(recipe, init_from="fmnist-cd-v9"))
     monkeypatch.setitem(pretrained.RECIPES, "fmnist-cd-v9", pretrained.RECIPES["fmnist-cd-v4"])
     with pytest.raises(FileNotFoundError, match="fmnist-cd-v9.*train it first"):
-        train.consistency_start("fmnist-cd", device="cpu")
-    monkeypatch.setitem(pretrained.RECIPES, "fmnist-cd", replace(recipe, init_from="fmnist-cd-v2"))
+        train.consistency_start("fmnist-cd-v5", device="cpu")
+    monkeypatch.setitem(pretrained.RECIPES, "fmnist-cd-v5", replace(recipe, init_from="fmnist-cd-v2"))
     with pytest.raises(ValueError, match="grid 20.*grid 10"):
-        train.consistency_start("fmnist-cd", device="cpu", distill={**recipe.distill, "grid_size": 10})
+        train.consistency_start("fmnist-cd-v5", device="cpu", distill={**recipe.distill, "grid_size": 10})
     # a starting student of another teacher (its manifest names that teacher's sha256) is refused
     real_manifest = pretrained.manifest
     monkeypatch.setattr(pretrained, "manifest", lambda name: {**real_manifest(name), "metrics": {
         **real_manifest(name).get("metrics", {}), "teacher_sha256": "0" * 64}} if name == "fmnist-cd-v2" else real_manifest(name))
     with pytest.raises(ValueError, match="distilled from another"):
-        train.consistency_start("fmnist-cd", device="cpu")
+        train.consistency_start("fmnist-cd-v5", device="cpu")
 
 
 @pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-cd").exists(),

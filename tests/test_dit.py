@@ -112,10 +112,15 @@ def test_flop_counter_matches_a_hand_count_for_one_linear_layer():
 def test_dit_flops_grow_with_size_and_tokens():
     f = {name: profiling.flops_per_forward(DiT(input_size=7, patch=1, in_channels=4, **cfg), (4, 7, 7))
          for name, cfg in DIT_CONFIGS.items()}
-    assert f["XS"] < f["S"] < f["M"]
-    p4 = profiling.flops_per_forward(DiT(input_size=28, patch=4, in_channels=1, **DIT_CONFIGS["XS"]), (1, 28, 28))
-    p2 = profiling.flops_per_forward(DiT(input_size=28, patch=2, in_channels=1, **DIT_CONFIGS["XS"]), (1, 28, 28))
-    assert p2 > 3.5 * p4                                  # 196 tokens vs 49: ≥ 4× the linear work, more attention
+    assert f["mini-XS"] < f["mini-S"] < f["mini-M"]
+    counts = {}
+    for p in (4, 2):
+        net = DiT(input_size=28, patch=p, in_channels=1, **DIT_CONFIGS["mini-XS"])
+        counts[p] = (profiling.flops_per_forward(net, (1, 28, 28)),
+                     profiling.flops_per_forward(net, (1, 28, 28), attention=False))
+    assert counts[2][1] > 3.5 * counts[4][1]              # 196 tokens vs 49: ≈4× the linear work
+    attention = {p: with_attn - without for p, (with_attn, without) in counts.items()}
+    assert attention[2] == 16 * attention[4]              # 4× the tokens: 16× the attention (L² per head)
 
 
 @pytest.mark.skipif(not __import__("diffusion_course").pretrained.path_for("fmnist-ldm-dit").exists(),

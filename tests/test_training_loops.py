@@ -54,9 +54,9 @@ def _flow(path, reflow=False):
     torch.manual_seed(0)
     data = GMM.sample(256, generator=torch.Generator().manual_seed(1))[0].float()
     noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(2)) if reflow else None
-    cfg = training.FlowTrainConfig(steps=STEPS, batch_size=16, warmup=2, p_uncond=0.0, checkpoint_every=2,
+    cfg = flow.FlowTrainConfig(steps=STEPS, batch_size=16, warmup=2, p_uncond=0.0, checkpoint_every=2,
                                    t_sampling="logit-normal", checkpoint_path=path)
-    r = training.train_flow(TinyVelocity(), data, None, cfg, noise=noise, progress=False, device="cpu")
+    r = flow.train(TinyVelocity(), data, None, cfg, noise=noise, progress=False, device="cpu")
     return r, r.ema
 
 
@@ -102,9 +102,9 @@ def test_a_loop_without_a_checkpoint_path_still_returns_what_it_trained(monkeypa
 def test_the_flow_trainer_learns_and_buckets_the_loss_by_t():
     torch.manual_seed(0)
     data = GMM.sample(2048, generator=torch.Generator().manual_seed(1))[0].float()
-    cfg = training.FlowTrainConfig(steps=600, batch_size=256, lr=3e-3, warmup=10, p_uncond=0.0, ema_decay=0.9)
+    cfg = flow.FlowTrainConfig(steps=600, batch_size=256, lr=3e-3, warmup=10, p_uncond=0.0, ema_decay=0.9)
     untrained = TinyVelocity(128)
-    r = training.train_flow(TinyVelocity(128), data, None, cfg, progress=False, device="cpu")
+    r = flow.train(TinyVelocity(128), data, None, cfg, progress=False, device="cpu")
     held = GMM.sample(4096, generator=torch.Generator().manual_seed(5))[0].float()
 
     @torch.no_grad()
@@ -117,6 +117,6 @@ def test_the_flow_trainer_learns_and_buckets_the_loss_by_t():
     assert floor < after < floor + 0.5 * (before - floor), (before, after, floor)
     assert sum(r.history.bucket_count) == 600 * 256 and all(c > 0 for c in r.history.bucket_count)
     with pytest.raises(ValueError, match="t_sampling"):
-        training.FlowTrainConfig(t_sampling="logsnr-normal")
+        flow.FlowTrainConfig(t_sampling="logsnr-normal")
     with pytest.raises(ValueError, match="noise"):
-        training.train_flow(TinyVelocity(), data, None, cfg, noise=torch.zeros(3, 2), progress=False, device="cpu")
+        flow.train(TinyVelocity(), data, None, cfg, noise=torch.zeros(3, 2), progress=False, device="cpu")
