@@ -389,14 +389,8 @@ def evaluate_text_model(model: nn.Module, schedule: NoiseSchedule, n: int = 200,
     two-object prompts of trained pairings ("seen") and ``n`` of the held-out pairings, at each guidance
     scale (DDIM-``steps``)."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    rng = random.Random(10_000 + seed)
     # Two-object prompts in both sets, so "seen" and "held-out" differ only in whether the pairing was trained on.
-    seen = [shapes.random_scene(rng, p_single=0.0).caption() for _ in range(n)]
-    unseen = []
-    while len(unseen) < n:
-        scene = shapes.random_scene(rng, p_single=0.0, allow_held_out=True)
-        if scene.is_held_out():
-            unseen.append(scene.caption())
+    seen, unseen = text_prompts(n, seed)
     out = {"n": n, "sampler": f"DDIM-{steps}, eta=0, trailing, clipped"}
     for label, prompts in (("seen", seen), ("held_out", unseen)):
         ids = model.tokenizer(prompts).to(dev)
