@@ -4,7 +4,7 @@ spaces built independently of each other (chapter 7's last table, and the choice
     python benchmarks/consistency_two_features.py [--n 1000] [--draws 2] [--device cpu]
                                                   [--json diffusion_course/records/consistency_two_features.json]
 
-Every model in ``--models`` (default: ``fmnist-cd-v1`` … ``fmnist-cd-v4`` from data/lineage and ``fmnist-cd``) samples
+Every model in ``--models`` (default: ``fmnist-cd-v1`` … ``fmnist-cd-v5`` from data/lineage; ``fmnist-cd`` is v2's bytes) samples
 at 1 and 2 steps, the teacher ``fmnist-ddpm`` with DDIM-50, all from the same noise and exactly class-balanced labels,
 for each of ``--draws`` noise draws; each sample set is scored by FID against one class-balanced real set of n in the
 features of ``fmnist-classifier`` (the course's FID, on which every stage of the student was selected) and of
@@ -28,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=2)
-    ap.add_argument("--models", default="fmnist-cd-v1,fmnist-cd-v2,fmnist-cd-v3,fmnist-cd-v4,fmnist-cd")
+    ap.add_argument("--models", default="fmnist-cd-v1,fmnist-cd-v2,fmnist-cd-v3,fmnist-cd-v4,fmnist-cd-v5")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="write the record here")
     args = ap.parse_args()
