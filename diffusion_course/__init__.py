@@ -13,7 +13,7 @@ from . import config, data, exercises, forward, sampling, schedules, viz
 __version__ = "0.1.0"
 _LAZY = {"nn", "losses", "training", "checkpoints", "metrics", "pretrained", "recipes", "widgets", "gmm", "guidance",
          "evaluation", "shapes", "tokenizer", "train", "latent", "sde", "consistency", "consistency_extensions",
-         "progressive", "flow", "profiling", "distributed", "validate", "records"}
+         "progressive", "flow", "profiling", "distributed", "validate", "records", "lab"}
 __all__ = ["config", "data", "exercises", "forward", "sampling", "schedules", "viz", *sorted(_LAZY)]
 
 
