@@ -320,7 +320,12 @@ def _run_flow(job: Job) -> torch.nn.Module:
         source = _start_from(r["source"], "the flow it reflows", job.dev)
         n = r["n"] if job.steps is None or job.steps > 100 else 64    # a short run makes a few pairs only
         y = torch.arange(n) % 10 if recipe.conditional else None
-        cache = job.path.with_suffix(".pairs.pt") if job.save else None
+        # the pairs are a cache, not a checkpoint: never beside the shipped files (nor installed with them)
+        shipped = job.path.parent.resolve() in (checkpoints.CHECKPOINT_DIR.resolve(), checkpoints.LINEAGE_DIR.resolve())
+        cache_dir = checkpoints.CHECKPOINT_DIR.parent / "cache" if shipped else job.path.parent
+        cache = cache_dir / f"{name}.pairs.pt" if job.save else None
+        if cache is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
         t_pairs = time.perf_counter()
         pairs = flow.reflow_pairs(source, n, shape=(1, 28, 28), steps=r["steps"], solver=r.get("solver", "euler"),
                                   seed=r.get("seed", 0), labels=y, batch_size=r.get("batch_size", 250), cache=cache,
