@@ -210,6 +210,16 @@ class _GridExplorer:
         self.image.layout.max_width = "100%"
         self.image.layout.height = "auto"
 
+    def _noise_and_labels(self) -> tuple[torch.Generator, torch.Tensor, torch.Tensor | None]:
+        """The seeded generator, the grid's starting noise and the picked class (None = unconditional)."""
+        device = next(self.model.parameters()).device if hasattr(self.model, "parameters") else torch.device("cpu")
+        g = torch.Generator().manual_seed(int(self.seed.value))
+        x_T = torch.randn((self.n, *self.shape), generator=g).to(device)
+        cond = None
+        if self.label.index and self.label.index > 0:
+            cond = torch.full((self.n,), self.label.index - 1, dtype=torch.long, device=device)
+        return g, x_T, cond
+
     def figure(self, settings: list[dict], ncols: int | None = None, size: float = 2.6) -> Figure:
         """A static figure of the grid under several settings (for readers who cannot run widgets).
 
@@ -296,12 +306,7 @@ class SamplerExplorer(_GridExplorer):
     def update(self) -> None:
         import time
 
-        device = next(self.model.parameters()).device if hasattr(self.model, "parameters") else torch.device("cpu")
-        g = torch.Generator().manual_seed(int(self.seed.value))
-        x_T = torch.randn((self.n, *self.shape), generator=g).to(device)
-        cond = None
-        if self.label.index and self.label.index > 0:
-            cond = torch.full((self.n,), self.label.index - 1, dtype=torch.long, device=device)
+        g, x_T, cond = self._noise_and_labels()
         start = time.perf_counter()
         self.last = self._sampling.ddim_sample(self.model, x_T, self.schedule, steps=int(self.steps.value),
                                                eta=float(self.eta.value), spacing=self.spacing.value,
@@ -454,12 +459,7 @@ class TwoStepExplorer(_GridExplorer):
     def update(self) -> None:
         import time
 
-        device = next(self.model.parameters()).device if hasattr(self.model, "parameters") else torch.device("cpu")
-        g = torch.Generator().manual_seed(int(self.seed.value))
-        x_T = torch.randn((self.n, *self.shape), generator=g).to(device)
-        cond = None
-        if self.label.index and self.label.index > 0:
-            cond = torch.full((self.n,), self.label.index - 1, dtype=torch.long, device=device)
+        g, x_T, cond = self._noise_and_labels()
         top = self.model.schedule.T - 1
         start = time.perf_counter()
         self.last = self._consistency.sample(self.model, x_T, steps=2, timesteps=torch.tensor([top, self.t_mid.value]),
