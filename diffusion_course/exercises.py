@@ -573,3 +573,74 @@ def my_best_at(curves, flops):
         if loss < best_loss:
             best, best_loss = name, loss
     return best"""
+
+
+# --------------------------------------------------------------------------- chapter 9: flow matching
+def _check_time_map(fn: Callable, verbose: bool) -> bool:
+    """E1: (t, scale) with t = σ/(α + σ) and scale = 1/(α + σ), α = √ᾱ, σ = √(1 − ᾱ)."""
+    g = torch.Generator().manual_seed(0)
+    for i, ab in enumerate((torch.tensor([0.5]), torch.rand(6, generator=g, dtype=torch.float64) * 0.98 + 0.01,
+                            torch.tensor([1.0 - 1e-6, 1e-6], dtype=torch.float64))):
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        want_t, want_scale = s / (a + s), 1 / (a + s)
+        try:
+            got_t, got_scale = fn(ab.clone())
+            err = max(float((torch.as_tensor(got_t).double() - want_t).abs().max()),
+                      float((torch.as_tensor(got_scale).double() - want_scale).abs().max()))
+        except Exception as e:  # the learner's code: report, don't crash the notebook
+            if verbose:
+                print(f"❌ time_map: your function raised {type(e).__name__}: {e} (expected (t, scale) tensors)")
+            return False
+        if not err <= 1e-6:
+            if verbose:
+                print(f"❌ time_map: off by {err:.3g} on case {i} (ᾱ = {ab.tolist()[:3]}…); x_vp = α x₀ + σ ε — "
+                      "divide by what to get (1 − t) x₀ + t ε?")
+            return False
+    if verbose:
+        print("✅ time_map: t = σ/(α+σ) and x = x_vp/(α+σ); at ᾱ = 0.5 the two paths meet at t = 0.5")
+    return True
+
+
+def _check_one_step_exact(fn: Callable, verbose: bool) -> bool:
+    """E2: one exact Euler step from t = 1 lands on x1 − v(x1, 1) = E[x₀], the data mean, for every x1."""
+    from . import flow
+    from .gmm import GaussianMixture
+
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        K = 2 + i
+        means = torch.randn(K, 2, generator=g, dtype=torch.float64) * 2 + torch.tensor([1.0, -0.5], dtype=torch.float64)
+        w = torch.rand(K, generator=g, dtype=torch.float64) + 0.1
+        mixture = GaussianMixture(means, torch.full((K,), 0.3, dtype=torch.float64), w / w.sum())
+        x1 = torch.randn(5, 2, generator=g, dtype=torch.float64)
+        want = x1 - flow.exact_velocity(mixture, x1, 1.0)
+        try:
+            got = torch.as_tensor(fn(x1.clone(), mixture)).double()
+            err = float((got.expand_as(want) - want).abs().max())
+        except Exception as e:  # the learner's code: report, don't crash the notebook
+            if verbose:
+                print(f"❌ one_step_exact: your function raised {type(e).__name__}: {e}")
+            return False
+        if not err <= 1e-6:
+            if verbose:
+                print(f"❌ one_step_exact: off by {err:.3g} on mixture {i}; at t = 1, x_t = ε — what does knowing ε "
+                      "tell you about x₀?")
+            return False
+    if verbose:
+        print("✅ one_step_exact: v(x, 1) = x − E[x₀], so one step sends every noise to the data mean Σ w_k μ_k — "
+              "the blur of a one-step sample of a curved flow")
+    return True
+
+
+PROPERTY_CHECKS["time_map"] = _check_time_map
+PROPERTY_CHECKS["one_step_exact"] = _check_one_step_exact
+SOLUTIONS["time_map"] = """\
+def my_time_map(alpha_bar):
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()   # x_vp = a x0 + s ε = (a + s) [(1 − t) x0 + t ε]
+    return s / (a + s), 1 / (a + s)"""
+SOLUTIONS["one_step_exact"] = """\
+def my_one_step(x1, mixture):
+    # at t = 1, x_t = ε exactly, so v(x1, 1) = E[ε − x0 | ε = x1] = x1 − E[x0]: one step lands on the data mean,
+    # whatever the noise — the same blurry point for every sample
+    mean = (mixture.weights[:, None] * mixture.means).sum(0)
+    return mean.expand_as(x1).to(x1.dtype)"""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .gmm import GaussianMixture
 
 __all__ = ["interpolate", "target_velocity", "sample_t", "minibatch_ot", "flow_matching_loss", "reflow_loss",
-           "FlowUNet", "VelocityFromEps", "velocity_from_eps", "sample", "straightness", "reflow_pairs",
+           "FlowUNet", "FlowMLP", "VelocityFromEps", "velocity_from_eps", "sample", "straightness", "reflow_pairs",
            "exact_velocity", "log_likelihood"]
 
 T_SAMPLINGS = ("uniform", "logit-normal")
@@ -219,6 +219,48 @@ class FlowUNet(nn.Module):
                             "it with flow.sample, not with sampling's ε-model samplers")
         t = _check_time(t, x.shape[0])
         return self.unet(x, t * (self.T - 1), cond)
+
+
+class FlowMLP(nn.Module):
+    """A small MLP velocity model for 2-D toys: ``v(x, t, cond=None)``, x (B, d), t (B,) in [0, 1].
+
+    Time enters as the course's sinusoidal embedding of t·(T − 1) (as in :class:`FlowUNet`); with ``num_classes`` a
+    one-hot label is appended too, and label ``num_classes`` (or ``cond=None``) is the null label of classifier-free
+    guidance.
+    """
+
+    objective = "flow"
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, t_dim: int = 32, num_classes: int = 0,
+                 T: int = 1000):
+        super().__init__()
+        self.dim, self.t_dim, self.T = (validate.positive_int(k, v) for k, v in (("dim", dim), ("t_dim", t_dim),
+                                                                                ("T", T)))
+        self.num_classes = validate.non_negative_int("num_classes", num_classes)
+        hidden, depth = validate.positive_int("hidden", hidden), validate.positive_int("depth", depth)
+        self.config = dict(dim=dim, hidden=hidden, depth=depth, t_dim=t_dim, num_classes=num_classes, T=T)
+        width = dim + t_dim + (num_classes + 1 if num_classes else 0)
+        layers: list[nn.Module] = [nn.Linear(width, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        from .nn.embeddings import timestep_embedding
+
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        t = _check_time(t, x.shape[0])
+        parts = [x, timestep_embedding(t * (self.T - 1), self.t_dim).to(x.dtype)]
+        if self.num_classes:
+            label = torch.full((x.shape[0],), self.num_classes, device=x.device) if cond is None else cond
+            if label.shape != (x.shape[0],) or int(label.min()) < 0 or int(label.max()) > self.num_classes:
+                raise ValueError(f"cond must hold labels 0…{self.num_classes} (the last is the null label), shape "
+                                 f"({x.shape[0]},)")
+            parts.append(nn.functional.one_hot(label.long(), self.num_classes + 1).to(x.dtype))
+        elif cond is not None:
+            raise ValueError("this FlowMLP is unconditional (num_classes=0) but got cond")
+        return self.net(torch.cat(parts, dim=1))
 
 
 class VelocityFromEps:

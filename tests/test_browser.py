@@ -60,6 +60,13 @@ ex4t''',
     # chapter 7: the intermediate time of the shipped consistency student's 2-step sampler
     '''ex7 = dc.widgets.TwoStepExplorer(dc.pretrained.load("fmnist-cd", device="cpu"), n=4)
 ex7''',
+    # chapter 9: the t slider over exact and learned velocity fields (an untrained MLP stands in for the learned one)
+    '''import torch
+mix9 = dc.gmm.GaussianMixture.ring(8, radius=2.0, std=0.2)
+data9 = mix9.sample(1000, generator=torch.Generator().manual_seed(0))[0].float()
+ex9 = dc.widgets.VelocityFieldExplorer(dc.flow.FlowMLP(), lambda x, t: dc.flow.exact_velocity(mix9, x, t).float(),
+                                       data9, t=0.5)
+ex9''',
 ]
 
 
@@ -217,6 +224,14 @@ def test_explorers_respond_in_jupyterlab(lab):
             page.keyboard.press("ArrowLeft")
             _wait_changed(grid7, before)
             outputs[4].locator(".widget-html", has_text="t = 449").first.wait_for(timeout=30_000)
+
+            # chapter 9: one step of the t slider redraws the field
+            field9 = images[5].first
+            before = _settle(field9)
+            outputs[5].locator(".noUi-handle").first.focus()
+            page.keyboard.press("ArrowRight")
+            _wait_changed(field9, before)
+            outputs[5].locator(".widget-html", has_text="t = 0.52").first.wait_for(timeout=30_000)
 
             # the grid explorers are shown at their own size, not stretched to the cell's width
             for img, natural in [(grid3, 3 * 59), (grid4, 3 * 59), (grid4t, 4 * 67), (grid7, 3 * 59)]:

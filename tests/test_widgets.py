@@ -253,3 +253,38 @@ def test_two_step_explorer_moves_the_second_call_and_has_a_static_figure():
         TwoStepExplorer(cm, initial_t=500)
     with pytest.raises(TypeError, match="consistency model"):
         TwoStepExplorer(net)
+
+
+def test_velocity_field_explorer_redraws_and_measures_the_error():
+    """Chapter 9's explorer: exact and learned velocity arrows at a chosen t, with the learned field's error."""
+    import pytest
+    import torch
+
+    from diffusion_course import flow, gmm
+    from diffusion_course.widgets import VelocityFieldExplorer
+
+    mix = gmm.GaussianMixture.ring(4, radius=2.0, std=0.3)
+    data = mix.sample(500, generator=torch.Generator().manual_seed(0))[0].float()
+
+    def exact(x, t):
+        return flow.exact_velocity(mix, x, t).float()
+
+    ex = VelocityFieldExplorer(exact, exact, data, t=0.5)
+    assert ex.relative_error(0.5) == 0.0 and ex.relative_error(0.05) == 0.0
+    first = ex.image.value
+    ex.t.value = 0.2
+    assert ex.image.value != first and "Δt" in ex.info.value
+    # a field off by a constant is off by exactly that, relative to the exact field's mean norm
+    shifted = VelocityFieldExplorer(lambda x, t: exact(x, t) + torch.tensor([0.5, 0.0]), exact, data)
+    x_t = 0.5 * shifted.data + 0.5 * shifted.noise
+    expected = 0.5 / float(exact(x_t, torch.full((len(x_t),), 0.5)).norm(dim=1).mean())
+    assert shifted.relative_error(0.5) == pytest.approx(expected, rel=1e-5)
+    # arrows are clipped: none longer than max_length
+    long = shifted._arrows(torch.tensor([[100.0, 0.0], [0.1, 0.0]]))
+    assert float(long.norm(dim=1).max()) <= shifted.max_length + 1e-6 and float(long[1, 0]) < 0
+    fig = ex.figure((0.9, 0.1))
+    assert [a.get_title().split(":")[0] for a in fig.axes] == ["t = 0.90", "t = 0.10"]
+    with pytest.raises(ValueError, match="data"):
+        VelocityFieldExplorer(exact, exact, torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="t"):
+        VelocityFieldExplorer(exact, exact, data, t=1.5)
