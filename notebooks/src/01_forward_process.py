@@ -6,7 +6,7 @@
 # 2. read a noise schedule ($\beta_t$, $\bar\alpha_t$, log-SNR) and say how fast it destroys an image — and what "pure noise" means in numbers;
 # 3. explain what a *perfect* denoiser $\mathbb{E}[x_0 \mid x_t]$ would predict, compute it exactly over 60,000 real images, and see — by putting a trained network beside it — why a network that generalises must be something else.
 #
-# Time: 2–3 minutes on a CPU (measured: 158 s on one thread of a busy 2-core machine), well under a minute on a GPU.
+# Time: 2–3 minutes on a CPU (measured on one thread of a busy 2-core machine), well under a minute on a GPU.
 
 # %%
 import math

@@ -147,8 +147,8 @@ for name, kind, shape in shapes:
 # ## 4. Training the U-Net on Fashion-MNIST: a short run that visibly learns
 #
 # For a few CPU-minutes from scratch we take the configuration of our U-Net that learned fastest per CPU-minute in the
-# course's screen: full resolution, widths 32/64/64, no attention, no patch stem (1.1 M parameters). Three training choices
-# matter as much as the network here:
+# course's screen: full resolution, widths 32/64/64, no attention, no patch stem (its parameter count is printed below).
+# Three training choices matter as much as the network here:
 #
 # * **A small batch.** On a CPU the images per second hardly depend on the batch size, so batch 32 makes 4× the updates
 #   of batch 128 in the same time — and early in training, updates are what the model is short of.
@@ -453,7 +453,8 @@ for c, name in enumerate(dc.data.FASHION_CLASSES):
 
 # %% [markdown]
 # **How good is that, in numbers?** FID compares the statistics of features of generated and real images. The course uses the
-# 128-d features of its own Fashion-MNIST classifier (92 % test accuracy; `dc.metrics`), which is cheap on a CPU. FID is biased
+# 128-d features of its own Fashion-MNIST classifier (`dc.metrics`; its test accuracy is in
+# `dc.pretrained.manifest("fmnist-classifier")`), which is cheap on a CPU. FID is biased
 # upwards at small sample sizes, so it is always reported next to its **floor**: the FID between two disjoint sets of real
 # test images of the same size (class-balanced, like the samples' labels). A perfect generator scores the floor.
 

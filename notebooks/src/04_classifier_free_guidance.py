@@ -53,8 +53,8 @@ budget = dc.config.budget
 # so their $w$ is our $s-1$; diffusers' `guidance_scale` and Stable Diffusion's "CFG 7.5" are our $s$ (for $s>1$;
 # diffusers' pipelines simply switch guidance off at `guidance_scale <= 1`).
 #
-# One network gives both predictions because it was trained with **label dropout**: 10 % of the time the label was
-# replaced by a *null label*, so the network also learned $p(x)$. That is the chapter-2 model:
+# One network gives both predictions because it was trained with **label dropout**: with probability `p_uncond`
+# (printed below) the label was replaced by a *null label*, so the network also learned $p(x)$. That is the chapter-2 model:
 
 # %%
 model = dc.pretrained.load("fmnist-ddpm", device=device)

@@ -95,7 +95,8 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# Fewer numbers, larger error: each halving of the linear code multiplies its error by 1.6–3×. A short autoencoder run is far above
+# Fewer numbers, larger error: each halving of the linear code multiplies its error (compare the test MSEs printed
+# above). A short autoencoder run is far above
 # the linear optimum — it has not learned yet — while the shipped one, trained 9,000 steps (4.8 epochs), beats the best linear code of
 # the same size: the nonlinearity earns its keep. The shipped shape is $c = 4$ at 7×7, Stable Diffusion's choice of 4
 # channels at $f = 4$ here (their $f = 8$ at 512×512): 196 numbers, 4× fewer than the pixels. Reconstructions (top: test
@@ -230,10 +231,12 @@ dc.viz.show_source(latent.LatentDiffusion.sample)
 # The denoiser is the course U-Net with 4 input channels. A 7×7 latent cannot be halved evenly, so the U-Net zero-pads it to
 # 8×8 inside (`UNet(pad_input=True)`) and crops its output back: two down-samplings (8 → 4 → 2) with attention at the bottom,
 # where it is cheap. (Chapter 8 puts a transformer on the same 49 positions without any padding.) Its width, channels
-# (32, 64, 64) and 1.2 M parameters, was chosen by measurement (`research/latent_unet_width.py`): on the same 6,000-step
-# recipe the (64, 128, 128) U-Net scored FID 14.4 and the (32, 64, 64) one 16.7, but the narrow one's training step is
-# 2.4× cheaper, so twice the steps still cost less wall time — and at 12,000 steps it scores 13.8. A latent of 196 numbers
-# does not need the pixel model's width.
+# (32, 64, 64), was chosen by measurement (`research/latent_unet_width.py`, results in
+# [docs/results.md](../docs/results.md)): with the same recipe and number of steps the (64, 128, 128) U-Net scored a
+# better FID than the (32, 64, 64) one, but the narrow one's training step is more than twice as cheap, so twice the
+# steps still cost less wall time — and with twice the steps it scores better than the wide one did. That is the shipped
+# model, whose parameter count, steps and FID are printed below. A latent of 196 numbers does not need the pixel
+# model's width.
 #
 # **A short live run** from scratch on the cached latents, with the course's recipe (batch 32, log-SNR-normal timesteps,
 # 20 % label dropout) — samples before and after:

@@ -297,9 +297,10 @@ for nfe in (10, 20, 50, 100):
 
 # %% [markdown]
 # (DDIM starts at the schedule's t = 999 and ends at ᾱ = 1; the ODE solvers run from t = 1 to t = 1/T — the
-# small remaining difference is that last sliver of noise, σ ≈ 0.006.) **DPM-Solver++** (chapter 3) goes one step
-# further in the same picture: it integrates the linear part of the ODE exactly in the log-SNR $\lambda$ and uses a
-# second-order multistep formula for the $\hat x_0$ term — an exponential integrator of this very ODE.
+# small remaining difference is that last sliver of noise, σ = √(1 − ᾱ₀) = √β₀ at t = 1/T, with β₀ the β_i printed
+# above for i = 0.) **DPM-Solver++** (chapter 3) goes one step further in the same picture: it integrates the linear
+# part of the ODE exactly in the log-SNR $\lambda$ and uses a second-order multistep formula for the $\hat x_0$ term —
+# an exponential integrator of this very ODE.
 #
 # ## 4. One score, three samplers — first with no model error
 #
@@ -374,8 +375,9 @@ learned_runs = run_three(learned, "learned score (MLP, DSM)")
 # real-vs-real floor at the same n.
 #
 # One thing changes from 2-D: **where the steps go.** The cosine schedule's last β_i is capped at 0.999, so β(t) of its
-# SDE is ≈ 7000 on the last 1/T of time, and equal steps in t are far too long there — Euler–Maruyama's drift factor
-# 1 − β(t)Δt/2 goes negative (section 3 printed it). Fixed-step samplers therefore step **equally in log-SNR**
+# SDE is huge on the last 1/T of time (β(t)/T ≈ 6.9 at i = 999), and equal steps in t are far too long there —
+# Euler–Maruyama's drift factor 1 − β(t)Δt/2 goes negative (section 3 printed both). Fixed-step samplers therefore
+# step **equally in log-SNR**
 # λ = log(α²/σ²) (`spacing="logsnr"`, DPM-Solver's grid): short steps where the SNR changes fast. The first row keeps
 # equal steps in t to show the failure. DDIM runs as in chapter 3, with x̂₀ clipped to [−1, 1] (unclipped, its first
 # step from t = 999 multiplies ε̂'s error by 1/√ᾱ ≈ 2·10⁴ — chapter 2's lesson).

@@ -8,7 +8,7 @@
 # 4. count a transformer's FLOPs with its attention, compare a DiT with the course U-Net saying what is matched and what
 #    is not, and read a loss-against-compute sweep.
 #
-# Time: 4.5 minutes measured (268 s) on one thread of this project's 2-core machine (one short live sweep; the long runs behind the shipped models are
+# Time: under 5 minutes measured on one thread of this project's 2-core machine (one short live sweep; the long runs behind the shipped models are
 # `benchmarks/dit_vs_unet.py`); a GPU is much faster.
 
 # %%
