@@ -388,3 +388,21 @@ def test_straightness():
     # a single straight Euler step is exact exactly when S = 0
     assert torch.allclose(flow.sample(point_mass, x1, steps=1), mu.expand(8, 2))
     assert not math.isclose(float(gaussian.mean()), 0.0)
+
+
+def test_flow_mlp_conditional_and_bad_input():
+    torch.manual_seed(0)
+    net = flow.FlowMLP(num_classes=3)
+    x, t = torch.randn(4, 2), torch.rand(4)
+    out = net(x, t, torch.tensor([0, 1, 2, 3]))            # 3 is the null label
+    assert out.shape == (4, 2) and net.objective == "flow"
+    assert torch.equal(net(x, t), net(x, t, torch.full((4,), 3)))   # cond=None is the null label
+    assert not torch.allclose(net(x, t, torch.zeros(4, dtype=torch.long)), net(x, t, torch.ones(4, dtype=torch.long)))
+    with pytest.raises(ValueError, match="cond"):
+        net(x, t, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
+        net(torch.randn(4, 3), t)
+    with pytest.raises(ValueError, match="t"):
+        net(x, torch.full((4,), 1.5))
+    with pytest.raises(ValueError, match="unconditional"):
+        flow.FlowMLP()(x, t, torch.zeros(4, dtype=torch.long))

@@ -606,6 +606,9 @@ for m in stages:
 #   2024) drops the regression loss, adds a GAN loss and multi-step sampling, and reaches the teacher's quality in a few steps.
 # * **sCM** (Lu & Song 2024) makes consistency training work in *continuous* time (no grid at all), stabilised by
 #   reparameterising time and normalising the tangent.
+# * **Rectified flow** (Liu et al. 2023) reaches one or two steps another way: retrain the flow on its own (noise,
+#   sample) pairs until its paths are nearly straight ("reflow"). Chapter 9 builds it and puts its two-step model next
+#   to this chapter's student on the same noise and metric.
 #
 # In this chapter's numbers: the latency table says which samplers fit one frame of an interactive app on this machine,
 # and the FID table what each budget of calls buys; the teacher's DDIM-50 remains the quality reference when 50 calls
