@@ -40,11 +40,20 @@ def _sample(name, model, x_T, labels, k, device, draw, batch=250):
 
 
 def _minutes(name: str) -> float:
-    """CPU minutes of a shipped model's own training (reflow pairs included)."""
-    m = pretrained.manifest(name)
-    metrics_ = m.get("metrics", {})
-    seconds = metrics_.get("train_wall_seconds", m.get("wall_seconds_total", 0.0))
-    return (seconds + metrics_.get("pairs_seconds_this_run", 0.0)) / 60
+    """CPU minutes of everything a shipped model took to make: its own training (reflow pairs included) plus that of
+    every model it starts from (``init_from``) or learns from (``teacher``, reflow ``source``), each counted once."""
+    seen, todo, seconds = set(), [name], 0.0
+    while todo:
+        n = todo.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        m = pretrained.manifest(n)
+        info = m.get("metrics", {})
+        seconds += info.get("train_wall_seconds", 0.0) + info.get("pairs_seconds_this_run", 0.0)
+        recipe = m.get("recipe", {})
+        todo += [recipe.get("init_from"), recipe.get("teacher"), (recipe.get("reflow") or {}).get("source")]
+    return seconds / 60
 
 
 def main() -> None:
@@ -93,24 +102,23 @@ def main() -> None:
                                  "not the same protocol, so its DDIM-50 cannot be reused")
     rec["teacher_ddim50"] = {"draws": teacher, "seeds": list(seeds[:len(teacher)]),
                              "source": "records/consistency_two_features.json, space a"}
-    teacher_minutes = _minutes("fmnist-ddpm")
+    teacher_minutes = _minutes("fmnist-ddpm")          # fmnist-ddpm-v1, then its fine-tune
     rows = [{"name": "fmnist-ddpm DDIM-50", "calls": 50, "mean": statistics.mean(teacher),
              "sd": statistics.stdev(teacher) if len(teacher) > 1 else 0.0, "train_minutes": teacher_minutes}]
     paired = {}
     if {"fmnist-2rf", "fmnist-cd"} <= set(fids):
-        rf_minutes = _minutes("fmnist-rf") + _minutes("fmnist-2rf")
         for k in ("1", "2"):
-            for name, extra in (("fmnist-2rf", rf_minutes), ("fmnist-cd", _minutes("fmnist-cd"))):
+            for name in ("fmnist-2rf", "fmnist-cd"):
                 vals = [fids[name][k][str(s)] for s in seeds]
                 rows.append({"name": f"{name} {k}-step", "calls": int(k), "mean": statistics.mean(vals),
                              "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                             "train_minutes": teacher_minutes + extra})
+                             "train_minutes": _minutes(name)})
             d = [fids["fmnist-2rf"][k][str(s)] - fids["fmnist-cd"][k][str(s)] for s in seeds]
             paired[k] = {"mean": statistics.mean(d), "se": statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0,
                          "draws": d}
     rec["vs_consistency"] = {"rows": rows, "paired": paired,
-                             "train_minutes_note": "teacher fmnist-ddpm included in every student's minutes; "
-                                                   "fmnist-2rf's include fmnist-rf and its reflow pairs"}
+                             "train_minutes_note": "everything each model took to make, teacher and earlier "
+                                                   "versions included (init_from, teacher, reflow source; each once)"}
     rec["seconds"] = rec.get("seconds", 0.0) + time.perf_counter() - t0
     rec["device"] = f"{device} ({platform.machine()}, {torch.get_num_threads()} threads)"
     for k in ("1", "2"):

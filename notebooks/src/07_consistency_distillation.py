@@ -10,7 +10,7 @@
 # 4. **measure** what one step costs in quality on Fashion-MNIST — FID against DDIM and DPM-Solver++ at the same number of
 #    network calls, next to the teacher's DDIM-50 and the floor — and what it buys in milliseconds.
 #
-# Time: 11.4 minutes measured (681 s) on one thread of this project's 2-core machine — most of it the 2-D comparison
+# Time: TIME07 on one thread of this project's 2-core machine — most of it the 2-D comparison
 # and the Fashion-MNIST section's FID table; a GPU is much faster.
 
 # %%
@@ -58,7 +58,7 @@ dc.viz.show_source(C.c_out)
 
 # %% [markdown]
 # Our teacher is a *discrete* model (T = 1000 integer timesteps), so the consistency model lives on the teacher's own grid:
-# its DDIM-N timesteps plus t = 0, whose σ₀ = 0.0064 is σ_min. For N = 20:
+# its DDIM-N timesteps plus t = 0, whose σ₀ (the first σ printed below) is σ_min. For N = 20:
 
 # %%
 grid = C.make_grid(s, 20)
@@ -87,7 +87,7 @@ dc.viz.show_source(C.Denoiser.forward)
 #
 # The course's Gaussian mixture has an exact noised density at every σ, so its PF-ODE can be integrated to any accuracy
 # (`C.ExactConsistencyFunction`, Runge–Kutta in $\ln\sigma$; the tests check it against DDIM with thousands of steps). That map
-# *is* the perfect consistency function. Below: trajectories from noise (grey: 200-step DDIM paths of the exact ε), and at four times along each the
+# *is* the perfect consistency function. Below: trajectories from noise (grey: DDIM paths of the exact ε in many small steps), and at four times along each the
 # value of two candidate functions. The exact $f$ sends every point of a trajectory to the **same** end point (on the
 # left the four colours of each path land on one spot, so only the last one drawn shows); the
 # denoiser $E[x_0\mid x_t]$ — the "one-step" prediction any diffusion model makes — drifts from the data mean to the end point
@@ -351,7 +351,8 @@ print(f"at t = 999, ᾱ = {ab_top:.1e}: x̂₀ = (x − √(1−ᾱ)·ε̂)/√�
 # One DDIM step from pure noise *is* the denoiser's answer $\hat x_0 = (x_T - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$. With the exact
 # ε that would be $E[x_0\mid x_T]$, the average garment. But the network's ε̂ is off by a little, and at the top of the
 # cosine schedule that little is multiplied by the factor printed above: the result is salt-and-pepper noise clipped to
-# [−1, 1], not a blur. Two and four steps re-noise that guess and try again, with smaller amplification each time.
+# [−1, 1], not a blur. With two and four steps that guess is only an intermediate: DDIM (η = 0) adds no fresh noise,
+# it moves to a less noisy time along the predicted ε̂, and the next call's x̂₀ divides by a larger √ᾱ.
 #
 # **A live run.** The student starts as a copy of the teacher's weights (the warm start of ECT, Geng et al. 2024). At the
 # start its one-step output is noise too — grey rather than salt-and-pepper, because above σ_cap = 2 the warm start is
@@ -407,7 +408,7 @@ plt.show()
 # (`CX.teacher_chain`):
 
 # %%
-n_gap = dc.config.budget(quick=20, cpu=500, gpu=1000)
+n_gap = dc.config.budget(quick=20, cpu=250, gpu=1000)
 x_real = dc.metrics.reference_images(n_gap, split="train", class_balanced=True).to(device)
 y_real = (torch.arange(n_gap) % 10).to(device)
 ref_gap = dc.metrics.reference_images(n_gap, class_balanced=True)
@@ -415,7 +416,7 @@ gen_gap = torch.Generator().manual_seed(21)
 grid_main = cm_main.grid.cpu()
 print(f"{'t':>4} {'σ_t':>7} {'learned links to t=0':>21} {'FID student f':>14} {'FID its target':>15} {'RMS(f − target)':>16}")
 fit_gap = {}
-for t in (249, 499, 749):
+for t in tqdm((249, 499, 749), desc="fit gap", leave=False):
     z = torch.randn(x_real.shape, generator=gen_gap).to(device)
     x_t = dc.forward.q_sample(x_real, torch.full((n_gap,), t, device=device), sched, z)
     below = grid_main[grid_main <= t]
@@ -433,7 +434,7 @@ for t in (249, 499, 749):
 # The student is close to its target near the data and further from it higher up. Two things grow together down this
 # table: the number of learned links between $t$ and the boundary (each inherits the error of the one below) and the noise
 # level σ_t (a harder prediction at every link). This measurement cannot tell them apart; a control would train students
-# on grids of different sizes and compare them at equal σ. (At $n = 500$ an FID is noisy by a few tenths; the RMS gap is
+# on grids of different sizes and compare them at equal σ. (An FID over this few images is noisy by several tenths; the RMS gap is
 # the cleaner number.)
 #
 # **Ours against the papers.** Song et al. (2023) distil with a second-order (Heun, EDM) teacher step on a continuous
@@ -454,7 +455,7 @@ for t in (249, 499, 749):
 # line; and the two grid chains (the caps). `python benchmarks/consistency_nfe.py` prints the same at n = 1000.
 
 # %%
-n_fid = dc.config.budget(quick=20, cpu=256, gpu=1000)
+n_fid = dc.config.budget(quick=20, cpu=200, gpu=1000)
 ddim_list = dc.config.budget(quick=(1, 2, 4), cpu=(1, 2, 4, 8, 50), gpu=(1, 2, 4, 8, 20, 50))
 dpm_list = dc.config.budget(quick=(2,), cpu=(2, 4, 8), gpu=(2, 4, 8, 20))
 t0 = time.perf_counter()

@@ -148,17 +148,17 @@ dc.viz.show_source(flow.flow_matching_loss)
 steps_2d = dc.config.budget(quick=100, cpu=3000, gpu=3000)
 
 
-def train_2d(seed=0, steps=steps_2d, num_classes=0, batch_size=256, **options):
+def train_2d(seed=0, steps=steps_2d, num_classes=0, batch_size=256, progress=False, **options):
     """A FlowMLP trained on the mixture (with each sample's mode as its class when ``num_classes``)."""
     torch.manual_seed(seed)
     cfg = flow.FlowTrainConfig(steps=steps, batch_size=batch_size, lr=3e-3, warmup=50, ema_decay=0.99, seed=seed,
                                p_uncond=0.0, **options)
     return flow.train(flow.FlowMLP(num_classes=num_classes), data2, modes2 if num_classes else None, config=cfg,
-                      device="cpu", progress=False)
+                      device="cpu", progress=progress)
 
 
 start = time.perf_counter()
-run = train_2d(seed=0)
+run = train_2d(seed=0, progress=True)
 v2 = run.ema
 print(f"{steps_2d} steps in {time.perf_counter() - start:.1f} s; training loss, mean of the last 100 steps "
       f"{sum(run.history.loss[-100:]) / 100:.3f}")
@@ -171,7 +171,7 @@ print(f"{steps_2d} steps in {time.perf_counter() - start:.1f} s; training loss, 
 # $\mathbb{E}\|v_\theta - v\| / \mathbb{E}\|v\|$ on samples of $p_t$:
 
 # %%
-explorer = dc.widgets.VelocityFieldExplorer(v2, exact_v, data2, t=0.5)
+explorer = dc.widgets.VelocityFieldExplorer(v2, exact_v, data2, t=0.5, arrow_dt=0.15)
 fig = explorer.figure((0.9, 0.6, 0.3, 0.05))
 plt.show()
 err_by_t = {t: explorer.relative_error(t) for t in (0.9, 0.6, 0.3, 0.05)}
@@ -297,14 +297,11 @@ def field_error(v, t):
     with torch.no_grad():
         return float((v(x_t, tt) - exact_v(x_t, tt)).norm(dim=1).mean() / exact_v(x_t, tt).norm(dim=1).mean())
 probe_ts = (0.05, 0.25, 0.5, 0.75, 0.95)
-choice = {}
-for kind in tqdm(("uniform", "logit-normal"), desc="t sampling"):
-    rows = []
-    for seed in seeds:
-        model = train_2d(seed=seed, t_sampling=kind).ema
-        rows.append([field_error(model, t) for t in probe_ts]
-                    + [mmd_spread(model, k, draws=1)[0] for k in (4, 50)])
-    choice[kind] = torch.tensor(rows)
+choice = {"uniform": [], "logit-normal": []}
+for kind, seed in tqdm([(k, s) for k in choice for s in seeds], desc="t sampling × seed"):
+    model = train_2d(seed=seed, t_sampling=kind).ema
+    choice[kind].append([field_error(model, t) for t in probe_ts] + [mmd_spread(model, k, draws=1)[0] for k in (4, 50)])
+choice = {k: torch.tensor(v) for k, v in choice.items()}
 header = "".join(f"  err t={t:<4}" for t in probe_ts) + "  MMD-4    MMD-50"
 print(f"{'':13s}{header}")
 for kind, r in choice.items():
@@ -336,15 +333,13 @@ dc.viz.show_source(flow.minibatch_ot)
 
 # %%
 steps_ot = dc.config.budget(quick=60, cpu=2000, gpu=3000)     # an exact assignment per batch: ~10 ms at 128 on a CPU
-coupling = {}
+coupling = {"independent": [], "ot": []}
 x1_s = torch.randn(2000, 2, generator=torch.Generator().manual_seed(11))
-for kind in tqdm(("independent", "ot"), desc="coupling"):
-    rows = []
-    for seed in seeds[:3]:
-        model = train_2d(seed=seed, coupling=kind, batch_size=128, steps=steps_ot).ema
-        rows.append([float(flow.straightness(model, x1_s).mean())] + [mmd_spread(model, k, draws=1)[0]
-                                                                       for k in (1, 2, 4)])
-    coupling[kind] = torch.tensor(rows)
+for kind, seed in tqdm([(k, s) for k in coupling for s in seeds[:3]], desc="coupling × seed"):
+    model = train_2d(seed=seed, coupling=kind, batch_size=128, steps=steps_ot).ema
+    coupling[kind].append([float(flow.straightness(model, x1_s).mean())] + [mmd_spread(model, k, draws=1)[0]
+                                                                             for k in (1, 2, 4)])
+coupling = {k: torch.tensor(v) for k, v in coupling.items()}
 print(f"{'':12s} straightness   MMD-1          MMD-2          MMD-4")
 for kind, r in coupling.items():
     print(f"{kind:12s}" + "".join(f"  {m:.4f}±{s_:.4f}" for m, s_ in zip(r.mean(0), r.std(0))))
@@ -418,12 +413,12 @@ for name, h in hits.items():
 
 # %%
 n_pairs = dc.config.budget(quick=500, cpu=20000, gpu=20000)
-noise_r, x0_r = flow.reflow_pairs(v2, n_pairs, shape=(2,), steps=32, solver="heun", seed=0)
+noise_r, x0_r = flow.reflow_pairs(v2, n_pairs, shape=(2,), steps=32, solver="heun", seed=0, progress=True)
 torch.manual_seed(0)
 rf2 = flow.FlowMLP()
 rf2.load_state_dict(v2.state_dict())
 cfg = flow.FlowTrainConfig(steps=steps_2d, batch_size=256, lr=1e-3, warmup=50, ema_decay=0.99, seed=0)
-v2_reflow = flow.train(rf2, x0_r, config=cfg, noise=noise_r, device="cpu", progress=False).ema
+v2_reflow = flow.train(rf2, x0_r, config=cfg, noise=noise_r, device="cpu").ema
 print(f"{n_pairs:,} pairs (Heun, 32 steps), then {steps_2d} reflow steps")
 print(f"{'':9s} straightness   MMD-1            MMD-2            MMD-4            MMD-50")
 reflow_mmd = {}
@@ -459,19 +454,19 @@ plt.show()
 # classifier-free guidance works), logit-normal $t$. It did not start from scratch: section 3 says an ε-model is a
 # velocity model in other coordinates, so `fmnist-ddpm`'s weights are a good start even though a `flow.FlowUNet` feeds
 # them $x$ and $t$ directly, without the change of variables. How good, measured by the flow-matching loss on held-out
-# test images (same noise, same $t$, 2,000 images):
+# test images (the same noise and $t$ for each model):
 
 # %%
 rf = pretrained.load("fmnist-rf", device=device)
 x_te, y_te = dc.data.load_fashion_mnist("test")
-n_held = dc.config.budget(quick=64, cpu=2000, gpu=2000)
+n_held = dc.config.budget(quick=64, cpu=1000, gpu=2000)
 
 
 @torch.no_grad()
 def held_out_loss(model, n=n_held):
     g = torch.Generator().manual_seed(0)
     losses = [flow.flow_matching_loss(model, x_te[i:i + 250].to(device), y_te[i:i + 250].to(device), generator=g,
-                                      t_sampling="uniform") for i in range(0, n, 250)]
+                                      t_sampling="uniform") for i in tqdm(range(0, n, 250), leave=False)]
     return float(torch.stack(losses).mean())
 
 
@@ -519,24 +514,32 @@ plt.show()
 # the course's classifier features, no guidance), next to chapter 2's model with DDIM-50 on the same protocol:
 
 # %%
-bench = records.load("rectified_flow")
-fid = bench["fid"]
-print(f"{'':12s}" + "".join(f"{k:>8d}" for k in step_list) + "   (Euler steps = network calls)")
-for name in ("fmnist-rf", "fmnist-2rf"):
-    print(f"{name:12s}" + "".join(f"{fid[name][str(k)]['mean']:8.2f}" for k in step_list))
-ddim50 = fid["fmnist-ddpm DDIM-50"]["mean"]
-print(f"fmnist-ddpm DDIM-50: {ddim50:.2f}; the balanced floor (real vs real): {bench['floor_balanced']:.2f}")
-print(f"fmnist-rf at 50 steps / DDIM-50 = {fid['fmnist-rf']['50']['mean'] / ddim50:.2f} (target ≤ 1.2)")
+def euler_fids(name):
+    """A flow's FID at each Euler step count, from its manifest (n = 1,000, class-balanced, one noise draw)."""
+    m = pretrained.manifest(name)["metrics"]
+    return {k: m[f"fid_euler{k}"] for k in step_list}, m
+
+
+rf_fid, rf_metrics = euler_fids("fmnist-rf")
+ddim50 = pretrained.manifest("fmnist-ddpm")["metrics"]["fid_cond"]
+print(f"{'Euler steps':12s}" + "".join(f"{k:>8d}" for k in step_list))
+print(f"{'fmnist-rf':12s}" + "".join(f"{rf_fid[k]:8.2f}" for k in step_list))
+print(f"fmnist-ddpm DDIM-50: {ddim50:.2f}; balanced floor (two real sets): {rf_metrics['floor_balanced']:.2f}")
+print(f"fmnist-rf at 50 Euler steps / fmnist-ddpm's DDIM-50 = {rf_fid[50] / ddim50:.2f} (the target was ≤ 1.2)")
 
 # %% [markdown]
 # ## 8. Reflow on Fashion-MNIST: `fmnist-2rf`
 #
-# One reflow round, sized to a CPU: `fmnist-rf` generated 10,000 class-balanced (noise, image) pairs with a 12-step Heun
-# solver (23 network calls each), and `fmnist-2rf` — initialised from `fmnist-rf` — trained on them with uniform $t$ (the
-# recipe is `diffusion_course.recipes`; `python -m diffusion_course.train fmnist-2rf` reruns it). The same noise and
-# classes as above:
+# One reflow round, sized to a CPU: `fmnist-rf` generates class-balanced (noise, image) pairs with a Heun solver, and
+# `fmnist-2rf` — initialised from `fmnist-rf` — trains on them with uniform $t$. The recipe
+# (`python -m diffusion_course.train fmnist-2rf` reruns it), then the two models from the same noise and classes as above:
 
 # %%
+reflow = dc.recipes.get("fmnist-2rf").reflow
+rf2_manifest = pretrained.manifest("fmnist-2rf")
+print(f"pairs: {reflow['n']:,} from {reflow['source']} by {reflow['solver']}-{reflow['steps']} "
+      f"({2 * reflow['steps'] - 1} network calls each); then {rf2_manifest['steps']:,} reflow steps; CPU minutes: pairs "
+      f"{rf2_manifest['metrics']['pairs_seconds_this_run'] / 60:.0f}, training {rf2_manifest['metrics']['train_wall_seconds'] / 60:.0f}")
 rf2_img = pretrained.load("fmnist-2rf", device=device)
 rf2_rows = sample_rows(rf2_img)
 fig, axes = plt.subplots(2, 10, figsize=(10, 2.5))
@@ -551,25 +554,36 @@ plt.show()
 n_str = dc.config.budget(quick=8, cpu=100, gpu=500)
 x1_str = torch.randn(n_str, 1, 28, 28, generator=torch.Generator().manual_seed(2)).to(device)
 y_str = torch.arange(n_str, device=device) % 10
-for name, model in (("fmnist-rf", rf), ("fmnist-2rf", rf2_img)):
+for name, model in tqdm((("fmnist-rf", rf), ("fmnist-2rf", rf2_img)), desc="straightness", leave=False):
     s_ = flow.straightness(model, x1_str, steps=16, cond=y_str)
     print(f"{name:10s} straightness over {n_str} paths (16 Euler steps): {float(s_.mean()):.4f} ± "
           f"{float(s_.std() / math.sqrt(n_str)):.4f}")
 
 # %% [markdown]
-# Reflow's one-step images are garments where 1-RF's are blurs, and the paths are measurably straighter (above, ± one
-# standard error). The FID table of section 7 holds both models at every step count. Liu et al.'s CIFAR-10 table
+# The one-step images and the straightness above (± one standard error) show what reflow changed in the paths. Liu et
+# al.'s CIFAR-10 table
 # reports the same pattern with a full solver against one step: 1-RF 2.58 / 2-RF 3.36 with an adaptive solver, while
 # one-step distilled samples went from 6.18 to 4.85 — reflow makes few steps work and costs a little at many. Whether
 # both halves hold here:
 
 # %%
-few_better = fid["fmnist-2rf"]["1"]["mean"] < fid["fmnist-rf"]["1"]["mean"]
-many_worse = fid["fmnist-2rf"]["50"]["mean"] > fid["fmnist-rf"]["50"]["mean"]
-print(f"1 step:   2-RF {fid['fmnist-2rf']['1']['mean']:.2f} vs 1-RF {fid['fmnist-rf']['1']['mean']:.2f} → "
-      f"{'reflow helps' if few_better else 'reflow does not help'}")
-print(f"50 steps: 2-RF {fid['fmnist-2rf']['50']['mean']:.2f} vs 1-RF {fid['fmnist-rf']['50']['mean']:.2f} → "
-      f"{'reflow costs at many steps' if many_worse else 'reflow does not cost at many steps'}")
+rf2_fid, _ = euler_fids("fmnist-2rf")
+print(f"{'Euler steps':12s}" + "".join(f"{k:>8d}" for k in step_list) + "   (manifests: one noise draw, n = 1,000)")
+for name, row in (("fmnist-rf", rf_fid), ("fmnist-2rf", rf2_fid)):
+    print(f"{name:12s}" + "".join(f"{row[k]:8.2f}" for k in step_list))
+bench = records.load("rectified_flow")              # benchmarks/rectified_flow.py: three more draws, same protocol
+per, draws = bench["fid"], [str(d) for d in bench["seeds"]]
+print(f"\n2-RF − 1-RF, paired over the benchmark's {len(draws)} noise draws (± one standard error):")
+for k in ("1", "2", "4"):
+    d = torch.tensor([per["fmnist-2rf"][k][s] - per["fmnist-rf"][k][s] for s in draws])
+    se = float(d.std() / math.sqrt(len(d)))
+    verdict = "reflow helps" if float(d.mean()) + 2 * se < 0 else "reflow hurts" if float(d.mean()) - 2 * se > 0 else "a tie"
+    print(f"  {k} step(s): {float(d.mean()):+7.2f} ± {se:.2f} → {verdict} (two standard errors)")
+d50 = [rf2_fid[50] - rf_fid[50], per["fmnist-2rf"]["50"][draws[0]] - per["fmnist-rf"]["50"][draws[0]]]
+same_sign = (d50[0] > 0) == (d50[1] > 0)
+print(f"  50 steps, two draws: {d50[0]:+.2f} and {d50[1]:+.2f} → "
+      + (("reflow costs at many steps on both" if d50[0] > 0 else "reflow helps at many steps on both") if same_sign
+         else "mixed: no verdict from two draws"))
 
 # %% [markdown]
 # ## 9. Against chapter 7's consistency student
