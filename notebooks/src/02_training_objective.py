@@ -8,7 +8,7 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: about 8 minutes on a 2-core CPU (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
+# Time: under 8 minutes measured on one thread of a 2-core CPU beside a training job (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
 # models always train on the CPU (they are too small to gain from a GPU).
 
 # %%
@@ -479,6 +479,12 @@ print(f"the shipped model's manifest, the same protocol at n = {shipped['n']}: F
       f"{shipped['floor_balanced']:.2f} (a larger n lowers both)")
 
 # %% [markdown]
+# Read the two lines together. At this $n$ the floor itself is high and the model's FID sits almost on it: a sample this
+# small cannot see the model's remaining error, and a learner who stopped here would call the model perfect. At
+# n = 1000 (the manifest's line) the floor drops much further than the model's FID, and the gap between them — the
+# model's real error — appears. Always compare an FID with the floor *at the same n*, and pick n large enough that the
+# floor is well below the FIDs you want to tell apart.
+#
 # ## 8. Exercises (checked automatically)
 #
 # The placeholders fail their checks on purpose; `dc.exercises.solution("loss")` prints a solution when you want one.
