@@ -521,7 +521,8 @@ def _cases_best_at() -> list[tuple[dict, float]]:
             (sweep, 1e8),       # nobody was measured at so little compute
             (crossing, 1.5e9),  # before the crossing
             (crossing, 2.5e9),  # between points: the nearest point says "slow-start", the lines say "fast-start"
-            (crossing, 3.5e9)]  # after the crossing
+            (crossing, 3.5e9),  # after the crossing
+            (crossing, 2.9e9)]  # past the crossing on the log-FLOPs axis, before it on a linear one: read the plot's axis
 
 
 def _check_best_at(fn: Callable, verbose: bool) -> bool:

@@ -106,3 +106,30 @@ def test_heun_is_second_order_on_the_exact_ode():
     assert errs[4][0] / errs[8][0] > 3.0
     assert 1.5 < errs[4][1] / errs[8][1] < 2.7
     assert errs[8][0] < errs[8][1] / 5
+
+
+def _interpolate_linearly_in_flops(curves, flops):
+    """best_at read on a linear FLOPs axis (the plot's axis is logarithmic)."""
+    best, best_loss = None, float("inf")
+    for name, curve in curves.items():
+        xs, ys = [p[1] for p in curve], [p[2] for p in curve]
+        if not xs[0] <= flops <= xs[-1]:
+            continue
+        k = max(i for i in range(len(xs)) if xs[i] <= flops)
+        loss = ys[k] if k == len(xs) - 1 else ys[k] + (ys[k + 1] - ys[k]) * (flops - xs[k]) / (xs[k + 1] - xs[k])
+        if loss < best_loss:
+            best, best_loss = name, loss
+    return best
+
+
+@pytest.mark.parametrize("name, wrong", [
+    ("best_at", _interpolate_linearly_in_flops),
+    ("best_at", lambda curves, flops: min(curves, key=lambda n: curves[n][-1][2])),      # the lowest end, at any budget
+    ("time_map", lambda ab: (1 - ab.sqrt(), torch.ones_like(ab))),                      # t = 1 − α, no rescaling
+    ("time_map", lambda ab: ((1 - ab).sqrt(), 1 / ab.sqrt())),                         # σ as time, 1/α as scale
+    ("one_step_exact", lambda x1, mixture: torch.zeros_like(x1)),                       # the origin, not the data mean
+    ("one_step_exact", lambda x1, mixture: mixture.means.mean(0).expand_as(x1)),        # unweighted mean of the modes
+])
+def test_property_exercises_reject_typical_mistakes(name, wrong, capsys):
+    assert not exercises.check(wrong, name)
+    assert "❌" in capsys.readouterr().out

@@ -77,7 +77,10 @@ plt.show()
 # %% [markdown]
 # `C.ConsistencyModel` wraps any network this way and is called like every model in the course, `cm(x_t, t, cond)` in the
 # teacher's own coordinates, returning $f$ (an $\hat x_0$). Its docstring says why these coordinates and this grid; the
-# forward pass is short:
+# forward pass is short. `coefficients(t)` holds $c_\text{skip}$ ("skip") and $c_\text{out}$ ("out") at the step's σ,
+# and, for the "eps" head, the affine map $F = a\,x + b\,\hat\varepsilon$ that turns the teacher's ε-network into an
+# $\hat x_0$ guess (chapter 2's $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$); the "raw" head uses
+# the network's output as $F$ directly. Where $c_\text{out} = 0$ (at σ_min) the network's output is ignored, exactly:
 
 # %%
 dc.viz.show_source(C.Denoiser.forward)
@@ -129,7 +132,9 @@ print(f"spread of the four values along each path: exact f {(ends - ends[0]).nor
 #
 # Anchored by the boundary condition at $t_0$, agreement propagates up the grid. $\theta^-$ is the *target network*:
 # the original paper used an EMA of θ; improved CT (Song & Dhariwal 2024) showed θ⁻ = stopgrad(θ) is better, and that is our
-# default. $d$ is L2 or pseudo-Huber on each sample's norm.
+# default. (This target network is not the EMA of the weights that every trainer in the course keeps for evaluation —
+# `ema_decay` — and that the shipped students are: two averages with two jobs.) $d$ is L2 or pseudo-Huber on each
+# sample's norm.
 
 # %%
 dc.viz.show_source(C.consistency_loss)
@@ -255,7 +260,9 @@ plt.show()
 # does in **two**; then it becomes the teacher and the number of steps halves again. The target is the $\tilde x_0$ that
 # makes one DDIM step from $x_t$ land exactly on the teacher's two-step result $x_{t''}$:
 #
-# $$\tilde x_0 = \frac{x_{t''} - (\sigma_{t''}/\sigma_t)\,x_t}{\alpha_{t''} - (\sigma_{t''}/\sigma_t)\,\alpha_t},\qquad \alpha=\sqrt{\bar\alpha},\ \sigma=\sqrt{1-\bar\alpha}.$$
+# $$\tilde x_0 = \frac{x_{t''} - (s_{t''}/s_t)\,x_t}{\alpha_{t''} - (s_{t''}/s_t)\,\alpha_t},\qquad \alpha=\sqrt{\bar\alpha},\ s=\sqrt{1-\bar\alpha}$$
+#
+# (here $s$ is the VP noise scale of chapter 2, not the VE σ of section 1).
 
 # %%
 dc.viz.show_source(progressive.progressive_target)
