@@ -199,6 +199,8 @@ class _GridExplorer:
 
     def _changed(self, _change=None) -> None:
         if not self._hold:
+            # say at once that a new grid is coming: sampling takes seconds on a CPU, and the old grid stays up meanwhile
+            self.info.value = "<i>⏳ sampling a new grid…</i>"
             self.update()
 
     def _show_grid(self, grid, scale: int) -> None:
@@ -509,8 +511,12 @@ class VelocityFieldExplorer:
                                readout_format=".2f")
         self.image = W.Image(format="png")
         self.info = W.HTML()
-        self.t.observe(lambda _change: self.update(), names="value")
+        self.t.observe(self._changed, names="value")
         self.widget = W.VBox([self.t, self.image, self.info])
+        self.update()
+
+    def _changed(self, _change=None) -> None:
+        self.info.value = "<i>⏳ drawing…</i>"
         self.update()
 
     def relative_error(self, t: float) -> float:

@@ -288,3 +288,34 @@ def test_velocity_field_explorer_redraws_and_measures_the_error():
         VelocityFieldExplorer(exact, exact, torch.zeros(10, 3))
     with pytest.raises(ValueError, match="t"):
         VelocityFieldExplorer(exact, exact, data, t=1.5)
+
+
+def test_grid_explorers_say_they_are_busy_before_sampling():
+    """A change shows a busy message at once; the grid replaces it when it is done (issue 39: explorers that answer)."""
+    import torch
+
+    from diffusion_course.nn import UNet
+    from diffusion_course.schedules import NoiseSchedule
+    from diffusion_course.widgets import SamplerExplorer
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, channels=(8, 16), attention_levels=(), num_classes=0).eval()
+    seen, holder = [], []
+
+    class Spy(torch.nn.Module):
+        """The network, noting what the explorer's info line says while it is called."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t, cond=None):
+            if holder:
+                seen.append(holder[0].info.value)
+            return self.net(x, t)
+
+    ex = SamplerExplorer(Spy(), NoiseSchedule.cosine(1000), n=2, image_shape=(1, 8, 8))
+    holder.append(ex)
+    ex.steps.value = 3
+    assert seen and all("sampling" in v for v in seen)        # while the model ran, the info said so
+    assert "sampling" not in ex.info.value and "3 steps" in ex.info.value
