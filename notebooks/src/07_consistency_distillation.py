@@ -77,10 +77,11 @@ plt.show()
 # %% [markdown]
 # `C.ConsistencyModel` wraps any network this way and is called like every model in the course, `cm(x_t, t, cond)` in the
 # teacher's own coordinates, returning $f$ (an $\hat x_0$). Its docstring says why these coordinates and this grid; the
-# forward pass is short. `coefficients(t)` holds $c_\text{skip}$ ("skip") and $c_\text{out}$ ("out") at the step's σ,
-# and, for the "eps" head, the affine map $F = a\,x + b\,\hat\varepsilon$ that turns the teacher's ε-network into an
-# $\hat x_0$ guess (chapter 2's $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$); the "raw" head uses
-# the network's output as $F$ directly. Where $c_\text{out} = 0$ (at σ_min) the network's output is ignored, exactly:
+# forward pass is short. `coefficients(t)` holds $c_\text{skip}/\sqrt{\bar\alpha}$ ("skip": the input is $x_t$, not
+# $y = x_t/\sqrt{\bar\alpha}$) and $c_\text{out}$ ("out") at the step's σ, and, for the "eps" head, $a$ and $b$ in
+# $F = a\,x_t + b\,\hat\varepsilon$, chosen so that $f = c_\text{skip}\,y + c_\text{out}F$ reproduces the teacher's
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$ for σ ≤ σ_cap; the "raw" head uses the network's output
+# as $F$ directly. Where $c_\text{out} = 0$ (at σ_min) the network's output is ignored, exactly:
 
 # %%
 dc.viz.show_source(C.Denoiser.forward)
@@ -90,7 +91,7 @@ dc.viz.show_source(C.Denoiser.forward)
 #
 # The course's Gaussian mixture has an exact noised density at every σ, so its PF-ODE can be integrated to any accuracy
 # (`C.ExactConsistencyFunction`, Runge–Kutta in $\ln\sigma$; the tests check it against DDIM with thousands of steps). That map
-# *is* the perfect consistency function. Below: trajectories from noise (grey: DDIM paths of the exact ε in many small steps), and at four times along each the
+# *is* the perfect consistency function. Below: trajectories towards the data (grey: the last four-fifths of DDIM paths of the exact ε in many small steps, from t ≈ 800, in the coordinates y), and at four times along each the
 # value of two candidate functions. The exact $f$ sends every point of a trajectory to the **same** end point (on the
 # left the four colours of each path land on one spot, so only the last one drawn shows); the
 # denoiser $E[x_0\mid x_t]$ — the "one-step" prediction any diffusion model makes — drifts from the data mean to the end point
@@ -131,7 +132,7 @@ print(f"spread of the four values along each path: exact f {(ends - ends[0]).nor
 # $$\mathcal{L} = \mathbb{E}\, d\big(f_\theta(x_{t_{n+1}}, t_{n+1}),\; f_{\theta^-}(\hat x_{t_n}, t_n)\big).$$
 #
 # Anchored by the boundary condition at $t_0$, agreement propagates up the grid. $\theta^-$ is the *target network*:
-# the original paper used an EMA of θ; improved CT (Song & Dhariwal 2024) showed θ⁻ = stopgrad(θ) is better, and that is our
+# the original paper used an EMA of θ; improved CT (Song & Dhariwal 2024) showed θ⁻ = stopgrad(θ) is better for consistency training, and that is our
 # default. (This target network is not the EMA of the weights that every trainer in the course keeps for evaluation —
 # `ema_decay` — and that the shipped students are: two averages with two jobs.) $d$ is L2 or pseudo-Huber on each
 # sample's norm.
@@ -162,9 +163,13 @@ def denoiser(x, t, cond=None):
     return mix.posterior_mean_x0(x, t, s)
 
 
-for N in (20, 100, 999):
-    print(f"N = {N:>3}: exact f {cd_loss(exact, N):.1e}   perturbed f {cd_loss(perturbed, N):.1e}   "
-          f"denoiser {cd_loss(denoiser, N):.1e}")
+losses = {N: {name: cd_loss(f, N) for name, f in (("exact f", exact), ("perturbed f", perturbed), ("denoiser", denoiser))}
+          for N in (20, 100, 999)}
+for N, row in losses.items():
+    print(f"N = {N:>3}: " + "   ".join(f"{name} {v:.1e}" for name, v in row.items()))
+for name in losses[20]:    # the slope on log–log axes: loss ∝ N^(−slope)
+    slope = math.log(losses[20][name] / losses[999][name]) / math.log(999 / 20)
+    print(f"{name:12s} falls like N^-{slope:.1f} (N = 20 → 999)")
 
 # %% [markdown]
 # Now distil the exact ε (the teacher) into a small MLP on the 20-point grid and score its **one-step** samples against the
@@ -200,6 +205,7 @@ steps_2d = dc.config.budget(quick=60, cpu=1500, gpu=3000)
 
 
 def student_2d(seed, N=20):
+    # σ_d = 1.4 on the ring: about the data's per-coordinate standard deviation, √(2²/2 + 0.25²) ≈ 1.43
     torch.manual_seed(seed)
     return C.ConsistencyModel(MLPDenoiser(dim=2, hidden=128, depth=3), s, grid_size=N, head="raw", sigma_data=1.4)
 
@@ -269,7 +275,7 @@ dc.viz.show_source(progressive.progressive_target)
 
 # %% [markdown]
 # The student must predict x₀ (or v) — an ε-student can't work at one or two steps: at t = 999 ($\bar\alpha \approx 2\cdot 10^{-9}$)
-# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$ multiplies every error in ε̂ by $2\cdot 10^4$. So its students are
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$ multiplies every error in ε̂ by $2\cdot 10^4$ ($1/\sqrt{\bar\alpha} = \sqrt{1+\sigma^2} \approx \sigma_{999}$, printed in section 1). So its students are
 # `C.Denoiser`s (the same $c_\text{skip}/c_\text{out}$ form, without a boundary), here in rounds 16 → 8 → 4 → 2 → 1.
 #
 # **Like for like.** Every method gets the same teacher (the exact ε of the mixture; CT uses only the data), the same
@@ -403,7 +409,7 @@ print(f"fmnist-cd: {cd_manifest['steps']} steps in its last stage "
       f"FID at 1 / 2 / 4 steps (n = 1000): " + " / ".join(f"{cd_manifest['metrics'][f'fid_cm{k}']:.2f}" for k in (1, 2, 4)))
 cm_show = {k: C.sample(cm_main, x_T_show, steps=k, cond=labels_show.to(device), clip_denoised=True,
                        generator=torch.Generator().manual_seed(11)).cpu() for k in (1, 2, 4)}
-fig, axes = plt.subplots(2, 4, figsize=(15, 3.2), layout="constrained")
+fig, axes = plt.subplots(2, 4, figsize=(15, 5), layout="constrained")
 for j, k in enumerate((1, 2, 4)):
     dc.viz.show_images(cm_show[k], nrow=10, ax=axes[0, j], title=f"consistency, {k} step{'s' * (k > 1)}")
     dc.viz.show_images(ddim_show[k], nrow=10, ax=axes[1, j], title=f"DDIM-{k} (same NFE)")
@@ -447,8 +453,8 @@ for t in tqdm((249, 499, 749), desc="fit gap", leave=False):
 # The student is close to its target near the data and further from it higher up. Two things grow together down this
 # table: the number of learned links between $t$ and the boundary (each inherits the error of the one below) and the noise
 # level σ_t (a harder prediction at every link). This measurement cannot tell them apart; a control would train students
-# on grids of different sizes and compare them at equal σ. (An FID over this few images is noisy by about a unit —
-# compare section 7's real-vs-real floor — so a small FID gap is a tie; the RMS gap is the cleaner number.)
+# on grids of different sizes and compare them at equal σ. (An FID over this few images is biased upward — section 7's
+# real-vs-real floor — and varies between draws, so treat a gap of a unit or so as a tie; the RMS gap is the cleaner number.)
 #
 # **Ours against the papers.** Song et al. (2023) distil with a second-order (Heun, EDM) teacher step on a continuous
 # σ-grid of N = 18, measure $d$ with LPIPS, and use an EMA target network (μ = 0.95 for CIFAR-10 CD). Improved CT (Song &
@@ -503,9 +509,9 @@ print(f"the student's one-call FID {res['fid_cm1']:.1f} against its DDIM cap {re
 
 # %% [markdown]
 # At this $n$ the floor is of the same order as the teacher's own FID, so this table ranks samplers but cannot judge a
-# ratio to the teacher; the targets are judged at n = 1000 on paired noise (`benchmarks/consistency_nfe.py`, in
+# ratio to the teacher; the ratio to the teacher is measured at n = 1000 on paired noise (`benchmarks/consistency_nfe.py`, in
 # `docs/results.md`). How far the student sits above its cap, and how much lower a Heun chain's cap lies, are printed
-# above — the caps are one noise draw at this $n$, so treat small differences as ties. The cap bounds the one-call map;
+# above — the caps are one noise draw at this $n$, so treat small differences as ties. The cap is what a perfect one-call student would reproduce (its FID a reference, not a hard bound);
 # two- and four-step sampling re-noise in between, so they are not bounded by it (and at this $n$ they tie with each
 # other; the n = 1000 manifest printed in section 6 separates them). DPM-Solver++(2M) takes its first and last steps at
 # first order, so with two steps it *is* DDIM-2 — the identical rows.
@@ -522,7 +528,7 @@ explorer
 # For readers of the stored notebook, the same explorer at three settings, and the FID the course measured over all of
 # the grid's intermediate times (`research/consistency_timesteps.py`, n = 1000, on an earlier `fmnist-cd` — a stage since
 # replaced). A later intermediate time re-noises more, so the second call changes more of
-# the first call's image (compare the rows):
+# the first call's image: compare the same position across the three panels:
 
 # %%
 explorer.figure([{"t_mid": 249}, {"t_mid": 499}, {"t_mid": 799}])
@@ -541,7 +547,8 @@ plt.show()
 # %% [markdown]
 # **Latency.** Per image at batch 1 (what an interactive app pays) and at the FID run's batch (throughput). A consistency step is one
 # call of the same network DDIM calls, so the speed-up is the ratio of calls, 50 : 1, give or take overheads; the
-# measurement says how close the clock comes to the arithmetic.
+# measurement says how close the clock comes to the arithmetic. The table's ratio is of the median times; the line
+# below it takes the median of per-round ratios; at the larger batch, overheads shift it again.
 
 # %%
 one = x_T_show[:1]
@@ -583,7 +590,7 @@ print(f"within one frame at 30 fps ({1000 / 30:.0f} ms) at batch 1 on this machi
 two = records.load("consistency_two_features")
 tkey = "fmnist-ddpm DDIM-50"
 print(f"n = {two['n']}, {two['draws']} noise draws; FID ÷ the teacher's DDIM-50 on the same noise, mean over draws")
-print(f"{'model':<22}{'course FID, 1 step':>20}{'2 steps':>9}{'second FID, 1 step':>21}{'2 steps':>9}")
+print(f"{'FID ÷ teacher':<22}{'course space, 1 step':>21}{'2 steps':>9}{'second space, 1 step':>22}{'2 steps':>9}")
 ratios = {}
 for name in [k.rsplit(' ', 1)[0] for k in two["fid"] if k.endswith("1-step")]:
     row = []
@@ -592,7 +599,7 @@ for name in [k.rsplit(' ', 1)[0] for k in two["fid"] if k.endswith("1-step")]:
             q = [a / b for a, b in zip(two["fid"][f"{name} {k}-step"][space], two["fid"][tkey][space])]
             row.append(statistics.mean(q))
     ratios[name] = row
-    print(f"{name:<22}{row[0]:>20.3f}{row[1]:>9.3f}{row[2]:>21.3f}{row[3]:>9.3f}")
+    print(f"{name:<22}{row[0]:>21.3f}{row[1]:>9.3f}{row[2]:>22.3f}{row[3]:>9.3f}")
 stages = [m for m in ratios if m not in ("fmnist-cd-v1", "fmnist-cd-v2")]
 for space, col in (("course", 1), ("second", 3)):
     print(f"2-step ranking in the {space} feature space (best first): " + " < ".join(sorted(ratios, key=lambda m: ratios[m][col])))
@@ -702,10 +709,10 @@ dc.exercises.check(my_answer, "student_cap");
 # * A consistency function maps every point of a PF-ODE trajectory to its end; the boundary condition is built in by
 #   $c_\text{skip}, c_\text{out}$, and on 2-D data the exact map shows what "perfect" means (and that a denoiser is not it).
 # * **Consistency distillation** teaches it with one teacher ODE step per update; at equal grid size its loss on the exact
-#   map is orders of magnitude below a perturbed one's, falling like N⁻⁴ instead of N⁻². **Consistency training** replaces the teacher by the true noise; **progressive distillation** halves
+#   map is below a perturbed one's and falls like N⁻⁴ instead of N⁻² (section 3's slopes). **Consistency training** replaces the teacher by the true noise; **progressive distillation** halves
 #   a sampler round by round. Side by side on 2-D, with the same teacher, network and budget over three seeds, section 5
 #   ranks them: CT trails CD on the same grid and ends nearer the exact map with a longer curriculum (on MMD the two tie); PD
-#   lands far from its own target.
+#   — given a quarter of the budget per round — lands far from its own target.
 # * A distilled student reproduces the teacher's chain of steps down its grid, not the exact ODE: that chain is its cap,
 #   measured in section 7, and the student's own fit falls short of it more the higher up the grid it is asked to jump.
 # * On Fashion-MNIST, minutes of distillation from a warm start turn noise into clothes in one call; section 7 says what the
