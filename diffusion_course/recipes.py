@@ -318,7 +318,7 @@ RECIPES["fmnist-rf"] = FlowRecipe(
                 "dropout; EMA weights.",
 )
 # One reflow round (Liu et al. 2023): 10,000 class-balanced (noise, sample) pairs from fmnist-rf (Heun, 12 steps = 23
-# network calls, ~25 CPU minutes), then fmnist-rf's weights trained on those fixed pairs. Uniform t: one- and
+# network calls; 29 CPU minutes measured), then fmnist-rf's weights trained on those fixed pairs. Uniform t: one- and
 # two-step sampling evaluate v at t = 1 and 0.5, which logit-normal t visits rarely.
 RECIPES["fmnist-2rf"] = FlowRecipe(
     model=RECIPES["fmnist-ddpm"].model,

@@ -18,6 +18,7 @@ from .schedules import NoiseSchedule
 from .viz import png_bytes, to_numpy_image
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -532,7 +533,7 @@ class VelocityFieldExplorer:
         length = step.norm(dim=1, keepdim=True)
         return step * (self.max_length / length.clamp(min=1e-12)).clamp(max=1.0)
 
-    def draw(self, ax, t: float) -> float:
+    def draw(self, ax: "Axes", t: float) -> float:
         """Draw the field at ``t`` on a matplotlib axis; returns the relative error."""
         x_t = (1 - t) * self.data + t * self.noise
         tt = torch.full((self.grid.shape[0],), float(t))
