@@ -10,7 +10,7 @@
 # 4. run **reflow**: retrain a flow on its own (noise, sample) pairs so its paths straighten, and measure what that buys at
 #    one and two steps on Fashion-MNIST, next to chapter 7's consistency student.
 #
-# Time: under 6 minutes measured on one thread of this project's 2-core machine (the 2-D trainings are most of it; the
+# Time: under 7 minutes measured on one thread of this project's 2-core machine (the 2-D trainings are most of it; the
 # Fashion-MNIST models are loaded, their long trainings are recipes: `python -m diffusion_course.train fmnist-2rf`).
 
 # %%
@@ -180,7 +180,7 @@ print("relative error of the learned field:", {t: round(e, 3) for t, e in err_by
       f"— largest at t = {max(err_by_t, key=err_by_t.get)}")
 
 # %% [markdown]
-# Near noise ($t = 0.9$) the field is a gentle, almost linear pull towards the data's mean; near data ($t = 0.05$) it
+# (Red is drawn over black: where only red shows, the two fields agree.) Near noise ($t = 0.9$) the field is a gentle, almost linear pull towards the data's mean; near data ($t = 0.05$) it
 # points at the nearest mode. Both are easy to fit. The error is largest in between (printed above), where the field
 # turns from the first shape into the second and the network has to place the boundaries between modes.
 # Drag the **t slider** to see every time in between (this needs a live kernel; the figure above is the static
@@ -191,7 +191,8 @@ explorer
 
 # %% [markdown]
 # Samples: 50 Euler steps of the learned field against 50 of the exact one, from the same noise, scored by the kernel
-# MMD to fresh data (chapter 7's metric: 0 for identical distributions), over three independent draws of 2,000 points:
+# MMD to fresh data (chapter 7's metric: 0 for identical distributions), over three independent draws of 2,000 points.
+# Even the exact field scores above 0: 50 Euler steps do not follow the curved paths exactly.
 
 # %%
 def mmd_draws(v, steps, draws=3, n=2000):
@@ -233,7 +234,8 @@ print("learned flow's shares:", mode_shares(flow.sample(v2, x1, steps=50)).numpy
 #
 # $$\frac{x^{\text{vp}}}{\alpha+\sigma} = (1-t)\,x_0 + t\,\varepsilon \qquad\text{with}\qquad t = \frac{\sigma}{\alpha+\sigma}.$$
 #
-# The VP path *is* the straight path, rescaled and re-timed (Kingma & Gao 2023; Lipman et al. 2023, §4.1). So an ε-model
+# The VP path *is* the straight path, rescaled and re-timed (Kingma et al. 2021, VDM's invariance to the noise schedule; Lipman et al. 2024, *Flow Matching
+# Guide and Code*, on changing schedulers). So an ε-model
 # gives a velocity: feed it $x^{\text{vp}} = (\alpha+\sigma)\,x$, read $\hat\varepsilon$, form
 # $\hat x_0 = (x^{\text{vp}} - \sigma\hat\varepsilon)/\alpha$, and return $v = \hat\varepsilon - \hat x_0$. An Euler step of
 # this $v$ moves $x$ to the next time keeping $\hat\varepsilon$ and $\hat x_0$ fixed — which is exactly what a DDIM step does
@@ -330,7 +332,8 @@ dc.viz.show_source(flow.minibatch_ot)
 # %% [markdown]
 # Close pairs mean short lines that cross less, so the marginal paths bend less. Two measures: Liu et al.'s
 # **straightness** $S = \int_0^1 \mathbb{E}\,\|(x_1 - x_0) - v(x_t, t)\|^2 dt$ (0 iff every path is a straight line
-# walked at constant speed — then one Euler step is exact; `flow.straightness`), and MMD at 1, 2 and 4 Euler steps:
+# walked at constant speed — then one Euler step is exact; `flow.straightness` reports it per coordinate, ‖·‖²/d), and
+# MMD at 1, 2 and 4 Euler steps:
 
 # %%
 steps_ot = dc.config.budget(quick=60, cpu=2000, gpu=3000)     # an exact assignment per batch: ~10 ms at 128 on a CPU
@@ -355,7 +358,7 @@ print(f"independent / OT: straightness {ratio[0]:.0f}×, MMD at 1 step {ratio[1]
 # shrinks in high dimension: a batch of 128 Fashion-MNIST images covers 784 dimensions sparsely, so the batch plan pairs
 # each noise with a merely less-far image. The chapter measures OT only on 2-D data.
 #
-# **The class-conditional caveat.** Pair across classes and the label leaks into the noise: OT sends each noise to the
+# **The class-conditional caveat.** Pair across classes and the label leaks into the noise: OT pairs each noise with a
 # nearest data point, so the noises paired with class $k$ all come from one region of noise space. A conditional model
 # trained that way never sees class $k$ from the rest of noise space — but at sampling time it gets ordinary
 # $\mathcal N(0, I)$ noise. The fix is to pair within each class (`minibatch_ot(..., labels)` does; the package's loss
@@ -408,7 +411,7 @@ for name, h in hits.items():
 # Minibatch OT straightens paths during training. **Reflow** (Liu et al. 2023, Alg. 1) straightens a trained flow
 # afterwards: draw noises $\varepsilon$, integrate the flow to get its samples $x_0 = \Phi(\varepsilon)$, and train a new
 # flow on these fixed pairs with the same loss. Those pairs are joined by the flow's own paths, which never meet at
-# one time, so the new straight-line targets cross far less than independent ones and the new flow is straighter — yet
+# one time, so the new straight-line targets tend to cross less than independent ones and the new flow is straighter — yet
 # it still carries $\mathcal N(0, I)$ to the same distribution. `flow.reflow_pairs` generates the pairs (resumable,
 # seeded); one round on the mixture, from the uniform-$t$ flow of section 2:
 
@@ -434,8 +437,8 @@ print(f"at 50 steps, 2-RF − 1-RF = {float(d50.mean()):+.4f} ± {float(d50.std(
 
 # %% [markdown]
 # One round makes the paths far straighter and the few-step samples far better (± is the spread over five draws). At 50
-# steps reflow cannot improve on the flow it came from: its pairs are that flow's samples (here from a 32-step Heun
-# solve), errors included. The paired difference at 50 steps above says whether it lost anything measurable here. The paths from the same noises, before and after:
+# steps reflow has little to gain: its targets are the first flow's own samples (here from a 32-step Heun solve),
+# errors included. The paired difference at 50 steps above says whether it lost anything measurable here. The paths from the same noises, before and after:
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
@@ -444,7 +447,10 @@ for ax, v, title in ((axes[0], v2, "1-RF (trained on independent pairs)"), (axes
     ax.scatter(data2[:3000, 0], data2[:3000, 1], s=1, color="0.8")
     for p in tr["x"].transpose(0, 1):
         ax.plot(p[:, 0], p[:, 1], lw=0.7)
+    ax.scatter(eps_show[:, 0], eps_show[:, 1], s=8, color="k", label="noise, t = 1")
+    ax.scatter(tr["x"][-1][:, 0], tr["x"][-1][:, 1], s=8, color="tab:red", label="sample, t = 0")
     ax.set(xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), aspect="equal", title=title)
+axes[0].legend(loc="lower left", fontsize=8)
 fig.tight_layout()
 plt.show()
 
@@ -481,9 +487,11 @@ manifest = pretrained.manifest("fmnist-rf")
 print(f"fmnist-rf: {manifest['steps']:,} steps, {manifest['metrics']['train_wall_seconds'] / 60:.0f} CPU minutes")
 
 # %% [markdown]
-# Before any flow training the borrowed weights are already far better than a fresh network: the network's features
-# carry over, only its output has to change meaning. (A short screen of warm start against scratch decided the recipe:
-# [docs/results.md](../docs/results.md#chapter-9-flow-matching).) Samples from the same noise at 1, 2, 4, 8 and 50 Euler
+# The fresh U-Net's output layer starts at zero, so it scores the loss of predicting $v = 0$, $\mathbb{E}\|\varepsilon -
+# x_0\|^2$ per pixel. Untrained as a flow, the borrowed weights score about what predicting the noise exactly would
+# score (the mean squared pixel value): their output still means ε, not ε − x₀ — yet their features carry over, and
+# only the output has to change meaning. Whether that also makes training faster is what a short screen of warm start
+# against scratch measured before the recipe was chosen ([docs/results.md](../docs/results.md#chapter-9-flow-matching-and-rectified-flow-fmnist-rf-fmnist-2rf)): it does. Samples from the same noise at 1, 2, 4, 8 and 50 Euler
 # steps, one class per column:
 
 # %%
@@ -549,6 +557,8 @@ for r, (name, rows) in enumerate((("1-RF", rf_rows), ("2-RF", rf2_rows))):
     for c in range(10):
         axes[r, c].imshow(dc.viz.to_numpy_image(rows[1][c]), cmap="gray", vmin=0, vmax=1)
         axes[r, c].set_axis_off()
+        if r == 0:
+            axes[r, c].set_title(CLASSES[c], fontsize=7)
     axes[r, 0].text(-4, 14, name, ha="right", va="center", fontsize=9)
 fig.suptitle("one Euler step (one network call), same noise and class", fontsize=10)
 fig.tight_layout()
@@ -563,8 +573,9 @@ for name, model in tqdm((("fmnist-rf", rf), ("fmnist-2rf", rf2_img)), desc="stra
 
 # %% [markdown]
 # The one-step images and the straightness above (± one standard error) show what reflow changed in the paths. On
-# CIFAR-10, Liu et al. (2023, Table 1) report FID 2.58 for 1-RF and 3.36 for 2-RF with an adaptive solver, while one-step
-# distilled samples went from 6.18 to 4.85 — reflow makes few steps work and costs a little at many. Whether
+# CIFAR-10, Liu et al. (2023, Table 1) report FID 2.58 for 1-RF and 3.36 for 2-RF with an adaptive solver, while one
+# Euler step went from 378 to 12.21 (and, after a further distillation, from 6.18 to 4.85) — reflow makes few steps work
+# and costs a little at many. Whether
 # both halves hold here:
 
 # %%
@@ -583,41 +594,49 @@ for k in ("1", "2", "4"):
 d50 = [rf2_fid[50] - rf_fid[50], per["fmnist-2rf"]["50"][draws[0]] - per["fmnist-rf"]["50"][draws[0]]]
 same_sign = (d50[0] > 0) == (d50[1] > 0)
 print(f"  50 steps, two draws: {d50[0]:+.2f} and {d50[1]:+.2f} → "
-      + (("reflow costs at many steps on both" if d50[0] > 0 else "reflow helps at many steps on both") if same_sign
-         else "mixed: no verdict from two draws"))
+      + (f"both {'positive' if d50[0] > 0 else 'negative'}: consistent with {'a cost' if d50[0] > 0 else 'a gain'} at many "
+         "steps, but two draws cannot establish it" if same_sign else "mixed: no verdict from two draws"))
 
 # %% [markdown]
 # ## 9. Against chapter 7's consistency student
 #
 # Chapter 7 reached one and two network calls differently: `fmnist-cd` distils `fmnist-ddpm`'s ODE into a consistency
-# model. Both students, same noise, same classes, same metric, three noise draws; the paired difference uses the draws'
-# shared noise. The training compute is each pipeline's CPU time, teacher included:
+# model. Both students, same noise, same classes, same metric, three noise draws (the teacher's DDIM-50 on the first two
+# of them, from chapter 7's record); the paired difference uses the draws' shared noise. The spread is over noise draws
+# of one trained model each, not over retraining. The training compute is each pipeline's CPU time, teacher included:
 
 # %%
 vs = bench["vs_consistency"]
-print(f"{'':22s}{'FID (mean ± sd, 3 draws)':>26s}   {'calls':>5s}   {'CPU minutes to train':>20s}")
+n_teacher = len(bench["teacher_ddim50"]["draws"])
+print(f"{'':30s}{'FID (mean ± sd over draws)':>28s}   {'calls':>5s}   {'CPU minutes to train':>20s}")
 for row in vs["rows"]:
-    print(f"{row['name']:22s}{row['mean']:18.2f} ± {row['sd']:.2f}   {row['calls']:5d}   {row['train_minutes']:20.0f}")
+    name = row["name"] + (f" ({n_teacher} draws)" if row["calls"] == 50 else f" ({len(draws)} draws)")
+    print(f"{name:30s}{row['mean']:20.2f} ± {row['sd']:.2f}   {row['calls']:5d}   {row['train_minutes']:20.0f}")
 for k, d in vs["paired"].items():
-    verdict = ("2-RF better" if d["mean"] + 2 * d["se"] < 0 else "CD better" if d["mean"] - 2 * d["se"] > 0
-               else "no difference beyond two standard errors")
-    print(f"2-RF − CD at {k} call(s), paired over {len(d['draws'])} draws: {d['mean']:+.2f} ± {d['se']:.2f} → {verdict}")
+    wins = sum(x < 0 for x in d["draws"])
+    verdict = ("no difference beyond two standard errors" if abs(d["mean"]) < 2 * d["se"] else
+               f"{'2-RF' if d['mean'] < 0 else 'CD'} better beyond two standard errors")
+    print(f"2-RF − CD at {k} call(s), paired over {len(d['draws'])} draws: {d['mean']:+.2f} ± {d['se']:.2f} → {verdict}; "
+          f"2-RF better on {wins} of {len(d['draws'])} draws")
 teacher_row = vs["rows"][0]
 one_call = min((r for r in vs["rows"] if r["calls"] == 1), key=lambda r: r["mean"])
 print(f"best one-call FID {one_call['mean']:.2f} ({one_call['name']}) = {one_call['mean'] / teacher_row['mean']:.1f}× the "
-      f"teacher's DDIM-50 on the same noise")
+      f"teacher's DDIM-50 on its draws")
 
 # %% [markdown]
 # Two routes to one or two calls, from the same teacher, on the same noise: the paired verdicts above say which student
 # is better here at each budget, and the last column what each cost. Distillation needs only the teacher and one
 # distillation run; reflow first needs a flow (here a fine-tune of the teacher) and then a pass of pair generation —
 # network calls that a consistency run spends on training instead. Neither student is near the teacher's 50-step
-# quality at one call (the ratio above); both cut the network calls 25- to 50-fold at a measurable cost in FID.
+# quality at one call (the ratio above); both cut the network calls 25- to 50-fold at a measurable cost in FID. (The
+# teacher's DDIM-50 here differs from section 7's value: that was one other noise draw — an FID from one draw of a
+# thousand samples moves by several tenths between draws.)
 #
 # ## 10. Where this stands now
 #
-# - **Stable Diffusion 3** (Esser et al. 2024) and **Flux** train rectified flows with logit-normal $t$ at scale — the
-#   objective of this chapter, with a transformer (chapter 8) in latent space (chapter 5).
+# - **Stable Diffusion 3** (Esser et al. 2024) trains a rectified flow with logit-normal $t$ at scale — the objective of
+#   this chapter, with a transformer (chapter 8) in latent space (chapter 5). **Flux** is also a rectified-flow
+#   transformer; its training details are unpublished.
 # - **InstaFlow** (Liu et al. 2024) applied reflow plus distillation to Stable Diffusion for one-step text-to-image;
 #   Lee et al. (2024, "Improving the Training of Rectified Flows") showed that one reflow round with better training
 #   is usually enough.
