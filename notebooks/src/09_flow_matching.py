@@ -79,7 +79,7 @@ print(f"exact v(x, t)    {v_exact.numpy().round(3)}; mean − exact = {((mean_v 
 # The conditional velocities through one point disagree wildly (their spread per axis is printed above), yet their mean
 # lands on the exact marginal velocity, a distance of about one standard error away on each axis (the mean averages over
 # a disc of radius 0.1 rather than the point itself, which can add a small offset of its own). Now the paths. Left: the straight conditional lines of 40 pairs; right: the
-# marginal flow started from the same 40 noises, integrated with 100 Euler steps. A crossing in the plane is two paths
+# marginal flow started from the same 40 noises, integrated with many small Euler steps. A crossing in the plane is two paths
 # through one point; for the conditional lines it happens at *different* times, but at any one time there are as many
 # directions through a point as there are pairs — which is why the field has to average them.
 
@@ -191,7 +191,7 @@ explorer
 
 # %% [markdown]
 # Samples: 50 Euler steps of the learned field against 50 of the exact one, from the same noise, scored by the kernel
-# MMD to fresh data (chapter 7's metric: 0 for identical distributions), over three independent draws of 2,000 points.
+# MMD to fresh data (chapter 7's metric: 0 for identical distributions), over three independent draws of a few thousand points.
 # Even the exact field scores above 0: 50 Euler steps do not follow the curved paths exactly.
 
 # %%
@@ -355,7 +355,7 @@ print(f"independent / OT: straightness {ratio[0]:.0f}×, MMD at 1 step {ratio[1]
 # seeds). OT pairing makes the learned paths straighter by a large factor and the one- and two-step samples far closer
 # to the data (the ratios above); in 2-D a batch of 128 covers the mixture densely, so the batch plan is close to the
 # true optimal transport, whose paths are straight lines. The cost is an assignment per batch ($O(B^3)$), and the gain
-# shrinks in high dimension: a batch of 128 Fashion-MNIST images covers 784 dimensions sparsely, so the batch plan pairs
+# shrinks in high dimension: a batch of 128 Fashion-MNIST images covers its hundreds of pixel dimensions sparsely, so the batch plan pairs
 # each noise with a merely less-far image. The chapter measures OT only on 2-D data.
 #
 # **The class-conditional caveat.** Pair across classes and the label leaks into the noise: OT pairs each noise with a
