@@ -645,3 +645,134 @@ def my_one_step(x1, mixture):
     # whatever the noise — the same blurry point for every sample
     mean = (mixture.weights[:, None] * mixture.means).sum(0)
     return mean.expand_as(x1).to(x1.dtype)"""
+
+
+# --------------------------------------------------------------------------- predictions for chapters 1–6
+# Each asks the learner to reason out a number (or a small function) before running anything; the check compares it
+# with what the package computes, and the feedback names the idea, not the answer.
+def _check_snr_half(answer: object, verbose: bool) -> bool:
+    """Ch1: the first t of the cosine schedule (T = 1000) with ᾱ_t ≤ ½ — where signal and noise carry equal power."""
+    want = int((NoiseSchedule.cosine(1000).alpha_bar <= 0.5).nonzero()[0])
+    try:
+        got = float(answer)
+    except (TypeError, ValueError):
+        got = math.nan
+    ok = abs(got - want) <= 3
+    if verbose:
+        print(f"✅ snr_half: ᾱ_t = ½ where cos²(·) = ½·f(0) ≈ ½, i.e. (t/T + s)/(1 + s) ≈ ½: t = {want}" if ok else
+              "❌ snr_half: not within 3 steps — ᾱ(t) = f(t)/f(0) with f = cos²(((t/T)+s)/(1+s)·π/2) and f(0) ≈ 1: "
+              "for which angle is cos² = ½?")
+    return ok
+
+
+def _check_eps_from_x0_error(fn: Callable, verbose: bool) -> bool:
+    """Ch2: an x₀-error e at noise level ᾱ is an ε-error of e·ᾱ/(1 − ᾱ) (ε̂ = (x_t − √ᾱ x̂₀)/√(1 − ᾱ))."""
+    for ab, e in ((0.5, 0.01), (0.99, 0.02), (0.01, 0.3), (0.8, 0.0)):
+        want = e * ab / (1 - ab)
+        try:
+            got = float(fn(e, ab))
+        except Exception as err:  # the learner's code: report, don't crash the notebook
+            if verbose:
+                print(f"❌ eps_from_x0_error: your function raised {type(err).__name__}: {err}")
+            return False
+        if not abs(got - want) <= 1e-6 * max(1.0, abs(want)):
+            if verbose:
+                print(f"❌ eps_from_x0_error: for x₀-MSE {e} at ᾱ = {ab} you answered {got:.4g}; write ε̂ in terms of "
+                      "x̂₀ and see what multiplies the x₀-error")
+            return False
+    if verbose:
+        print("✅ eps_from_x0_error: MSE_ε = SNR(t)·MSE_x₀ with SNR = ᾱ/(1 − ᾱ) — the ε-loss is an SNR-weighted x₀-loss")
+    return True
+
+
+def _check_error_halving(answer: object, verbose: bool) -> bool:
+    """Ch3: doubling the steps divides the squared error of an order-p solver by 2^(2p): DDIM 4, DPM-Solver++(2M) 16."""
+    try:
+        ddim, dpm = (float(v) for v in answer)
+    except (TypeError, ValueError):
+        if verbose:
+            print("❌ error_halving: answer with two numbers, (DDIM's factor, DPM-Solver++(2M)'s factor)")
+        return False
+    ok = abs(ddim - 4) <= 0.5 and abs(dpm - 16) <= 2
+    if verbose:
+        print("✅ error_halving: order p means distance ∝ h^p, squared distance ∝ h^(2p): 2² = 4 and 2⁴ = 16" if ok else
+              "❌ error_halving: not quite — an order-p solver's distance to the exact solution scales as (step size)^p; "
+              "the plot shows the *squared* distance")
+    return ok
+
+
+def _check_negative_collapse(answer: object, verbose: bool) -> bool:
+    """Ch4: ε = ε_neg + s(ε_c − ε_neg) with ε_neg = ε_c is ε_c, whatever s: plain conditional sampling, scale 1."""
+    try:
+        got = float(answer)
+    except (TypeError, ValueError):
+        got = math.nan
+    ok = abs(got - 1) < 1e-9
+    if verbose:
+        print("✅ negative_collapse: ε_neg + s(ε_c − ε_neg) = ε_c when ε_neg = ε_c: guidance switches off (scale 1)" if ok
+              else "❌ negative_collapse: substitute ε_neg = ε_c into the guided prediction — what is left of s?")
+    return ok
+
+
+def _check_log_snr_shift(fn: Callable, verbose: bool) -> bool:
+    """Ch5: latents with standard deviation c instead of 1 multiply the signal by c: log-SNR rises by 2 ln c at every t."""
+    for c in (1.0, 1.73, 0.5, 5.0):
+        want = 2 * math.log(c)
+        try:
+            got = float(fn(c))
+        except Exception as err:  # the learner's code: report, don't crash the notebook
+            if verbose:
+                print(f"❌ log_snr_shift: your function raised {type(err).__name__}: {err}")
+            return False
+        if not abs(got - want) <= 1e-6:
+            if verbose:
+                print(f"❌ log_snr_shift: for latent std {c} you answered {got:.4g}; SNR = ᾱ·Var(z₀)/(1 − ᾱ) — what does "
+                      "Var(z₀) = c² do to its logarithm?")
+            return False
+    if verbose:
+        print("✅ log_snr_shift: Δλ = ln c² = 2 ln c — with c = 1.73 every step sits 1.1 nats less noisy than the "
+              "schedule intends")
+    return True
+
+
+def _check_bpd_offset(fn: Callable, verbose: bool) -> bool:
+    """Ch6: nats per dimension of a density on x = k/127.5 − 1 → bits per dimension on the 8-bit grid:
+    (nll + ln 127.5)/ln 2 (the change of variables x → k multiplies the density by 1/127.5 per dimension)."""
+    for nll in (0.0, -2.5, 1.3, -4.0):
+        want = (nll + math.log(127.5)) / math.log(2)
+        try:
+            got = float(fn(nll))
+        except Exception as err:  # the learner's code: report, don't crash the notebook
+            if verbose:
+                print(f"❌ bpd_offset: your function raised {type(err).__name__}: {err}")
+            return False
+        if not abs(got - want) <= 1e-6:
+            if verbose:
+                print(f"❌ bpd_offset: for {nll} nats/dim you answered {got:.4g}; a pixel cell of width 1/127.5 in x is "
+                      "width 1 in k — what does that do to the density, and to log₂?")
+            return False
+    if verbose:
+        print(f"✅ bpd_offset: bits/dim = (nll + ln 127.5)/ln 2 — an offset of log₂ 127.5 = {math.log2(127.5):.2f} bits")
+    return True
+
+
+PROPERTY_CHECKS.update({"snr_half": _check_snr_half, "eps_from_x0_error": _check_eps_from_x0_error,
+                        "error_halving": _check_error_halving, "negative_collapse": _check_negative_collapse,
+                        "log_snr_shift": _check_log_snr_shift, "bpd_offset": _check_bpd_offset})
+SOLUTIONS["snr_half"] = """\
+# f(0) = cos²(s/(1+s)·π/2) ≈ 1, so ᾱ(t) ≈ ½ where the angle is π/4: (t/T + s)/(1 + s) = ½ → t/T = (1 − s)/2 ≈ 0.496
+my_answer = 496"""
+SOLUTIONS["eps_from_x0_error"] = """\
+def my_eps_error(x0_mse, alpha_bar):
+    # ε̂ = (x_t − √ᾱ x̂₀)/√(1 − ᾱ): an x₀-error δ becomes an ε-error −√ᾱ δ/√(1 − ᾱ)
+    return x0_mse * alpha_bar / (1 - alpha_bar)"""
+SOLUTIONS["error_halving"] = """\
+my_answer = (4, 16)   # order 1 and order 2: squared distance ∝ (1/steps)^(2p)"""
+SOLUTIONS["negative_collapse"] = """\
+my_answer = 1   # ε_neg + s(ε_c − ε_neg) = ε_c: the guided sample is the plain conditional one"""
+SOLUTIONS["log_snr_shift"] = """\
+def my_log_snr_shift(latent_std):
+    return 2 * math.log(latent_std)   # SNR = ᾱ c² / (1 − ᾱ): log-SNR + ln c²"""
+SOLUTIONS["bpd_offset"] = """\
+def my_bpd(nll_nats_per_dim):
+    return (nll_nats_per_dim + math.log(127.5)) / math.log(2)"""

@@ -1,5 +1,7 @@
 """The exercise checker: every hidden solution passes its check, typical mistakes fail it, and the
 Heun reference is a genuine second-order solver (checked against a float64 RK4 reference)."""
+import math
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from diffusion_course import evaluation, exercises, gmm, schedules
 
 
 def _solution_fn(name):
-    namespace = {"torch": torch}
+    namespace = {"torch": torch, "math": math}
     exec(exercises.SOLUTIONS[name], namespace)
     fns = [v for k, v in namespace.items() if k.startswith("my_")]
     assert fns
@@ -129,7 +131,28 @@ def _interpolate_linearly_in_flops(curves, flops):
     ("time_map", lambda ab: ((1 - ab).sqrt(), 1 / ab.sqrt())),                         # σ as time, 1/α as scale
     ("one_step_exact", lambda x1, mixture: torch.zeros_like(x1)),                       # the origin, not the data mean
     ("one_step_exact", lambda x1, mixture: mixture.means.mean(0).expand_as(x1)),        # unweighted mean of the modes
+    ("snr_half", 500),                                                                  # forgets the offset s
+    ("snr_half", "about half"),
+    ("eps_from_x0_error", lambda e, ab: e * (1 - ab) / ab),                             # SNR upside down
+    ("eps_from_x0_error", lambda e, ab: e * math.sqrt(ab / (1 - ab))),                  # √SNR: the error, not its square
+    ("error_halving", (2, 4)),                                                          # the distance, not its square
+    ("error_halving", 4),
+    ("negative_collapse", 0),                                                           # "no guidance" is not scale 0
+    ("log_snr_shift", lambda c: math.log(c)),                                           # forgets the square
+    ("log_snr_shift", lambda c: c ** 2),
+    ("bpd_offset", lambda nll: nll / math.log(2)),                                      # no change of variables
+    ("bpd_offset", lambda nll: (nll - math.log(127.5)) / math.log(2)),                  # the sign of the Jacobian
 ])
 def test_property_exercises_reject_typical_mistakes(name, wrong, capsys):
     assert not exercises.check(wrong, name)
     assert "❌" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, right", [
+    ("snr_half", 496), ("eps_from_x0_error", lambda e, ab: e * ab / (1 - ab)), ("error_halving", (4, 16)),
+    ("negative_collapse", 1.0), ("log_snr_shift", lambda c: 2 * math.log(c)),
+    ("bpd_offset", lambda nll: (nll + math.log(127.5)) / math.log(2)),
+])
+def test_prediction_exercises_accept_the_reasoned_answer(name, right, capsys):
+    assert exercises.check(right, name)
+    assert "✅" in capsys.readouterr().out
