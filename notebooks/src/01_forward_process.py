@@ -6,7 +6,7 @@
 # 2. read a noise schedule ($\beta_t$, $\bar\alpha_t$, log-SNR) and say how fast it destroys an image — and what "pure noise" means in numbers;
 # 3. explain what a *perfect* denoiser $\mathbb{E}[x_0 \mid x_t]$ would predict, compute it exactly over 60,000 real images, and see — by putting a trained network beside it — why a network that generalises must be something else.
 #
-# Time: 2–3 minutes on a CPU (measured on one thread of a busy 2-core machine), well under a minute on a GPU.
+# Time: about 1 minute on a 2-core CPU; well under a minute on a GPU.
 
 # %%
 import math
@@ -14,6 +14,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
+from tqdm.auto import tqdm
 
 import diffusion_course as dc
 from diffusion_course import forward, schedules
@@ -77,7 +78,7 @@ g = torch.Generator().manual_seed(1)
 checkpoints_t = [50, 200, 500, 800]
 x = x0.clone()
 chain, jump = {}, {}
-for t in range(max(checkpoints_t) + 1):
+for t in tqdm(range(max(checkpoints_t) + 1), desc="chain steps"):
     x = forward.q_step(x, torch.full((n_copies,), t), cosine, generator=g)
     if t in checkpoints_t:
         chain[t] = x.clone()
@@ -178,18 +179,32 @@ for name, s in [("linear", linear), ("cosine", cosine), ("cosine + zero-SNR", zs
     sigma = s.sigma[-1].item()
     print(f"{name:<18} {ab:10.2e} {math.sqrt(ab):20.2e} {s.snr[-1].item():10.2e} {sigma:20.3g}")
 
-# A direct check: how correlated is x_T with x_0 across many images?
+# A direct check: how correlated are x_0 and x_T pixels across many images? It can be predicted first. With
+# x_T = √ᾱ_T x_0 + √(1−ᾱ_T) ε and ε independent of x_0, corr(x_0, x_T) = √ᾱ_T·sd(x_0) / √(ᾱ_T·var(x_0) + 1 − ᾱ_T),
+# which is ≈ √ᾱ_T·sd(x_0) when ᾱ_T is tiny.
 x0s = x_test[:2000].flatten(1)
-for name, s in [("linear", linear), ("cosine", cosine)]:
+sd_x0 = x0s.std().item()
+se = 1 / math.sqrt(x0s.numel())   # standard error of a correlation near 0 from n independent pairs: about 1/√n
+print(f"sd(x_0) over the pixels of 2000 test images: {sd_x0:.3f}; standard error of a correlation from "
+      f"{x0s.numel():,} pixel pairs: {se:.4f}")
+print(f"{'schedule':<18} {'predicted corr':>15} {'measured corr':>14} {'measured / SE':>14}   verdict (|measured| > 3 SE?)")
+for name, s in [("linear", linear), ("cosine", cosine), ("cosine + zero-SNR", zsnr), ("SD scaled-linear", sd)]:
+    ab = s.alpha_bar[-1].item()
+    predicted = math.sqrt(ab) * sd_x0 / math.sqrt(ab * sd_x0 ** 2 + 1 - ab)
+    # the same noise for every schedule (seed 4), so the rows differ only by the schedule
     xT = forward.q_sample(x_test[:2000], torch.full((2000,), 999), s, generator=torch.Generator().manual_seed(4)).flatten(1)
     c = torch.corrcoef(torch.stack([x0s.flatten() - x0s.mean(), xT.flatten()]))[0, 1].item()
-    # a correlation estimated from n independent pairs has a standard error of about 1/√n
-    print(f"{name}: correlation between x_0 and x_T pixels = {c:+.4f}  (√ᾱ_T = {math.sqrt(s.alpha_bar[-1]):.1e}; "
-          f"chance level ±{1 / math.sqrt(x0s.numel()):.4f} from {x0s.numel():,} pixel pairs)")
+    verdict = "a trace of x_0 is detectable" if abs(c) > 3 * se else "at chance: no trace detectable"
+    print(f"{name:<18} {predicted:+15.1e} {c:+14.1e} {c / se:+14.1f}   {verdict}")
 
 # %% [markdown]
-# How to read it: the signal coefficients $\sqrt{\bar\alpha_T}$ in the table are far below one part in a hundred, so the
-# measured correlations are at the chance level printed beside them — with 2000 images no trace of $x_0$ is detectable.
+# How to read it: the correlation is not a mystery to be measured but a number to predict — $\sqrt{\bar\alpha_T}$ times the
+# spread of the pixels — and the measured values follow the predictions in the table. Whether a trace of $x_0$ is
+# *detectable* depends on how the prediction compares with the standard error of 2000 images (the last column): the cosine
+# schedule leaves a trace far below it (and the zero-SNR rescale none at all), while the linear schedule's small
+# $\sqrt{\bar\alpha_T}$ is already measurable, and Stable Diffusion's scaled-linear schedule — whose $\sqrt{\bar\alpha_T}$ in
+# the first table is the largest by an order of magnitude — leaves a correlation many standard errors out.
+#
 # The flaw matters less for how much signal is left than for *what the model learns at the last step*: with SNR > 0 the
 # first sampling step assumes a little signal the starting noise does not have, and models with strongly non-zero terminal
 # SNR (Stable Diffusion's schedule, the last row of the table, keeps far more signal at $T$) cannot make very dark or very
@@ -261,7 +276,7 @@ n_eval = dc.config.budget(quick=20, cpu=100, gpu=200)
 sweep_ts = [0, 50, 100, 200, 300, 400, 500, 550, 600, 650, 700, 800, 900, 999]
 x0s = x_test[:n_eval]
 top_w, mse, mse_net = [], [], []
-for t in sweep_ts:
+for t in tqdm(sweep_ts, desc="t sweep"):
     tt = torch.full((n_eval,), t)
     xt = forward.q_sample(x0s, tt, cosine, generator=torch.Generator().manual_seed(5))
     x0_hat, w, _ = forward.ideal_denoiser(xt, tt, x_train, cosine, return_weights=True)
@@ -363,6 +378,19 @@ def my_perfect_denoiser(x_t, t, data, schedule):
 dc.exercises.check(my_perfect_denoiser, "perfect_denoiser");
 
 # %% [markdown]
+# **7c. Predict before you run: where do signal and noise carry equal power?** Without running anything, work out the first
+# $t$ at which the cosine schedule with $T = 1000$ reaches $\bar\alpha_t \le \tfrac12$ (SNR ≤ 1). Use only the definition of
+# section 3: $\bar\alpha_t = f(t)/f(0)$ with $f(t) = \cos^2\!\left(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\right)$ and a small $s$
+# (so $f(0) \approx 1$) — for which angle is $\cos^2 = \tfrac12$? Write your number in the cell; the check accepts it within a
+# few steps.
+
+# %%
+my_answer = None  # your prediction: a timestep t between 0 and 999
+
+
+dc.exercises.check(my_answer, "snr_half");
+
+# %% [markdown]
 # ## Summary
 #
 # * The forward process adds Gaussian noise on a schedule we choose; its $t$-step marginal has the closed form
@@ -376,7 +404,8 @@ dc.exercises.check(my_perfect_denoiser, "perfect_denoiser");
 #
 # **More exercises.**
 # 1. Using `forward.q_step`, show that running the chain with the *linear* schedule also matches `q_sample` at $t = 700$.
-# 2. Find the $t$ at which each schedule's SNR crosses 1 (equal signal and noise). Where is it for cosine? For linear?
+# 2. Find the $t$ at which the *linear* schedule's SNR crosses 1 (equal signal and noise) and compare it with your answer
+#    to 7c: which schedule reaches pure-looking noise sooner, and by how many steps?
 # 3. Build `dc.widgets.ForwardExplorer({"train 0": x_train[0]}, x_train, {"cosine": cosine})`, set its `t_slider.value` and
 #    read `.state()["top_index"]` and `["top_weight"]`: up to which $t$ does the perfect denoiser return that training image?
 #

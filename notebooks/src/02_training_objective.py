@@ -8,7 +8,7 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: under 8 minutes measured on one thread of a 2-core CPU beside a training job (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
+# Time: about 8 minutes on a 2-core CPU (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
 # models always train on the CPU (they are too small to gain from a GPU).
 
 # %%
@@ -17,6 +17,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
+from tqdm.auto import tqdm
 
 import diffusion_course as dc
 from diffusion_course import forward, losses, sampling, schedules, training
@@ -219,16 +220,16 @@ noise_held = {t: torch.randn(held.shape, generator=g_held).to(device) for t in t
 
 
 @torch.no_grad()
-def per_t_loss(model):
+def per_t_loss(model, desc):
     out = []
-    for t in ts_loss:
+    for t in tqdm(ts_loss, desc=desc):
         tt = torch.full((n_held,), t, device=device)
         xt = forward.q_sample(held, tt, schedule, noise_held[t])
         out.append((model(xt, tt, held_labels) - noise_held[t]).pow(2).mean().item())
     return out
 
 
-loss_ema, loss_raw = per_t_loss(run.ema), per_t_loss(run.model)
+loss_ema, loss_raw = per_t_loss(run.ema, "held-out loss, EMA"), per_t_loss(run.model, "held-out loss, raw")
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 dc.viz.plot_loss(run.history, window=25, ax=axes[0])
 buckets = run.history.bucket_means()
@@ -245,7 +246,37 @@ ratios = [r / f for r, f in zip(buckets, final_bucket)]
 print("run-average ÷ final held-out loss, per bucket (small t → large t):", " ".join(f"{r:.1f}" for r in ratios))
 print(f"held-out ε-MSE averaged over t: EMA {sum(loss_ema) / len(loss_ema):.4f}, raw weights {sum(loss_raw) / len(loss_raw):.4f}")
 
+# The small-t end, in numbers: how faint the noise is at t = 0, and how often the run drew t near there
+snr0, sigma0 = schedule.snr[0].item(), (1 - schedule.alpha_bar[0]).sqrt().item()
+print(f"t = 0: held-out ε-MSE {loss_ema[0]:.2f} (ε̂ = 0 scores 1.00); SNR {snr0:,.0f}, noise sd √(1−ᾱ₀) = {sigma0:.4f} "
+      f"(one 8-bit grey level is {2 / 255:.4f}): an ε-MSE below 1 needs an x₀-MSE below 1/SNR = {1 / snr0:.1e}")
+drawn = losses.draw_timesteps(100_000, schedule, "logsnr-normal", logsnr_mean=0.0, logsnr_std=2.0,
+                              generator=torch.Generator().manual_seed(1))
+in_first = drawn[drawn < width]
+print(f"log-SNR at t = 0: {math.log(snr0):.1f}, {math.log(snr0) / 2:.1f} standard deviations out in the N(0, 2²) draw; "
+      f"of 100,000 draws {int((drawn < ts_loss[1] // 2).sum())} fall at t < {ts_loss[1] // 2}, the smallest is t = {int(drawn.min())}")
+print(f"bucket 0 (t < {width:.0f}): the run drew {run.history.bucket_count[0]} of its {sum(run.history.bucket_count):,} "
+      f"training examples there, at a median t of {int(in_first.median())} (from the 100,000 draws); the held-out points "
+      f"are t = 0 and {ts_loss[1]}, with ε-MSE {loss_ema[0]:.2f} and {loss_ema[1]:.2f}; bucket 0's ratio {ratios[0]:.2f} is "
+      + ("below 1: the run's average looks better than the final model there" if ratios[0] < 1 else "not below 1")
+      + f", and {'the lowest' if ratios[0] == min(ratios) else 'not the lowest'} of the row")
+
 # %% [markdown]
+# **Reading (b) at the small-$t$ end.** At $t = 0$ the final model scores about what predicting $\hat\varepsilon = 0$ scores
+# (the first number printed above). That is not a bug; the lines printed under the chart say why. The noise at $t = 0$ is
+# fainter than one grey level of the 8-bit image, so finding it means knowing the clean image to better than a grey level:
+# section 6 shows that the ε-error is the $x_0$-error times $\mathrm{SNR}_t$, and at $t = 0$ the SNR is in the tens of
+# thousands — an $x_0$ estimate good enough for an ε-MSE below 1 has an MSE below the tiny number printed. ε-prediction at
+# $t \approx 0$ asks for exactly the detail the image does not reveal. And this run almost never practised there: the
+# log-SNR-normal draw puts $t = 0$ several standard deviations out, and among 100,000 draws not one lands at $t = 0$. (For
+# sampling this costs little: at $t \approx 0$ the sampler's $\hat x_0 \approx x_t$ whatever $\hat\varepsilon$ is.)
+#
+# The same output explains the first bucket's ratio. The last printed line says whether it is the lowest of the row and
+# whether it falls below 1 — where the run's average would look *better* than the final model. What pulls it down: the two
+# numbers are not taken at the same $t$. The trainer's bucket averages its training draws, which cluster near the bucket's
+# upper end (the median printed), where the noise is stronger and ε is easier; the held-out curve weights its two points
+# in that bucket, $t = 0$ and the next one, equally, and $t = 0$ is the hardest $t$ there is.
+#
 # **(c) Denoise a held-out image** at several $t$: the model's $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
 # should look like the test image at small and medium $t$, and like a plausible garment at large $t$.
 
@@ -308,8 +339,10 @@ for ax, (name, net) in zip(axes, [("raw weights", run.model), ("EMA weights", ru
 # In units of the $x_0$-error, ε-prediction weights each $t$ by $\mathrm{SNR}_t$ (huge at small $t$, → 0 at large $t$ — why the
 # ε-loss per timestep above falls towards 0 at large $t$), x₀-prediction by 1, and v by $1+\mathrm{SNR}_t$ (never below 1).
 # **Min-SNR-γ** (Hang et al. 2023) caps the ε weight at γ: $\min(\mathrm{SNR}_t, \gamma)$ in $x_0$ units. On the moons we train one
-# model per target and check the identity on each of them, plot each model's error in the same ($x_0$) units per $t$, and
-# sample:
+# model per target and measure all of this rather than trust it: that $v$ really converts to $x_0$ and $\varepsilon$
+# ($x_0 = \alpha x_t - \sigma v$, $\varepsilon = \sigma x_t + \alpha v$, because $\alpha^2 + \sigma^2 = 1$), that each model's three
+# outputs obey both identities sample by sample, and what each loss looks like per $t$ — in each model's own units and,
+# through the identities, in the common $x_0$ units:
 
 # %%
 obj_results = {}
@@ -317,43 +350,81 @@ for objective in ["eps", "x0", "v"]:
     m = MLPDenoiser(dim=2, hidden=128, depth=3, objective=objective)
     cfg = training.TrainConfig(steps=toy_steps, batch_size=512, lr=2e-3, warmup=100, ema_decay=0.995,
                                objective=objective, channels_last=False, seed=0)
-    obj_results[objective] = training.train(m, toy_schedule, points, config=cfg, device="cpu", progress=False).ema
+    obj_results[objective] = training.train(m, toy_schedule, points, config=cfg, device="cpu").ema
 
 test_pts = dc.data.toy_2d("moons", 4000, generator=torch.Generator().manual_seed(5))
 ts_eval = list(range(0, toy_schedule.T, 10)) + [toy_schedule.T - 1]
 snr = toy_schedule.snr
-x0_err, identity_gap = {}, {}
+
+
+def rel_gap(a, b):
+    """Largest relative difference between two per-sample squared errors."""
+    return ((a - b).abs() / a.clamp_min(1e-12)).max().item()
+
+
+def off_moons(xy):
+    """Fraction of points farther than 0.1 from every one of the 20,000 training points."""
+    return (torch.cdist(xy, points).min(1).values > 0.1).float().mean().item()
+
+
+x0_err, own_err, gap_eps, gap_v, v_inverse, off_x0 = {}, {}, {}, {}, 0.0, {}
 with torch.no_grad():
     for objective, m in obj_results.items():
-        errs, gaps = [], []
+        errs, own, ge, gv = [], [], [], []
         for t in ts_eval:
             tt = torch.full((test_pts.shape[0],), t)
             noise = torch.randn(test_pts.shape, generator=torch.Generator().manual_seed(t))
             xt = forward.q_sample(test_pts, tt, toy_schedule, noise)
+            v = forward.v_target(test_pts, noise, tt, toy_schedule)            # v = √ᾱ ε − √(1−ᾱ) x₀
+            if 0 < t < toy_schedule.T - 1:   # the definition inverts: x₀ and ε back from (x_t, v)
+                v_inverse = max(v_inverse, (forward.v_to_x0(xt, v, tt, toy_schedule) - test_pts).abs().max().item(),
+                                (forward.v_to_eps(xt, v, tt, toy_schedule) - noise).abs().max().item())
             eps_hat, x0_hat = sampling.predict_eps_x0(m, xt, tt, toy_schedule)
+            v_hat = forward.v_target(x0_hat, eps_hat, tt, toy_schedule)         # the same model's v̂
             e_x0 = (x0_hat - test_pts).pow(2).sum(1)
             e_eps = (eps_hat - noise).pow(2).sum(1)
+            e_v = (v_hat - v).pow(2).sum(1)
             errs.append(e_x0.mean().item())
-            if 0 < t < toy_schedule.T - 1:   # the identity, sample by sample: ‖ε − ε̂‖² = SNR · ‖x₀ − x̂₀‖²
-                gaps.append(((e_eps - snr[t] * e_x0).abs() / e_eps.clamp_min(1e-12)).max().item())
-        x0_err[objective], identity_gap[objective] = errs, max(gaps)
-print("largest relative deviation from ‖ε−ε̂‖² = SNR·‖x₀−x̂₀‖² over all points and t:",
-      ", ".join(f"{k} {v:.1e}" for k, v in identity_gap.items()), "(float32 rounding)")
+            own.append({"eps": e_eps, "x0": e_x0, "v": e_v}[objective].mean().item())   # the loss it was trained on
+            if 0 < t < toy_schedule.T - 1:   # the identities, sample by sample
+                ge.append(rel_gap(e_eps, snr[t] * e_x0))
+                gv.append(rel_gap(e_v, (1 + snr[t]) * e_x0))
+            if t in (40, 160):
+                off_x0[objective, t] = off_moons(x0_hat)
+        x0_err[objective], own_err[objective] = errs, own
+        gap_eps[objective], gap_v[objective] = max(ge), max(gv)
+print(f"v → x₀ and v → ε on the true v, largest error over all points and 0 < t < T−1: {v_inverse:.1e}")
+print("largest relative deviation over all points and t, float32 rounding if the identities hold:")
+print("  ‖ε−ε̂‖² = SNR·‖x₀−x̂₀‖²:    ", ", ".join(f"{k} {v:.1e}" for k, v in gap_eps.items()))
+print("  ‖v−v̂‖² = (1+SNR)·‖x₀−x̂₀‖²:", ", ".join(f"{k} {v:.1e}" for k, v in gap_v.items()))
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+weights = {"eps": snr, "x0": torch.ones_like(snr), "v": 1 + snr}
+fig, axes = plt.subplots(1, 3, figsize=(16, 3.6))
 t_all = torch.arange(toy_schedule.T)
 for label, w in [("ε: SNR", snr), ("v: 1 + SNR", 1 + snr), ("x₀: 1", torch.ones_like(snr)),
                  ("ε with min-SNR-5: min(SNR, 5)", snr.clamp(max=5.0))]:
     axes[0].plot(t_all, w, label=label)
 axes[0].set(xlabel="t", ylabel="weight on ‖x₀ − x̂₀‖²", yscale="log", title="what each loss weights, in x₀ units")
 axes[0].legend(fontsize=8)
-for objective, errs in x0_err.items():
-    axes[1].plot(ts_eval, errs, label=f"{objective}-model")
+for k, (objective, errs) in enumerate(x0_err.items()):
+    axes[1].plot(ts_eval, errs, color=f"C{k}", label=f"{objective}-model")
+    # each model's own loss: measured (dots) and predicted from its x₀-error by the identity (line)
+    axes[2].plot(ts_eval, weights[objective][ts_eval] * torch.tensor(errs), color=f"C{k}",
+                 label=f"{objective}-model: weight × x₀-error")
+    axes[2].plot(ts_eval[::2], own_err[objective][::2], "o", ms=3, color=f"C{k}", label=f"{objective}-model: measured")
 axes[1].set(xlabel="t", ylabel="mean ‖x₀ − x̂₀‖²", yscale="log", title="each model's error, in the same units")
 axes[1].legend(fontsize=8)
+axes[2].set(xlabel="t", ylabel="loss in the model's own units", yscale="log",
+            title="each model's own loss = weight × x₀-error")
+axes[2].legend(fontsize=7, ncol=2)
 fig.tight_layout()
+i40 = ts_eval.index(40)
+print(f"{'':>9} {'x̂₀ error at t=' + str(ts_eval[1]):>19} {'t=40':>9} {'t=' + str(ts_eval[-1]):>10} | "
+      f"x̂₀ off the moons at t=40, at t=160")
 for objective, errs in x0_err.items():
-    print(f"{objective:>3}-model: x̂₀ error at t={ts_eval[1]}: {errs[1]:.2e}, at t={ts_eval[-1]}: {errs[-1]:.3f}")
+    print(f"{objective + '-model':>9} {errs[1]:19.2e} {errs[i40]:9.2e} {errs[-1]:10.3f} | "
+          f"{off_x0[objective, 40]:.1%}, {off_x0[objective, 160]:.1%}")
+print(f"test points themselves off the moons: {off_moons(test_pts):.1%}")
 
 # %% [markdown]
 # Now sample each model with 50 trailing DDIM steps, exactly as chapter 3 will, and score the samples with the squared
@@ -370,8 +441,8 @@ ab_last, ab_prev = toy_schedule.alpha_bar[-1].item(), toy_schedule.alpha_bar[-2]
 print(f"ᾱ at t = {toy_schedule.T - 1}: {ab_last:.1e} (at t = {toy_schedule.T - 2}: {ab_prev:.1e}); 1/√ᾱ = "
       f"{ab_last ** -0.5:.0f}: an error of 0.01 in ε̂ becomes {0.01 * ab_last ** -0.5:.0f} in x̂₀ on the first step")
 for k, v in mmd.items():
-    print(f"{k:>3}-prediction, DDIM-50: MMD² = {v:.4f}")
-print(f"pure noise: MMD² = {mmd_noise:.4f}")
+    print(f"{k:>3}-prediction, DDIM-50: MMD² = {v:.4f}; samples off the moons {off_moons(plain[k]):.1%}")
+print(f"pure noise: MMD² = {mmd_noise:.4f}; fresh data off the moons {off_moons(fresh):.1%}")
 
 # %% [markdown]
 # If a row above is worse than pure noise, that model's sampler broke — and the ε-model is the one at risk. The cosine
@@ -416,6 +487,17 @@ for k, (ax, (name, pts)) in enumerate(zip(axes, fixes.items())):
 fig.tight_layout()
 
 # %% [markdown]
+# **Why the x₀-model fills the gap between the moons.** Its sampler does not break, yet its MMD² is worse than the v-model's and
+# more of its samples lie off the moons, between them (the fractions printed with the MMD², against fresh data's own). Two
+# effects, both in the printed table of the identities cell. *Regression to the mean at high noise:* at large $t$ the best
+# any model can predict is $\mathbb E[x_0 \mid x_t]$, an average over both moons that lies between them — at $t = 160$ a
+# large share of every model's $\hat x_0$ is off the moons, for all three targets alike. That is correct, as long as the later
+# steps pull each point back onto a moon. *Blurred predictions at small $t$:* that pull comes from the small-$t$ predictions,
+# and there the x₀-loss weights the error by 1 where the v- and ε-losses weight it by $1 + \mathrm{SNR}_t$ and $\mathrm{SNR}_t$
+# (the left plot: both far above 1 at small $t$). Trained with the same budget, the x₀-model spends less effort there, and it shows: a
+# larger x̂₀-error at $t = 10$ and $t = 40$ and more of its $\hat x_0$ off the moons at $t = 40$ than the v-model's. A DDIM
+# step moves $x_t$ towards $\hat x_0$, so a blurred $\hat x_0$ — a local average of both sides — leaves points in between.
+#
 # The scores above say which samplers work; the identity says why. The same identity explains the ε-loss chart of
 # section 5 (SNR → 0 multiplies the x₀-error away at large $t$), the targets table (ε is "easy" at large $t$ only in its own
 # units) and min-SNR-γ (a cap on the weight curve in the left plot above).
@@ -512,6 +594,20 @@ def my_v_target(x0, t, schedule, noise):
 
 
 dc.exercises.check(my_v_target, "v_target");
+
+# %% [markdown]
+# **8c. Predict before you run: an x₀-error in ε units.** A model's $\hat x_0$ is off by a mean squared error $e$ at a noise
+# level $\bar\alpha$. Without running anything, work out the mean squared error of the $\hat\varepsilon$ that the same model
+# implies ($\hat\varepsilon = (x_t - \sqrt{\bar\alpha}\,\hat x_0)/\sqrt{1-\bar\alpha}$), as a function of $e$ and $\bar\alpha$, then write it
+# below. It is the identity behind section 6's weights and behind the $t = 0$ reading of section 5.
+
+# %%
+def my_eps_error(x0_mse, alpha_bar):
+    # TODO: your prediction (this placeholder says the two errors are equal, so the check fails until you fix it)
+    return x0_mse
+
+
+dc.exercises.check(my_eps_error, "eps_from_x0_error");
 
 # %% [markdown]
 # ## Summary
