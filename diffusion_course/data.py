@@ -1,8 +1,9 @@
-"""Datasets: Fashion-MNIST and MNIST as tensors in [−1, 1], and 2-D toy distributions.
+"""Datasets: Fashion-MNIST and MNIST as tensors in [−1, 1], out-of-distribution digits, and 2-D toy distributions.
 
-Fashion-MNIST is found, in order: the project's ``data/`` folder, the Debian/Ubuntu package
-``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then downloaded into ``data/``
-when online. Nothing here is committed to the repository.
+Fashion-MNIST is found, in order: :data:`DATA_DIR` (the clone's ``data/`` folder, or a per-user folder after a
+regular install; ``$DIFFUSION_COURSE_DATA`` overrides both, see :func:`default_data_dir`), the Debian/Ubuntu package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then downloaded into :data:`DATA_DIR` when
+online. Nothing here is committed to the repository.
 """
 from __future__ import annotations
 
@@ -22,11 +23,28 @@ import numpy as np
 import torch
 
 __all__ = [
-    "DATA_DIR", "FASHION_CLASSES", "load_fashion_mnist", "load_mnist", "toy_2d", "TOY_2D_NAMES",
-    "DatasetNotFound", "DatasetCorrupt",
+    "DATA_DIR", "default_data_dir", "FASHION_CLASSES", "load_fashion_mnist", "load_mnist", "load_ood_digits", "OOD_DIGIT_SOURCES",
+    "toy_2d", "TOY_2D_NAMES", "DatasetNotFound", "DatasetCorrupt",
 ]
 
-DATA_DIR = Path(os.environ.get("DIFFUSION_COURSE_DATA", Path(__file__).resolve().parent.parent / "data"))
+
+
+def default_data_dir(package_dir: Path | None = None, environ: dict | None = None) -> Path:
+    """Where datasets are looked for first and downloaded to: ``$DIFFUSION_COURSE_DATA`` when set; else the clone's
+    ``data/`` folder when the package runs from a source checkout (a clone or an editable install); else a per-user
+    folder (``$XDG_DATA_HOME/diffusion-course``, ``~/.local/share/diffusion-course``; ``%LOCALAPPDATA%`` on
+    Windows) — never inside ``site-packages``, where a regular ``pip install .`` puts the package."""
+    environ = os.environ if environ is None else environ
+    if environ.get("DIFFUSION_COURSE_DATA"):
+        return Path(environ["DIFFUSION_COURSE_DATA"]).expanduser()
+    root = (package_dir or Path(__file__).resolve().parent).parent
+    if (root / "pyproject.toml").is_file() and (root / "data").is_dir():
+        return root / "data"
+    base = environ.get("XDG_DATA_HOME") or environ.get("LOCALAPPDATA") or Path.home() / ".local" / "share"
+    return Path(base) / "diffusion-course"
+
+
+DATA_DIR = default_data_dir()
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -275,6 +293,53 @@ def load_fashion_mnist(split: str = "train", download: bool = True) -> tuple[tor
 def load_mnist(split: str = "train", download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST digits, same format as :func:`load_fashion_mnist` (downloaded when not found)."""
     return _load("mnist", split, download)
+
+
+# --------------------------------------------------------------------------- out-of-distribution digits
+OOD_DIGIT_SOURCES = ("MNIST", "scikit-learn digits (8×8 → 28×28)")
+
+
+def _sklearn_digits_28() -> torch.Tensor:
+    """scikit-learn's 1,797 8×8 digits (values 0…16, ink high) as MNIST-like 28×28 images in [−1, 1]: each upsampled
+    bilinearly to 20×20 and centred on a black 28×28 canvas (MNIST puts its digits in a 20×20 box), then rounded to
+    the 8-bit grid like every other image here."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetNotFound(
+            "MNIST was not found and could not be downloaded, and the offline stand-in needs scikit-learn, which is "
+            f"not installed. Either put MNIST's t10k IDX files in {DATA_DIR / 'mnist'}/, connect to the internet, or "
+            "pip install scikit-learn (its 8×8 digits ship inside the package).") from None
+    import torch.nn.functional as F
+
+    small = torch.from_numpy(load_digits().images.astype(np.float32) / 16.0).unsqueeze(1)   # (1797, 1, 8, 8) in [0, 1]
+    big = F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
+    canvas = F.pad(big, (4, 4, 4, 4))                                                         # (1797, 1, 28, 28)
+    return (canvas * 255).round() / 127.5 - 1
+
+
+def load_ood_digits(n: int, seed: int = 0, download: bool = True) -> tuple[torch.Tensor, str]:
+    """``n`` handwritten digits to test a Fashion-MNIST model out of distribution: ``(images, source)``, images
+    float (n, 1, 28, 28) in [−1, 1] on the 8-bit grid (a seeded random subset), ``source`` one of
+    :data:`OOD_DIGIT_SOURCES`, naming which set ran.
+
+    MNIST's test split (LeCun et al. 1998) when it is on disk (``DATA_DIR/mnist`` or ``/usr/share/datasets/mnist``,
+    IDX files like Fashion-MNIST's) or, with ``download``, can be fetched: Fashion-MNIST → MNIST is the classic pair
+    of Nalisnick et al. 2019. Offline, the 8×8 digits shipped inside scikit-learn (``sklearn.datasets.load_digits``,
+    1,797 images) upsampled to MNIST's layout: an honest stand-in, but smoother than real MNIST strokes.
+    """
+    from . import validate
+
+    n = validate.positive_int("n", n)
+    seed = validate.non_negative_int("seed", seed)
+    try:
+        images, source = _load("mnist", "test", download)[0], OOD_DIGIT_SOURCES[0]
+    except DatasetNotFound:
+        images, source = _sklearn_digits_28(), OOD_DIGIT_SOURCES[1]
+    if n > images.shape[0]:
+        raise ValueError(f"n must be at most {images.shape[0]} (the size of {source}), got {n}")
+    idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return images[idx].clone(), source
 
 
 # --------------------------------------------------------------------------- 2-D toy sets

@@ -1,7 +1,8 @@
 """Evaluation, in one place: draw n samples with each sampler from the same noise, and report FID (with its
 floor), class accuracy and wall time (chapter 3, ``benchmarks/fid_vs_nfe.py``); what each shipped model's manifest
 records (:func:`evaluate_diffusion`, :func:`evaluate_text_model`, :func:`evaluate_latent`,
-:func:`evaluate_autoencoder`, :func:`evaluate_consistency`); guidance sweeps and text composition (chapter 4);
+:func:`evaluate_autoencoder`, :func:`evaluate_consistency`); guidance sweeps and text composition (chapter 4), with
+:func:`paired_proportion_difference` for two settings scored on the same prompts and noise;
 wall time per image, interleaved so that a drifting CPU does not bias a ratio (:func:`interleaved_seconds_per_image`).
 
 Also the two yardsticks chapter 3's verdicts rest on: :func:`paired_fid_difference` (a paired bootstrap
@@ -140,7 +141,23 @@ def paired_fid_difference(classifier: nn.Module, samples_a: torch.Tensor, sample
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n_boot < 10:
         raise ValueError(f"n_boot must be >= 10, got {n_boot}")
-    fa, fb, fr = (metrics.extract_features(classifier, x).double() for x in (samples_a, samples_b, reference))
+    fa, fb, fr = (metrics.extract_features(classifier, x) for x in (samples_a, samples_b, reference))
+    return paired_frechet_difference(fa, fb, fr, n_boot=n_boot, seed=seed, level=level)
+
+
+def paired_frechet_difference(features_a: torch.Tensor, features_b: torch.Tensor, features_ref: torch.Tensor,
+                              n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """The bootstrap of :func:`paired_fid_difference` on features already extracted (row i of ``features_a`` and of
+    ``features_b`` come from the same noise): extract once, then test as many pairs and subsets as you like."""
+    if features_a.ndim != 2 or features_a.shape != features_b.shape or features_ref.ndim != 2 \
+            or features_ref.shape[1] != features_a.shape[1]:
+        raise ValueError(f"features_a and features_b must be paired (n, d) matrices and features_ref (m, d), got "
+                         f"{tuple(features_a.shape)}, {tuple(features_b.shape)}, {tuple(features_ref.shape)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 10:
+        raise ValueError(f"n_boot must be >= 10, got {n_boot}")
+    fa, fb, fr = features_a.double(), features_b.double(), features_ref.double()
 
     def gap(ia, ir):
         stats_r = metrics.feature_stats(fr[ir])
@@ -158,7 +175,7 @@ def paired_fid_difference(classifier: nn.Module, samples_a: torch.Tensor, sample
 
 @torch.no_grad()
 def ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, schedule: NoiseSchedule, t_start: int | None = None, t_end: int = -1,
-                  steps: int = 2000) -> tuple[torch.Tensor, float]:
+                  steps: int = 2000, progress: bool = False) -> tuple[torch.Tensor, float]:
     """The probability-flow ODE solution for Gaussian-mixture data, from ``t_start`` (default T−1) to
     ``t_end`` (−1: the clean end, ᾱ = 1), far more accurately than any sampler it is used to score.
 
@@ -168,7 +185,10 @@ def ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, schedule: NoiseSc
     RK4 in float64 with ``steps`` uniform λ-steps; towards the clean end λ stops at 20 (σ/α = 2·10⁻⁹,
     where the rest of the path is one exact Tweedie jump to E[x₀|x]). Run twice (steps and 2·steps), the
     second is returned with its error estimate max‖x_2N − x_N‖/15 (Richardson, fourth order).
+    ``progress`` shows a bar over the 3·``steps`` RK4 steps.
     """
+    from tqdm.auto import tqdm
+
     if t_start is None:
         t_start = schedule.T - 1
     if not (-1 <= t_end < t_start < schedule.T):
@@ -188,6 +208,8 @@ def ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, schedule: NoiseSc
         alpha = math.sqrt(1 / (1 + math.exp(-2 * lam)))
         return -math.exp(-lam) * eps(alpha * u, lam)
 
+    bar = tqdm(total=3 * steps, desc="RK4 λ-steps", disable=not progress)
+
     def solve(n):
         h = (lam_end - lam_start) / n
         u = x_T.to(torch.float64) / math.sqrt(ab_start)
@@ -199,6 +221,7 @@ def ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, schedule: NoiseSc
             k4 = rhs(u + h * k3, lam + h)
             u = u + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             lam = lam + h
+            bar.update(1)
         alpha, sigma = math.sqrt(1 / (1 + math.exp(-2 * lam))), math.sqrt(1 / (1 + math.exp(2 * lam)))
         x = alpha * u
         if ab_end >= 1:   # the last, negligible stretch to σ = 0 in one exact step: x₀ = (x − σ ε*) / α
@@ -206,6 +229,7 @@ def ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, schedule: NoiseSc
         return x
 
     coarse, fine = solve(steps), solve(2 * steps)
+    bar.close()
     return fine, float((fine - coarse).norm(dim=-1).max()) / 15
 
 
@@ -331,7 +355,41 @@ def text_composition(model: Model, schedule: NoiseSchedule, prompts: list[str], 
     bar.close()
     xs = torch.cat(out)
     return {"rates": shapes.match_rates(xs, prompts), "counts": shapes.composition_counts(xs, prompts),
+            "matches": [shapes.caption_match(x, p) for x, p in zip(xs, prompts)],
             "samples": xs, "scale": scale, "steps": steps, "negative": negative is not None, "interval": interval}
+
+
+def paired_proportion_difference(a: Sequence[bool], b: Sequence[bool], n_boot: int = 2000, seed: int = 0,
+                                 level: float = 0.95) -> dict:
+    """Rate(b) − rate(a) for two yes/no outcomes on the *same* items (e.g. "caption fully right" for sample i of two
+    guidance settings that started from the same noise and prompt).
+
+    Only the discordant items carry information: ``only_a`` (right in a, wrong in b) and ``only_b``. The exact
+    McNemar test (a two-sided binomial test of ``only_b`` against ``only_a + only_b`` fair coin flips; McNemar 1947)
+    gives ``p_value``; a paired bootstrap over the items (the same resampled indices in both) gives the interval
+    [``lo``, ``hi``] at ``level``. Returns {"n", "rate_a", "rate_b", "delta", "lo", "hi", "only_a", "only_b",
+    "p_value", "level"}.
+    """
+    xa = torch.as_tensor([bool(v) for v in a], dtype=torch.float64)
+    xb = torch.as_tensor([bool(v) for v in b], dtype=torch.float64)
+    if len(xa) != len(xb):
+        raise ValueError(f"a and b must be paired (the same items), got {len(xa)} and {len(xb)} outcomes")
+    if len(xa) == 0:
+        raise ValueError("a and b are empty: nothing to compare")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 10:
+        raise ValueError(f"n_boot must be >= 10, got {n_boot}")
+    only_a, only_b = int(((xa == 1) & (xb == 0)).sum()), int(((xa == 0) & (xb == 1)).sum())
+    k, m = min(only_a, only_b), only_a + only_b
+    # exact two-sided binomial test: twice the smaller tail of Binomial(m, 1/2), capped at 1
+    p_value = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(xa), (n_boot, len(xa)), generator=g)
+    deltas = (xb[idx] - xa[idx]).mean(1)
+    lo, hi = torch.quantile(deltas, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return {"n": len(xa), "rate_a": float(xa.mean()), "rate_b": float(xb.mean()), "delta": float((xb - xa).mean()),
+            "lo": lo, "hi": hi, "only_a": only_a, "only_b": only_b, "p_value": p_value, "level": level}
 
 
 # --------------------------------------------------------------------------- what a manifest records

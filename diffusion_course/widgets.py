@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def _set_playing(play: object, flag: bool) -> None:
+    """Start or stop a ``Play`` timer: the public ``playing`` trait of ipywidgets 8, ``_playing`` in 7.x (Colab)."""
+    setattr(play, "playing" if play.has_trait("playing") else "_playing", flag)
+
+
+def is_playing(play: object) -> bool:
+    """Whether a ``Play`` timer runs, in ipywidgets 7.x and 8 alike."""
+    return bool(getattr(play, "playing" if play.has_trait("playing") else "_playing"))
+
+
 class ForwardExplorer:
     """The forward-process explorer.
 
@@ -104,9 +114,9 @@ class ForwardExplorer:
         self.direction = direction
         if (direction > 0 and self.t_slider.value >= self.T - 1) or (direction < 0 and self.t_slider.value <= 0):
             self.t_slider.value = 0 if direction > 0 else self.T - 1  # restart from the far end
-        self.clock.playing = False
+        _set_playing(self.clock, False)
         self.clock.value = 0
-        self.clock.playing = True
+        _set_playing(self.clock, True)
 
     def _tick(self, change) -> None:
         if change["new"] == 0 or self.direction == 0:
@@ -114,7 +124,7 @@ class ForwardExplorer:
         t = min(self.T - 1, max(0, self.t_slider.value + self.direction * self.delta))
         self.t_slider.value = t
         if t in (0, self.T - 1):
-            self.clock.playing = False
+            _set_playing(self.clock, False)
             self.direction = 0
 
     # ------------------------------------------------------------------ drawing
@@ -223,16 +233,29 @@ class _GridExplorer:
             cond = torch.full((self.n,), self.label.index - 1, dtype=torch.long, device=device)
         return g, x_T, cond
 
-    def figure(self, settings: list[dict], ncols: int | None = None, size: float = 2.6) -> Figure:
+    def _figure_title(self, setting: dict) -> str:
+        """The title of one panel of :meth:`figure`: the settings that were sampled."""
+        controls = self._controls()
+        return ", ".join(f"{k} = {controls[k].value}" for k in setting)
+
+    def figure(self, settings: list[dict], ncols: int | None = None, size: float = 2.6,
+               progress: bool = True) -> Figure:
         """A static figure of the grid under several settings (for readers who cannot run widgets).
 
         ``settings`` is a list of {control name: value}, e.g. ``[{"steps": 3}, {"steps": 50}]``; the
-        controls are restored afterwards. Returns the matplotlib figure."""
+        controls, and the grid they showed, are restored afterwards (without sampling it again). Long
+        titles wrap to the panel's width; ``progress`` shows a bar over the settings. Returns the matplotlib figure."""
+        import textwrap
+
+        from tqdm.auto import tqdm
+
         controls = self._controls()
         keep = {k: w.value for k, w in controls.items()}
+        shown = (self.last, self.image.value, self.info.value)
         grids, titles = [], []
+        width = max(12, int(size * 13))          # characters that fit a panel at fontsize 8
         try:
-            for setting in settings:
+            for setting in tqdm(settings, desc="figure panels", disable=not progress, leave=False):
                 unknown = set(setting) - set(controls)
                 if unknown:
                     raise ValueError(f"unknown control(s) {sorted(unknown)}; available: {sorted(controls)}")
@@ -246,16 +269,20 @@ class _GridExplorer:
                 self._hold = False
                 self.update()
                 grids.append(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))))
-                titles.append(", ".join(f"{k} = {controls[k].value}" for k in setting))   # what was sampled
+                title = self._figure_title(setting)                                        # what was sampled
+                titles.append("\n".join(textwrap.fill(line, width) for line in title.split("\n")))
         finally:
             self._hold = True
             for k, v in keep.items():
                 controls[k].value = v
             self._hold = False
-            self.update()
+            # the restored controls show the grid they showed before (sampling is seeded): put it back
+            self.last, self.image.value, self.info.value = shown
         ncols = ncols or len(grids)
         nrows = int(math.ceil(len(grids) / ncols))
-        fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
+        lines = max((t.count("\n") + 1 for t in titles), default=1)       # room for titles wrapped over several lines
+        fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.15 * lines) * nrows + 0.15),
+                                 squeeze=False)
         for ax in axes.flat:
             ax.set_axis_off()
         for ax, grid, title in zip(axes.flat, grids, titles):
@@ -379,6 +406,14 @@ class GuidanceExplorer(_GridExplorer):
     def _controls(self) -> dict:
         return {"scale": self.scale, "rescale": self.rescale, "seed": self.seed,
                 ("prompt" if self.tokenizer is not None else "class"): self.condition}
+
+    def _figure_title(self, setting: dict) -> str:
+        """A prompt on its own line, in quotes; the other settings below it."""
+        controls = self._controls()
+        rest = ", ".join(f"{k} = {controls[k].value}" for k in setting if k != "prompt")
+        if "prompt" not in setting:
+            return rest
+        return f"“{controls['prompt'].value}”" + (f"\n{rest}" if rest else "")
 
     def _cond(self, device) -> torch.Tensor:
         if self.tokenizer is not None:

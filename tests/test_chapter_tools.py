@@ -68,6 +68,21 @@ def test_paired_fid_difference_detects_a_real_gap_and_not_a_fake_one():
         evaluation.paired_fid_difference(clf, real[:10], real[:20], ref)
 
 
+def test_paired_frechet_difference_on_extracted_features_is_the_same_test():
+    from diffusion_course import metrics
+
+    clf = pretrained.load("fmnist-classifier", device="cpu")
+    x, real, noisy = _paired_sets()
+    ref = x[5000:5200]
+    whole = evaluation.paired_fid_difference(clf, noisy, real, ref, n_boot=40, seed=3)
+    fa, fb, fr = (metrics.extract_features(clf, v) for v in (noisy, real, ref))
+    assert evaluation.paired_frechet_difference(fa, fb, fr, n_boot=40, seed=3) == whole
+    with pytest.raises(ValueError, match="paired"):
+        evaluation.paired_frechet_difference(fa[:10], fb, fr)
+    with pytest.raises(ValueError, match="n_boot"):
+        evaluation.paired_frechet_difference(fa, fb, fr, n_boot=5)
+
+
 def test_relation_parts_split_axis_order_and_swap():
     rng = random.Random(0)
     cap = "a red circle above a blue square"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffusion_course import schedules
+from diffusion_course import schedules, widgets
 from diffusion_course.widgets import ForwardExplorer
 
 
@@ -48,10 +48,10 @@ def test_schedule_menu(explorer):
 
 def test_forward_and_reverse_buttons(explorer):
     explorer.forward_button.click()
-    assert explorer.clock.playing and explorer.direction == 1
+    assert widgets.is_playing(explorer.clock) and explorer.direction == 1
     for tick in range(1, 30):  # the front end advances the Play widget; we do it by hand
         explorer.clock.value = tick
-    assert explorer.t_slider.value == 999 and not explorer.clock.playing
+    assert explorer.t_slider.value == 999 and not widgets.is_playing(explorer.clock)
     explorer.reverse_button.click()
     explorer.clock.value = 1
     assert explorer.t_slider.value == 999 - explorer.delta
@@ -151,6 +151,53 @@ def test_guidance_explorer_class_and_text_modes():
     assert "unknown word" in tx.info.value and tx.last is before
     with pytest.raises(ValueError, match="exactly one"):
         GuidanceExplorer(Net(), s)
+
+
+def test_guidance_explorer_static_figures_wrap_titles_and_restore_without_resampling():
+    """Chapter 4's static stand-ins: the class explorer's figure, and the text explorer's with long prompts as titles
+    that must not run into each other; the grid the widget showed comes back without sampling it again."""
+    from diffusion_course import shapes
+    from diffusion_course.nn import TextToImageUNet
+    from diffusion_course.tokenizer import WordTokenizer
+    from diffusion_course.widgets import GuidanceExplorer
+
+    s = schedules.NoiseSchedule.cosine(100)
+    calls = []
+
+    class Net(torch.nn.Module):  # counts its calls; the class shifts the prediction
+        num_classes, objective = 2, "eps"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t, cond=None):
+            calls.append(x.shape[0])
+            shift = torch.zeros(x.shape[0]) if cond is None else (cond.float() - 0.5) * (cond < 2)
+            return 0.1 * x + shift[:, None, None, None]
+
+    ex = GuidanceExplorer(Net(), s, class_names=["dark", "light"], n=4, image_shape=(1, 4, 4), steps=3)
+    shown, info, png = ex.last.clone(), ex.info.value, ex.image.value
+    calls.clear()
+    fig = ex.figure([{"class": "light", "scale": 0.0}, {"class": "light", "scale": 3.0}], progress=False)
+    assert [a.get_title() for a in fig.axes] == ["class = light, scale = 0.0", "class = light, scale = 3.0"]
+    assert len(calls) == 3 + 3                          # two panels of 3 steps each, nothing re-sampled afterwards
+    assert torch.equal(ex.last, shown) and ex.info.value == info and ex.image.value == png
+    assert ex.condition.value == "dark" and ex.scale.value == 3.0
+
+    tok = WordTokenizer(shapes.VOCAB, 10)
+    torch.manual_seed(0)
+    text_model = TextToImageUNet(tok.vocab_size, 10, text_dim=16, in_channels=3, channels=(16, 32),
+                                 attention_levels=(), cross_attention_levels=(1,), patch=2)
+    tx = GuidanceExplorer(text_model, s, tokenizer=tok, n=2, image_shape=(3, 8, 8), steps=2)
+    long = "a yellow triangle right of a green square"
+    fig = tx.figure([{"prompt": long, "scale": 1.0}, {"prompt": long, "scale": 3.0}, {"scale": 5.0}], size=2.0,
+                    progress=False)
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles[0].replace("\n", " ") == f"“{long}” scale = 1.0" and titles[2] == "scale = 5.0"
+    # every title line fits its panel: no line longer than the width the panel allows (13 characters per inch)
+    assert all(len(line) <= 26 for t in titles for line in t.split("\n")), titles
+    assert tx.condition.value == "a red circle above a blue square"        # restored
 
 
 def test_network_panel_beside_the_perfect_denoiser():
