@@ -158,6 +158,10 @@ class ForwardExplorer:
         return x0.clamp(-1, 1).float().cpu()
 
     def update(self) -> None:
+        """Recompute and redraw the panels; the equation line ends with this update's time on this machine."""
+        import time
+
+        start = time.perf_counter()
         st = self.state()
         shown = (st["x0"], st["x_t"], st["x0_hat"]) + ((st["x0_net"],) if "x0_net" in st else ())
         for panel, img in zip(self.panels, shown):
@@ -173,7 +177,10 @@ class ForwardExplorer:
         self.equation.value = (
             f"<span style='font-size:1.1em'>t = {st['t']}: &nbsp; x<sub>t</sub> = √ᾱ·x₀ + √(1−ᾱ)·ε "
             f"= <b>{math.sqrt(ab):.3f}</b>·x₀ + <b>{math.sqrt(1 - ab):.3f}</b>·ε &nbsp; "
-            f"(ᾱ = {ab:.4f}, SNR = {ab / max(1 - ab, 1e-12):.3g})</span>")
+            f"(ᾱ = {ab:.4f}, SNR = {ab / max(1 - ab, 1e-12):.3g})</span>"
+            f"<br><span style='color:#777;font-size:0.85em'>this update: "
+            f"{(time.perf_counter() - start) * 1e3:.0f} ms on this machine</span>")
+        self.last_update_s = time.perf_counter() - start
 
     def strip(self, ts: Sequence[int] = (0, 100, 250, 400, 550, 700, 850, 999), figsize_per: float = 1.3) -> Figure:
         """A static figure of the three panels at several t (for readers who cannot run widgets)."""
@@ -203,16 +210,58 @@ class ForwardExplorer:
         display(self.widget)
 
 
+def _kernel_loop():
+    """The event loop of the Jupyter kernel running this code, or None outside one (plain Python, tests)."""
+    import asyncio
+
+    try:
+        from IPython import get_ipython
+
+        if getattr(get_ipython(), "kernel", None) is None:
+            return None
+    except ImportError:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:    # an older kernel: its tornado loop has the same call_later
+        from tornado.ioloop import IOLoop
+
+        return IOLoop.current()
+
+
 class _GridExplorer:
-    """Shared by the grid explorers: sizing the image, holding updates, and a static figure."""
+    """Shared by the grid explorers: sizing the image, holding updates, a quick preview, and a static figure.
+
+    A change of a control says at once that a new grid is coming. In a Jupyter kernel the work is then scheduled on the
+    kernel's event loop: a cheap preview (``preview_steps`` sampler steps) as soon as the changes stop arriving, and the
+    full grid once the controls have rested for ``settle_s`` seconds; a newer change supersedes both. Outside a kernel
+    (tests, scripts) the full grid is drawn at once."""
 
     _hold = False
+    _generation = 0
+    preview_steps = 2
+    settle_s = 0.4
 
     def _changed(self, _change=None) -> None:
-        if not self._hold:
-            # say at once that a new grid is coming: sampling takes seconds on a CPU, and the old grid stays up meanwhile
-            self.info.value = "<i>⏳ sampling a new grid…</i>"
+        if self._hold:
+            return
+        # say at once that a new grid is coming: sampling takes seconds on a CPU, and the old grid stays up meanwhile
+        self.info.value = "<i>⏳ sampling a new grid…</i>"
+        loop = _kernel_loop()
+        if loop is None:
             self.update()
+            return
+        self._generation += 1
+        loop.call_later(0.01, self._draw, self._generation, True)
+        loop.call_later(self.settle_s, self._draw, self._generation, False)
+
+    def _draw(self, generation: int, preview: bool) -> None:
+        if generation != self._generation:   # a newer change came in: its own draws will follow
+            return
+        try:
+            self.update(preview=preview)
+        except Exception as e:  # a loop callback must not die silently: show why on the explorer
+            self.info.value = f"<span style='color:#b00'>⚠ {type(e).__name__}: {e}</span>"
 
     def _show_grid(self, grid, scale: int) -> None:
         # Show the PNG at its own size (capped at the cell width) instead of stretched to the full cell:
@@ -313,9 +362,10 @@ class SamplerExplorer(_GridExplorer):
         self._sampling, self._make_grid = sampling, make_grid
         self.model, self.schedule, self.n, self.shape, self.scale = model, schedule, n, image_shape, scale
         self.clip_denoised = clip_denoised
+        # sliders report while they move: the explorer previews at once and draws the full grid when they rest
         self.steps = W.IntSlider(value=20, min=1, max=min(max_steps, schedule.T), description="steps",
-                                 continuous_update=False)
-        self.eta = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="η", continuous_update=False)
+                                 continuous_update=True)
+        self.eta = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="η", continuous_update=True)
         self.spacing = W.Dropdown(options=list(sampling.SPACINGS), value="trailing", description="spacing")
         self.seed = W.IntText(value=0, description="seed", layout=W.Layout(width="160px"))
         options = ["any (unconditional)"] + list(class_names or [])
@@ -333,20 +383,27 @@ class SamplerExplorer(_GridExplorer):
     def _controls(self) -> dict:
         return {"steps": self.steps, "eta": self.eta, "spacing": self.spacing, "seed": self.seed, "label": self.label}
 
-    def update(self) -> None:
+    def update(self, preview: bool = False) -> None:
+        """Sample and show the grid; ``preview`` uses at most ``preview_steps`` steps (a quick look while you drag)."""
         import time
 
         g, x_T, cond = self._noise_and_labels()
+        steps = int(self.steps.value)
+        run_steps = min(steps, self.preview_steps) if preview else steps
         start = time.perf_counter()
-        self.last = self._sampling.ddim_sample(self.model, x_T, self.schedule, steps=int(self.steps.value),
-                                               eta=float(self.eta.value), spacing=self.spacing.value,
-                                               generator=g, cond=cond, progress=False,
-                                               clip_denoised=self.clip_denoised).cpu()
+        out = self._sampling.ddim_sample(self.model, x_T, self.schedule, steps=run_steps,
+                                         eta=float(self.eta.value), spacing=self.spacing.value,
+                                         generator=g, cond=cond, progress=False,
+                                         clip_denoised=self.clip_denoised).cpu()
         secs = time.perf_counter() - start
-        ts = self._sampling.timesteps(self.schedule.T, int(self.steps.value), self.spacing.value)
-        self._show_grid(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.scale)
+        self._show_grid(self._make_grid(out, nrow=int(math.ceil(math.sqrt(self.n)))), self.scale)
+        if preview and run_steps < steps:
+            self.info.value = f"<i>preview ({run_steps} steps, {secs:.2f} s) — ⏳ {steps} steps follow…</i>"
+            return
+        self.last = out
+        ts = self._sampling.timesteps(self.schedule.T, steps, self.spacing.value)
         shown = ", ".join(map(str, ts[:6].tolist())) + (", …" if len(ts) > 6 else "")
-        self.info.value = (f"DDIM, {int(self.steps.value)} steps, η = {float(self.eta.value):.1f}, "
+        self.info.value = (f"DDIM, {steps} steps, η = {float(self.eta.value):.1f}, "
                            f"{self.spacing.value} timesteps [{shown}] — {secs:.2f} s")
 
     def _ipython_display_(self):
@@ -385,9 +442,9 @@ class GuidanceExplorer(_GridExplorer):
                                                                                      steps, png_scale)
         self.tokenizer = tokenizer
         self.scale = W.FloatSlider(value=initial_scale, min=0.0, max=10.0, step=0.5, description="scale s",
-                                   continuous_update=False)
+                                   continuous_update=True)
         self.rescale = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="rescale φ",
-                                     continuous_update=False)
+                                     continuous_update=True)
         self.seed = W.IntText(value=0, description="seed", layout=W.Layout(width="160px"))
         if tokenizer is not None:
             self.condition = W.Text(value=prompt, description="prompt", continuous_update=False,
@@ -420,7 +477,8 @@ class GuidanceExplorer(_GridExplorer):
             return self.tokenizer([self.condition.value] * self.n).to(device)
         return torch.full((self.n,), self.condition.index, dtype=torch.long, device=device)
 
-    def update(self) -> None:
+    def update(self, preview: bool = False) -> None:
+        """Sample and show the grid; ``preview`` uses at most ``preview_steps`` steps (a quick look while you drag)."""
         import time
 
         device = next(self.model.parameters()).device
@@ -433,11 +491,16 @@ class GuidanceExplorer(_GridExplorer):
         x_T = torch.randn((self.n, *self.shape), generator=g).to(device)
         guided = self._guidance.classifier_free(self.model, cond, float(self.scale.value),
                                                 rescale=float(self.rescale.value))
+        run_steps = min(self.steps, self.preview_steps) if preview else self.steps
         start = time.perf_counter()
-        self.last = self._sampling.ddim_sample(guided, x_T, self.schedule, steps=self.steps, progress=False,
-                                               clip_denoised=True).cpu()
+        out = self._sampling.ddim_sample(guided, x_T, self.schedule, steps=run_steps, progress=False,
+                                         clip_denoised=True).cpu()
         secs = time.perf_counter() - start
-        self._show_grid(self._make_grid(self.last, nrow=int(math.ceil(math.sqrt(self.n)))), self.png_scale)
+        self._show_grid(self._make_grid(out, nrow=int(math.ceil(math.sqrt(self.n)))), self.png_scale)
+        if preview and run_steps < self.steps:
+            self.info.value = f"<i>preview ({run_steps} steps, {secs:.2f} s) — ⏳ {self.steps} steps follow…</i>"
+            return
+        self.last = out
         s = float(self.scale.value)
         meaning = "unconditional" if s == 0 else "plain conditional" if s == 1 else f"guided (w = s − 1 = {s - 1:g})"
         calls = ("one batched (uncond + cond) call per step" if s not in (0.0, 1.0) or self.rescale.value
@@ -479,7 +542,7 @@ class TwoStepExplorer(_GridExplorer):
         self._consistency, self._make_grid = consistency, make_grid
         self.model, self.n, self.shape, self.scale = model, n, image_shape, scale
         self.t_mid = W.SelectionSlider(options=times, value=initial_t, description="t, 2nd call",
-                                       continuous_update=False)
+                                       continuous_update=True)
         self.seed = W.IntText(value=0, description="seed", layout=W.Layout(width="160px"))
         options = ["any (unconditional)"] + list(class_names or [])
         self.label = W.Dropdown(options=options, value=options[0], description="class", disabled=class_names is None)
@@ -494,7 +557,8 @@ class TwoStepExplorer(_GridExplorer):
     def _controls(self) -> dict:
         return {"t_mid": self.t_mid, "seed": self.seed, "label": self.label}
 
-    def update(self) -> None:
+    def update(self, preview: bool = False) -> None:
+        """Sample and show the grid (two calls are quick already: a preview draws the full grid too)."""
         import time
 
         g, x_T, cond = self._noise_and_labels()
@@ -615,3 +679,409 @@ class VelocityFieldExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+def _choice_options(images: torch.Tensor, labels: torch.Tensor | None, class_names: Sequence[str] | None,
+                    choices: int | Sequence[int]) -> list[tuple[str, int]]:
+    """Dropdown options ``("3: Dress", 3)`` for the images a panel explorer offers (the first ``choices``, or those)."""
+    n = images.shape[0]
+    if isinstance(choices, (int,)) and not isinstance(choices, bool):
+        idx = list(range(min(validate.positive_int("choices", choices), n)))
+    else:
+        idx = [validate.integer(f"choices[{i}]", c, low=0, high=n - 1) for i, c in enumerate(choices)]
+        if not idx:
+            raise ValueError("choices must be a positive int or a non-empty list of image indices")
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != (n,)):
+        raise ValueError(f"labels must be a tensor of shape ({n},) (one label per image), got "
+                         f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    if class_names is not None:
+        class_names = validate.names("class_names", list(class_names))
+        if labels is None:
+            raise ValueError("class_names needs labels (which class each image is)")
+
+    def name(i: int) -> str:
+        if labels is None:
+            return f"image {i}"
+        k = int(labels[i])
+        return f"{i}: {class_names[k]}" if class_names is not None and 0 <= k < len(class_names) else f"{i}: class {k}"
+    return [(name(i), i) for i in idx]
+
+
+class _PanelExplorer:
+    """Shared by the panel explorers of chapters 5 and 8: a busy line at once, held updates, and the settings that
+    :meth:`figure` applies (checked against what each control can show, then restored)."""
+
+    _hold = False
+    _busy = "<i>⏳ drawing…</i>"
+
+    def _controls(self) -> dict:
+        raise NotImplementedError
+
+    def _changed(self, _change=None) -> None:
+        if not self._hold:
+            self.info.value = self._busy   # say at once that a new picture is coming; the old one stays up meanwhile
+            self.update()
+
+    def _apply(self, setting: dict) -> None:
+        """Set the controls named in ``setting`` without redrawing; refuse unknown names and values a control cannot
+        show (a slider would clamp them silently)."""
+        controls = self._controls()
+        if not isinstance(setting, dict):
+            raise ValueError(f"each setting must be a dict {{control name: value}}, got {type(setting).__name__}")
+        unknown = set(setting) - set(controls)
+        if unknown:
+            raise ValueError(f"unknown control(s) {sorted(unknown)}; available: {sorted(controls)}")
+        for k, v in setting.items():
+            w = controls[k]
+            if hasattr(w, "options"):
+                values = [o[1] if isinstance(o, (tuple, list)) else o for o in w.options]
+                if v not in values:
+                    raise ValueError(f"{k}={v!r} is not one of this explorer's choices {values}")
+            elif not w.min <= v <= w.max:
+                raise ValueError(f"{k}={v!r} is outside this explorer's range [{w.min}, {w.max}]")
+        self._hold = True
+        try:
+            for k, v in setting.items():
+                controls[k].value = v
+        finally:
+            self._hold = False
+
+    def _each_setting(self, settings: Sequence[dict]):
+        """Yield after applying each setting in turn, on top of the one before, and updating; the controls and the
+        picture are restored afterwards."""
+        if not settings:
+            raise ValueError("settings must be a non-empty list of {control name: value} dicts")
+        keep = {k: w.value for k, w in self._controls().items()}
+        try:
+            for setting in settings:
+                self._apply(setting)
+                self.update()
+                yield setting
+        finally:
+            self._apply(keep)
+            self.update()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class LatentExplorer(_PanelExplorer):
+    """Walk an autoencoder's latent from one garment to another (chapter 5): the two originals, the decoded latent
+    blend D((1 − α)·z_A + α·z_B) and, for contrast, the pixel blend (1 − α)·x_A + α·x_B.
+
+    z is the posterior mean of q(z|x) (Rombach et al. 2022, Sec. 3). A channel picker multiplies one latent channel
+    of the blend by a gain, to see what that channel carries. Decoding one latent takes milliseconds, so the sliders
+    redraw while they move.
+
+    Args:
+        vae: an autoencoder with ``encode(x) → (mean, logvar)``, ``decode(z)`` and ``latent_shape`` (``fmnist-vae``).
+        images: (N, C, H, W) in [−1, 1] to pick from (e.g. the test set); ``choices``: how many of the first ones the
+            pickers offer, or a list of indices.
+        labels, class_names: optional, to name the choices ("3: Dress").
+        a, b: the indices of the two garments; alpha: the starting α in [0, 1]; scale: display zoom.
+    """
+
+    _busy = "<i>⏳ decoding…</i>"
+
+    def __init__(self, vae: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 class_names: Sequence[str] | None = None, choices: int | Sequence[int] = 20, a: int = 0, b: int = 2,
+                 alpha: float = 0.5, scale: int = 5):
+        for attr in ("encode", "decode", "latent_shape"):
+            if not hasattr(vae, attr):
+                raise TypeError(f"vae must be an autoencoder with encode, decode and latent_shape (fmnist-vae), "
+                                f"got {type(vae).__name__} without {attr!r}")
+        images = validate.float_tensor("images", images, min_ndim=4)
+        options = _choice_options(images, labels, class_names, choices)
+        values = [v for _, v in options]
+        for name, idx in (("a", a), ("b", b)):
+            if idx not in values:
+                raise ValueError(f"{name}={idx!r} is not one of the images offered (indices {values[:8]}"
+                                 f"{', …' if len(values) > 8 else ''}): pass it in choices")
+        alpha = validate.real("alpha", alpha, low=0.0, high=1.0)
+        self.scale = validate.positive_int("scale", scale)
+        self.vae, self.images = vae, images
+        self.channels = int(vae.latent_shape[0])
+        self._z: dict[int, torch.Tensor] = {}
+        self.alpha = W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="α", continuous_update=True,
+                                   readout_format=".2f", layout=W.Layout(width="420px"))
+        self.a = W.Dropdown(options=options, value=a, description="garment A")
+        self.b = W.Dropdown(options=options, value=b, description="garment B")
+        self.channel = W.Dropdown(options=[("none", -1)] + [(str(c), c) for c in range(self.channels)], value=-1,
+                                  description="channel")
+        self.gain = W.FloatSlider(value=1.0, min=-3.0, max=3.0, step=0.25, description="× gain", continuous_update=True,
+                                  readout_format=".2f")
+        self.panels = [W.Image(format="png") for _ in range(4)]
+        self.captions = [W.HTML() for _ in range(4)]
+        self.info = W.HTML()
+        for control in self._controls().values():
+            control.observe(self._changed, names="value")
+        columns = [W.VBox([p, c], layout=W.Layout(align_items="center")) for p, c in zip(self.panels, self.captions)]
+        self.widget = W.VBox([self.alpha, W.HBox([self.a, self.b]), W.HBox([self.channel, self.gain]),
+                              W.HBox(columns), self.info])
+        self.last: dict[str, torch.Tensor] = {}
+        self.update()
+
+    def _controls(self) -> dict:
+        return {"alpha": self.alpha, "a": self.a, "b": self.b, "channel": self.channel, "gain": self.gain}
+
+    @torch.no_grad()
+    def latent(self, index: int) -> torch.Tensor:
+        """The posterior mean z of image ``index`` (c, h, w), encoded once and kept."""
+        if index not in self._z:
+            device = next(self.vae.parameters()).device if hasattr(self.vae, "parameters") else torch.device("cpu")
+            self._z[index] = self.vae.encode(self.images[index:index + 1].to(device))[0][0]
+        return self._z[index]
+
+    @torch.no_grad()
+    def blend(self, a: int, b: int, alpha: float, channel: int = -1, gain: float = 1.0) -> dict[str, torch.Tensor]:
+        """The two blends at α: ``latent`` = D((1 − α)·z_A + α·z_B) (with channel ``channel`` × ``gain``; −1 = none)
+        and ``pixel`` = (1 − α)·x_A + α·x_B, both (C, H, W) in [−1, 1] on the CPU."""
+        alpha = validate.real("alpha", alpha, low=0.0, high=1.0)
+        channel = validate.integer("channel", channel, low=-1, high=self.channels - 1)
+        z = (1 - alpha) * self.latent(a) + alpha * self.latent(b)
+        if channel >= 0:
+            z = z.clone()
+            z[channel] = z[channel] * float(gain)
+        x_lat = self.vae.decode(z[None]).clamp(-1, 1)[0].float().cpu()
+        x_pix = (1 - alpha) * self.images[a] + alpha * self.images[b]
+        return {"latent": x_lat, "pixel": x_pix.float().cpu()}
+
+    def update(self) -> None:
+        """Redraw the four panels for the controls' current values."""
+        import time
+
+        start = time.perf_counter()
+        a, b, alpha = int(self.a.value), int(self.b.value), float(self.alpha.value)
+        channel, gain = int(self.channel.value), float(self.gain.value)
+        self.gain.disabled = channel < 0
+        self.last = self.blend(a, b, alpha, channel, gain)
+        shown = (self.images[a], self.images[b], self.last["latent"], self.last["pixel"])
+        for panel, img in zip(self.panels, shown):
+            panel.value = png_bytes(to_numpy_image(img), self.scale)
+        self.captions[0].value = f"<b>A</b> ({self.a.label})"
+        self.captions[1].value = f"<b>B</b> ({self.b.label})"
+        extra = f", channel {channel} × {gain:g}" if channel >= 0 else ""
+        self.captions[2].value = f"<b>latent blend</b><br>D((1−α)·z<sub>A</sub> + α·z<sub>B</sub>){extra}"
+        self.captions[3].value = "<b>pixel blend</b><br>(1−α)·x<sub>A</sub> + α·x<sub>B</sub>"
+        self.info.value = (f"α = {alpha:.2f}: {1 - alpha:.2f} of A, {alpha:.2f} of B{extra} — drawn in "
+                           f"{(time.perf_counter() - start) * 1e3:.0f} ms")
+
+    def _describe(self, setting: dict) -> str:
+        parts = []
+        for k in setting:
+            if k == "alpha":
+                parts.append(f"α = {self.alpha.value:.2f}")
+            elif k in ("a", "b"):
+                parts.append(f"{k.upper()} = {self._controls()[k].label}")
+            elif k == "channel":
+                parts.append("no channel scaled" if self.channel.value < 0 else f"channel {self.channel.value}")
+            else:
+                parts.append(f"gain × {self.gain.value:g}")
+        return "\n".join(parts)
+
+    def figure(self, settings: Sequence[dict] | None = None, size: float = 1.6) -> Figure:
+        """The static version: one column per setting ({control: value}, controls ``alpha``, ``a``, ``b``,
+        ``channel``, ``gain``; each applied on top of the one before; default: α = 0, 0.25, …, 1), the latent blend
+        above the pixel blend, titled with what the setting changed. The controls are restored afterwards."""
+        settings = [{"alpha": s} for s in (0.0, 0.25, 0.5, 0.75, 1.0)] if settings is None else list(settings)
+        cols = []
+        for setting in self._each_setting(settings):
+            cols.append((self._describe(setting), self.last["latent"], self.last["pixel"]))
+        lines = max(t.count("\n") + 1 for t, _, _ in cols)
+        fig, axes = plt.subplots(2, len(cols), figsize=(size * len(cols) + 0.6, 2 * size + 0.2 * lines),
+                                 squeeze=False)
+        for j, (title, lat, pix) in enumerate(cols):
+            for i, img in enumerate((lat, pix)):
+                axes[i, j].imshow(to_numpy_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                axes[i, j].set_xticks([])
+                axes[i, j].set_yticks([])
+            axes[0, j].set_title(title, fontsize=8)
+        axes[0, 0].set_ylabel("latent blend")
+        axes[1, 0].set_ylabel("pixel blend")
+        fig.tight_layout()
+        return fig
+
+
+class AttentionExplorer(_PanelExplorer):
+    """What one token of a latent DiT attends to (chapter 8): pick a query token (row, col) on the latent grid, a
+    block and a noise level t; see that token's attention over all tokens as a heat map on the garment.
+
+    The attention is softmax(QKᵀ/√d) of the chosen block (Vaswani et al. 2017, Eq. 1; ``DiT.attention_maps``), on
+    z_t = √ᾱ_t·z₀ + √(1−ᾱ_t)·ε with z₀ the garment's scaled latent and ε fixed by ``seed``. One forward pass gives
+    every block's maps, and it is kept per (garment, t): moving the block, the token or the head is instant. A latent
+    token covers roughly f×f pixels of the image (f = image size / grid size); its receptive field is wider.
+
+    Args:
+        ldm: a ``latent.LatentDiffusion`` whose denoiser has ``attention_maps`` (``fmnist-ldm-dit``).
+        images: (N, C, H, W) in [−1, 1] to pick from; ``choices``: how many of the first ones, or a list of indices.
+        labels, class_names: optional; with labels the DiT is conditioned on the garment's class, else unconditional.
+        index, t, block (1-based; default the last), row, col: where the controls start; seed: of the noise ε.
+    """
+
+    _busy = "<i>⏳ computing attention…</i>"
+    _cache_size = 64
+
+    def __init__(self, ldm: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 class_names: Sequence[str] | None = None, choices: int | Sequence[int] = 20, index: int = 0,
+                 t: int = 300, block: int | None = None, row: int = 3, col: int = 3, seed: int = 0, scale: int = 6):
+        model = getattr(ldm, "model", None)
+        if model is None or not hasattr(model, "attention_maps") or not hasattr(ldm, "schedule"):
+            raise TypeError(f"ldm must be a latent.LatentDiffusion with a DiT denoiser (fmnist-ldm-dit), got "
+                            f"{type(ldm).__name__}")
+        images = validate.float_tensor("images", images, min_ndim=4)
+        options = _choice_options(images, labels, class_names, choices)
+        if index not in [v for _, v in options]:
+            raise ValueError(f"index={index!r} is not one of the images offered: pass it in choices")
+        self.T = int(ldm.schedule.T)
+        depth = len(model.blocks)
+        self.grid = int(model.input_size[0]) // int(model.patch)
+        t = validate.integer("t", t, low=0, high=self.T - 1)
+        block = depth if block is None else validate.integer("block", block, low=1, high=depth)
+        row = validate.integer("row", row, low=0, high=self.grid - 1)
+        col = validate.integer("col", col, low=0, high=self.grid - 1)
+        self.seed = validate.seed("seed", seed)
+        self.scale = validate.positive_int("scale", scale)
+        self.ldm, self.model, self.images, self.labels = ldm, model, images, labels
+        self.use_labels = labels is not None and bool(getattr(model, "num_classes", 0))
+        self._cache: dict[tuple[int, int], dict] = {}
+        self._z0: dict[int, torch.Tensor] = {}
+        self.image_menu = W.Dropdown(options=options, value=index, description="garment")
+        heads = int(model.blocks[0].attn.heads)
+        self.head = W.Dropdown(options=[("mean of all", -1)] + [(str(h + 1), h) for h in range(heads)], value=-1,
+                               description="head")
+        self.t = W.IntSlider(value=t, min=0, max=self.T - 1, step=1, description="t", continuous_update=False)
+        self.block = W.IntSlider(value=block, min=1, max=depth, description="block", continuous_update=True)
+        self.row = W.IntSlider(value=row, min=0, max=self.grid - 1, description="token row", continuous_update=True)
+        self.col = W.IntSlider(value=col, min=0, max=self.grid - 1, description="token col", continuous_update=True)
+        self.panels = [W.Image(format="png") for _ in range(3)]
+        self.captions = [W.HTML() for _ in range(3)]
+        self.info = W.HTML()
+        for control in self._controls().values():
+            control.observe(self._changed, names="value")
+        columns = [W.VBox([p, c], layout=W.Layout(align_items="center")) for p, c in zip(self.panels, self.captions)]
+        self.widget = W.VBox([W.HBox([self.t, self.block]), W.HBox([self.row, self.col]),
+                              W.HBox([self.image_menu, self.head]), W.HBox(columns), self.info])
+        self.last: torch.Tensor | None = None
+        self.update()
+
+    def _controls(self) -> dict:
+        return {"t": self.t, "block": self.block, "row": self.row, "col": self.col, "image": self.image_menu,
+                "head": self.head}
+
+    @torch.no_grad()
+    def forward_pass(self, index: int, t: int) -> dict:
+        """Every block's attention (depth, heads, N, N) and the decoded z_t for garment ``index`` at ``t`` — one
+        forward pass, kept (the oldest of ``_cache_size`` entries is dropped)."""
+        key = (int(index), int(t))
+        if key not in self._cache:
+            device = next(self.model.parameters()).device
+            if index not in self._z0:
+                self._z0[index] = self.ldm.encode(self.images[index:index + 1].to(device))
+            z0 = self._z0[index]
+            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(self.seed)).to(device)
+            tt = torch.tensor([int(t)], device=device)
+            z_t = forward.q_sample(z0, tt, self.ldm.schedule, noise)
+            cond = self.labels[index:index + 1].to(device).long() if self.use_labels else None
+            maps = self.model.attention_maps(z_t, tt, cond)[:, 0].float().cpu()        # (depth, heads, N, N)
+            if len(self._cache) >= self._cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = {"maps": maps, "seen": self.ldm.decode(z_t)[0].float().cpu(),
+                                "alpha_bar": float(self.ldm.schedule.alpha_bar[int(t)])}
+        return self._cache[key]
+
+    def attention(self, index: int, t: int, block: int, row: int, col: int, head: int = -1) -> torch.Tensor:
+        """The query token (row, col)'s attention over the grid (grid, grid), summing to 1; ``block`` 1-based,
+        ``head`` −1 = the mean over heads."""
+        maps = self.forward_pass(index, t)["maps"]
+        block = validate.integer("block", block, low=1, high=maps.shape[0])
+        head = validate.integer("head", head, low=-1, high=maps.shape[1] - 1)
+        row = validate.integer("row", row, low=0, high=self.grid - 1)
+        col = validate.integer("col", col, low=0, high=self.grid - 1)
+        m = maps[block - 1].mean(0) if head < 0 else maps[block - 1, head]
+        return m[row * self.grid + col].reshape(self.grid, self.grid)
+
+    def overlay(self, index: int, weights: torch.Tensor, row: int, col: int):
+        """The garment in grey under the attention heat map (magma, scaled to its maximum), the query token framed
+        in cyan: an (H, W, 3) array in [0, 1]."""
+        import numpy as np
+
+        img = to_numpy_image(self.images[index])
+        if img.ndim == 3:
+            img = img.mean(-1)
+        f = img.shape[0] // self.grid
+        w = (weights / weights.max().clamp(min=1e-12)).numpy()
+        heat = plt.get_cmap("magma")(np.kron(w, np.ones((f, f))))[..., :3]
+        base = np.zeros_like(heat)
+        base[:heat.shape[0], :heat.shape[1]] = img[:heat.shape[0], :heat.shape[1], None]
+        out = 0.35 * base + 0.65 * heat
+        r0, c0, cyan = row * f, col * f, np.array([0.0, 1.0, 1.0])
+        out[r0, c0:c0 + f] = out[r0 + f - 1, c0:c0 + f] = cyan
+        out[r0:r0 + f, c0] = out[r0:r0 + f, c0 + f - 1] = cyan
+        return out
+
+    def _query_frame(self, index: int, row: int, col: int):
+        """The garment with the query token framed in cyan."""
+        import numpy as np
+
+        img = to_numpy_image(self.images[index])
+        rgb = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img.copy()
+        f = rgb.shape[0] // self.grid
+        r0, c0, cyan = row * f, col * f, np.array([0.0, 1.0, 1.0])
+        rgb[r0, c0:c0 + f] = rgb[r0 + f - 1, c0:c0 + f] = cyan
+        rgb[r0:r0 + f, c0] = rgb[r0:r0 + f, c0 + f - 1] = cyan
+        return rgb
+
+    def summary(self, weights: torch.Tensor, row: int, col: int) -> dict[str, float]:
+        """The share of the query's attention on itself and on its 3×3 neighbourhood, and what uniform attention
+        would give there."""
+        rows, cols = torch.meshgrid(torch.arange(self.grid), torch.arange(self.grid), indexing="ij")
+        near = ((rows - row).abs() <= 1) & ((cols - col).abs() <= 1)
+        return {"self": float(weights[row, col]), "near": float(weights[near].sum()),
+                "near_uniform": float(near.sum()) / self.grid ** 2}
+
+    def update(self) -> None:
+        """Redraw for the controls' current values (a forward pass only for a (garment, t) not seen yet)."""
+        import time
+
+        start = time.perf_counter()
+        index, t, block = int(self.image_menu.value), int(self.t.value), int(self.block.value)
+        row, col, head = int(self.row.value), int(self.col.value), int(self.head.value)
+        state = self.forward_pass(index, t)
+        self.last = self.attention(index, t, block, row, col, head)
+        s = self.summary(self.last, row, col)
+        shown = (self._query_frame(index, row, col), to_numpy_image(state["seen"]),
+                 self.overlay(index, self.last, row, col))
+        for panel, img in zip(self.panels, shown):
+            panel.value = png_bytes(img, self.scale)
+        self.captions[0].value = f"<b>x₀</b> ({self.image_menu.label}), query token ({row}, {col})"
+        self.captions[1].value = f"<b>z<sub>t</sub> decoded</b> (what the DiT sees, ᾱ = {state['alpha_bar']:.3f})"
+        heads = "mean over heads" if head < 0 else f"head {head + 1}"
+        self.captions[2].value = f"<b>attention of token ({row}, {col})</b><br>block {block}, {heads}"
+        self.info.value = (f"t = {t}, block {block}: token ({row}, {col}) gives {s['self']:.1%} of its attention to "
+                           f"itself and {s['near']:.1%} to its 3×3 neighbourhood (uniform attention: "
+                           f"{s['near_uniform']:.1%}) — {(time.perf_counter() - start) * 1e3:.0f} ms")
+
+    def figure(self, settings: Sequence[dict] | None = None, size: float = 2.0) -> Figure:
+        """The static version: the heat map at each setting ({control: value}, controls ``t``, ``block``, ``row``,
+        ``col``, ``image``, ``head``; each applied on top of the one before; default: the first, middle and last
+        block at the current t), titled with the full state. The controls are restored afterwards."""
+        depth = self.block.max
+        if settings is None:
+            settings = [{"block": b} for b in sorted({1, (depth + 1) // 2, depth})]
+        panels = []
+        for _ in self._each_setting(list(settings)):
+            row, col = int(self.row.value), int(self.col.value)
+            s = self.summary(self.last, row, col)
+            head = "" if self.head.value < 0 else f", head {self.head.value + 1}"
+            title = (f"t = {self.t.value}, block {self.block.value}{head}\ntoken ({row}, {col}): "
+                     f"{s['near']:.0%} nearby")
+            panels.append((title, self.overlay(int(self.image_menu.value), self.last, row, col)))
+        fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.5), squeeze=False)
+        for ax, (title, img) in zip(axes[0], panels):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+        fig.tight_layout()
+        return fig

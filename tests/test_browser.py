@@ -195,13 +195,21 @@ def test_explorers_respond_in_jupyterlab(lab):
             expect_text = outputs[0].locator(".widget-html", has_text="t = 500")
             expect_text.first.wait_for(timeout=30_000)
 
-            # chapter 3: a new seed resamples the grid
+            # chapter 3: a new seed resamples the grid; the explorer says so at once (busy, then a 2-step preview),
+            # and the full grid follows: both latencies are measured as the learner sees them
             grid3 = images[1].first
             before = _settle(grid3)
             seed = outputs[1].locator(".widget-text input").first
             seed.fill("3")
+            t0 = time.perf_counter()
             seed.press("Enter")
+            outputs[1].locator(".widget-html", has_text="⏳").first.wait_for(timeout=30_000)
+            busy_s = time.perf_counter() - t0
             _wait_changed(grid3, before)
+            outputs[1].locator(".widget-html", has_text="5 steps, η").first.wait_for(timeout=60_000)
+            full_s = time.perf_counter() - t0
+            print(f"chapter 3 explorer: busy state after {busy_s:.2f} s, full grid after {full_s:.2f} s")
+            assert busy_s < 1.0, f"the explorer took {busy_s:.2f} s to show that it is busy"
 
             # chapter 4 (classes): another class
             grid4 = images[2].first

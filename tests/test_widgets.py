@@ -366,3 +366,179 @@ def test_grid_explorers_say_they_are_busy_before_sampling():
     ex.steps.value = 3
     assert seen and all("sampling" in v for v in seen)        # while the model ran, the info said so
     assert "sampling" not in ex.info.value and "3 steps" in ex.info.value
+
+
+def test_in_a_kernel_a_change_previews_at_once_and_draws_the_full_grid_when_the_controls_rest(monkeypatch):
+    """Inside a kernel the draws go on its event loop: a cheap preview first, then the full grid; a newer change
+    supersedes the older one's draws (issue 39: an answer while the slider moves, the full grid on release)."""
+    import torch
+
+    from diffusion_course import widgets
+    from diffusion_course.nn import UNet
+    from diffusion_course.schedules import NoiseSchedule
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, channels=(8, 16), attention_levels=(), num_classes=0).eval()
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t, cond=None):
+            calls.append(1)
+            return self.net(x, t)
+
+    ex = widgets.SamplerExplorer(Counting(), NoiseSchedule.cosine(1000), n=2, image_shape=(1, 8, 8))
+
+    class FakeLoop:
+        def __init__(self):
+            self.pending = []
+
+        def call_later(self, delay, fn, *args):
+            self.pending.append((delay, fn, args))
+
+        def run(self):
+            for _, fn, args in sorted(self.pending, key=lambda p: p[0]):
+                fn(*args)
+            self.pending.clear()
+
+    loop = FakeLoop()
+    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    calls.clear()
+    ex.steps.value = 7
+    assert "⏳" in ex.info.value and not calls                # nothing computed inside the change handler
+    ex.steps.value = 9                                       # a second change before the loop ran
+    loop.pending.sort(key=lambda p: p[0])
+    first_preview = loop.pending[0]
+    first_preview[1](*first_preview[2])                      # the first change's preview: superseded, skipped
+    assert not calls
+    loop.pending.pop(0)
+    previews = [p for p in loop.pending if p[2][1]]
+    previews[-1][1](*previews[-1][2])                        # the newest preview: 2 of the 9 steps
+    assert len(calls) == ex.preview_steps and "preview" in ex.info.value and "9 steps follow" in ex.info.value
+    grid_before = ex.last
+    calls.clear()
+    fulls = [p for p in loop.pending if not p[2][1]]
+    fulls[-1][1](*fulls[-1][2])                              # the controls rested: the full grid
+    assert len(calls) == 9 and "9 steps" in ex.info.value and "preview" not in ex.info.value
+    assert ex.last is not grid_before and torch.isfinite(ex.last).all()
+
+
+def _first_test_garments(n: int = 20):
+    from diffusion_course import data
+
+    x, y = data.load_fashion_mnist("test")
+    return x[:n], y[:n]
+
+
+def test_latent_explorer_walks_the_shipped_autoencoders_latent():
+    """Chapter 5's explorer on fmnist-vae: α = 0 decodes A's own latent, the pixel blend is the plain mix, a channel
+    gain changes only the latent blend, and the static figure restores the controls."""
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    from diffusion_course import data, pretrained
+    from diffusion_course.widgets import LatentExplorer
+
+    x, y = _first_test_garments()
+    vae = pretrained.load("fmnist-vae", device="cpu")
+    ex = LatentExplorer(vae, x, y, data.FASHION_CLASSES, a=0, b=2, alpha=0.0)
+    with torch.no_grad():
+        rec_a = vae.decode(vae.encode(x[:1])[0]).clamp(-1, 1)[0]
+    assert torch.allclose(ex.last["latent"], rec_a, atol=1e-5) and torch.equal(ex.last["pixel"], x[0])
+    first, png = ex.last["latent"].clone(), ex.panels[2].value
+    ex.alpha.value = 0.6
+    assert all(torch.isfinite(v).all() for v in ex.last.values())
+    assert not torch.equal(ex.last["latent"], first) and ex.panels[2].value != png
+    assert torch.allclose(ex.last["pixel"], 0.4 * x[0] + 0.6 * x[2]) and "α = 0.60" in ex.info.value
+    blend, pixel = ex.last["latent"].clone(), ex.last["pixel"].clone()
+    assert ex.gain.disabled                          # no channel picked: the gain does nothing, and says so
+    ex.channel.value = 1
+    ex.gain.value = 0.0
+    assert not torch.equal(ex.last["latent"], blend) and torch.equal(ex.last["pixel"], pixel)
+    assert "channel 1" in ex.info.value and not ex.gain.disabled
+    shown = ex.last["latent"].clone()
+    fig = ex.figure([{"alpha": 0.0}, {"alpha": 1.0, "channel": -1}], size=1.0)
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 4
+    assert fig.axes[0].get_title() == "α = 0.00" and fig.axes[1].get_title() == "α = 1.00\nno channel scaled"
+    assert ex.alpha.value == 0.6 and ex.channel.value == 1 and torch.equal(ex.last["latent"], shown)   # restored
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        ex.figure([{"alpha": 1.5}])
+    with pytest.raises(ValueError, match="unknown control"):
+        ex.figure([{"beta": 0.5}])
+    with pytest.raises(ValueError, match="alpha"):
+        LatentExplorer(vae, x, alpha=1.5)
+    with pytest.raises(ValueError, match="b=50"):
+        LatentExplorer(vae, x, b=50)                 # only the 20 images given can be picked
+    with pytest.raises(ValueError, match="labels"):
+        LatentExplorer(vae, x, y[:5])
+    plt.close("all")
+
+
+def test_attention_explorer_shows_a_tokens_attention_with_one_forward_pass_per_t():
+    """Chapter 8's explorer on fmnist-ldm-dit: the heat map is DiT.attention_maps' row for the query token; moving
+    the block, the token or the head reuses the forward pass, a new t makes one."""
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    from diffusion_course import data, forward, pretrained
+    from diffusion_course.widgets import AttentionExplorer
+
+    x, y = _first_test_garments()
+    ldm = pretrained.load("fmnist-ldm-dit", device="cpu")
+    ex = AttentionExplorer(ldm, x, y, data.FASHION_CLASSES, t=300, row=3, col=3)
+    z0 = ldm.encode(x[:1])
+    tt = torch.tensor([300])
+    z_t = forward.q_sample(z0, tt, ldm.schedule, torch.randn(z0.shape, generator=torch.Generator().manual_seed(0)))
+    expected = ldm.model.attention_maps(z_t, tt, y[:1])[-1, 0].mean(0)[3 * 7 + 3].reshape(7, 7)
+    assert ex.last.shape == (7, 7) and torch.isfinite(ex.last).all()
+    assert torch.allclose(ex.last, expected, atol=1e-5) and float(ex.last.sum()) == pytest.approx(1.0, abs=1e-4)
+    calls, net_forward = [], ldm.model.forward
+    ldm.model.forward = lambda *a, **k: (calls.append(1), net_forward(*a, **k))[1]
+    first, png = ex.last.clone(), ex.panels[2].value
+    ex.block.value = 1
+    ex.row.value = 0
+    ex.head.value = 2
+    assert not calls                                  # the same t: no new forward pass
+    assert not torch.equal(ex.last, first) and ex.panels[2].value != png and "block 1" in ex.info.value
+    ex.t.value = 900
+    assert len(calls) == 1 and "t = 900" in ex.info.value and torch.isfinite(ex.last).all()
+    ex.t.value = 300
+    assert len(calls) == 1                            # seen before: kept
+    fig = ex.figure([{"block": 6, "head": -1}, {"t": 900, "block": 6, "head": -1}])
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert [a.get_title().split("\n")[0] for a in fig.axes] == ["t = 300, block 6", "t = 900, block 6"]
+    assert (ex.t.value, ex.block.value, ex.row.value, ex.head.value) == (300, 1, 0, 2)    # restored
+    with pytest.raises(ValueError, match="t=1000"):
+        ex.figure([{"t": 1000}])
+    with pytest.raises(ValueError, match="block"):
+        AttentionExplorer(ldm, x, block=7)
+    with pytest.raises(ValueError, match="row"):
+        AttentionExplorer(ldm, x, row=7)
+    with pytest.raises(TypeError, match="DiT"):
+        AttentionExplorer(pretrained.load("fmnist-vae", device="cpu"), x)
+    plt.close("all")
+
+
+def test_panel_explorers_say_they_are_busy_before_recomputing():
+    """Chapters 5 and 8: a change shows a ⏳ line at once; the result replaces it when it is drawn."""
+    from diffusion_course import pretrained
+    from diffusion_course.widgets import AttentionExplorer, LatentExplorer
+
+    x, y = _first_test_garments()
+    vae = pretrained.load("fmnist-vae", device="cpu")
+    ex = LatentExplorer(vae, x)
+    seen, decode = [], vae.decode
+    vae.decode = lambda z: (seen.append(ex.info.value), decode(z))[1]
+    ex.alpha.value = 0.8
+    assert seen and all("⏳" in v for v in seen) and "⏳" not in ex.info.value and "α = 0.80" in ex.info.value
+
+    ldm = pretrained.load("fmnist-ldm-dit", device="cpu")
+    ax = AttentionExplorer(ldm, x, y)
+    seen.clear()
+    net_forward = ldm.model.forward
+    ldm.model.forward = lambda *a, **k: (seen.append(ax.info.value), net_forward(*a, **k))[1]
+    ax.t.value = 700
+    assert seen and all("⏳" in v for v in seen) and "⏳" not in ax.info.value and "t = 700" in ax.info.value

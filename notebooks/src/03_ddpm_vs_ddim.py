@@ -9,8 +9,8 @@
 #    test the claim "50 DDIM steps ≈ 1000 DDPM steps" with a comparison that could come out the other way;
 # 4. use DDIM's determinism: same noise → same image, inversion (image → noise → image), interpolation between noises.
 #
-# Time: about 8 minutes on a 2-core CPU (DDPM-1000 over 1000 images — a million model calls, 1.5 hours here — is read
-# from samples that ship with the package; `python benchmarks/ddpm_reference.py` recomputes them); a GPU is much faster.
+# Time: about 8 minutes on a 2-core CPU (DDPM-1000's samples, hours of CPU time, ship with the package;
+# `python benchmarks/ddpm_reference.py` recomputes them); a GPU is much faster.
 
 # %%
 import math
@@ -285,8 +285,8 @@ for ax, clip in zip(axes, [False, True]):
 fig.tight_layout()
 
 # %% [markdown]
-# **The line-up.** DDPM-1000 costs 1000 network calls per image: over the thousand images a verdict needs, that is a
-# million calls — more than an hour on this CPU. Its samples therefore ship with the package, made by
+# **The line-up.** DDPM-1000 costs 1000 network calls per image: over the hundreds of images a verdict needs, that is
+# hundreds of thousands of calls — more than an hour on this CPU. Its samples therefore ship with the package, made by
 # `python benchmarks/ddpm_reference.py` from the same $x_T$ and labels that `compare_samplers` draws below (seed 0), so
 # image $i$ there and image $i$ here are a pair. This chapter runs the fast samplers itself on the first `n_fid` of those
 # noises and checks that the pairing holds (DDIM η = 0 is deterministic, so its shipped and live images must agree to the
@@ -388,8 +388,8 @@ for a, b in live_pairs:
         print(f"{a} vs {b}: skipped in quick mode (run without DIFFUSION_COURSE_QUICK for the verdict)")
 
 # %% [markdown]
-# How much does the sample size buy? The same test on the first $n$ of the shipped pairs, for a pair whose gap is real
-# at $n$ = 1000 and for the headline pair:
+# How much does the sample size buy? The same test on the first $n$ of the shipped pairs, for DDIM-10 against DDPM-1000
+# and for the headline pair:
 
 # %%
 sizes = [n for n in (100, 250, 500, 1000) if n <= shipped["n"]]
@@ -409,9 +409,9 @@ ax.legend(fontsize=8);
 # %% [markdown]
 # Read the verdicts from the printed lines: each says what it found *and* how large a gap it could have found. At the
 # chapter's own n the intervals are wide — several FID points — so "indistinguishable" there is a weak statement; at
-# n = 1000 they are narrower, and the figure shows the width shrinking roughly like $1/\sqrt n$. A claim that held here
-# holds at this $n$ and for this model only: `python benchmarks/fid_vs_nfe.py --n 1000` runs the whole line-up at
-# n = 1000.
+# the shipped n they are narrower, and the figure shows the width shrinking as n grows. A claim that held here holds at
+# this $n$ and for this model only: `python benchmarks/ddpm_reference.py --n 1000` extends the shipped samples, and
+# `python benchmarks/fid_vs_nfe.py --n 1000` runs the whole line-up at that size.
 
 # %% [markdown]
 # ## 5. Same noise → same image
@@ -666,8 +666,8 @@ print(f"the first of 10 trailing steps goes from ρ = {rho(int(ts10[0])):.0f} (t
 #   (median) error of the deterministic samplers falls at the rate of their order once steps are small enough — DDIM
 #   first, DPM-Solver++(2M) second; the mean is dominated by the few points that end in another mode.
 # * On the real model the table measures the trade-off, and the verdict on "50 DDIM ≈ 1000 DDPM" comes from a paired
-#   bootstrap on shipped DDPM-1000 samples at n = 1000, printed with the smallest gap the test could have detected and
-#   beside pairs it should tell apart.
+#   bootstrap on shipped DDPM-1000 samples, printed with the smallest gap the test could have detected and beside
+#   pairs it should tell apart.
 # * Determinism buys reproducibility, inversion and meaningful interpolation (use slerp, not lerp).
 # * Spacing matters at low step counts: "trailing" starts from pure noise, "leading" never does.
 #
