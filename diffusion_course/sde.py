@@ -22,8 +22,9 @@ Here:
 * samplers: :func:`euler_maruyama`, :func:`predictor_corrector`, :func:`probability_flow` (Euler, Heun, or an
   adaptive Dormand–Prince "rk45" through torchdiffeq), :func:`langevin`, :func:`annealed_langevin`;
 * likelihoods: :func:`log_likelihood` (PF-ODE, exact or Hutchinson divergence), :func:`bits_per_dim` (8-bit images,
-  uniform dequantisation), :func:`ddpm_elbo_bpd` (DDPM's variational bound of the same ε-model), and
-  :func:`independent_pixel_bpd`, a per-pixel baseline for scale.
+  uniform dequantisation), :func:`ddpm_elbo_bpd` (DDPM's variational bound of the same ε-model),
+  :func:`independent_pixel_bpd`, a per-pixel baseline for scale, and :func:`compressed_bpd`, a PNG/zlib code length
+  (the input-complexity correction for out-of-distribution scores).
 
 A score is any callable ``score_fn(x, t)`` with t a float tensor (B,) in (0, 1]. :func:`solve_ode` and
 :func:`flow_log_likelihood` take any velocity field ``v(x, t)``, not only a score (flow matching reuses them).
@@ -41,7 +42,8 @@ from .schedules import NoiseSchedule
 __all__ = ["SDE", "VPSDE", "VESDE", "DiscreteVPSDE", "score_from_eps", "ScoreFromEps", "euler_maruyama",
            "predictor_corrector", "probability_flow", "pf_ode_velocity", "solve_ode", "time_grid", "langevin",
            "annealed_langevin", "divergence", "hutchinson_divergence", "log_likelihood", "flow_log_likelihood",
-           "dequantize", "bits_per_dim", "nats_to_bits_per_dim", "ddpm_elbo_bpd", "independent_pixel_bpd"]
+           "dequantize", "bits_per_dim", "nats_to_bits_per_dim", "ddpm_elbo_bpd", "independent_pixel_bpd",
+           "compressed_bpd"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LOG_2PI = math.log(2 * math.pi)
@@ -323,12 +325,14 @@ class ScoreFromEps:
     """``score_fn(x, t) = −ε̂(x, i(t)) / σ(t)`` for a discrete-time ε-model (see :func:`score_from_eps`)."""
 
     def __init__(self, model: Callable[..., torch.Tensor], schedule: NoiseSchedule, cond: torch.Tensor | None = None,
-                 time: str = "fractional"):
+                 time: str = "fractional", clip_x0: bool = False):
         if time not in {"fractional", "nearest"}:
             raise ValueError(f"time must be 'fractional' or 'nearest', got {time!r}")
         if getattr(model, "objective", "eps") != "eps":
             raise ValueError(f"score_from_eps needs an ε-prediction model, got objective={model.objective!r}")
-        self.model, self.schedule, self.cond, self.time = model, schedule, cond, time
+        if not isinstance(clip_x0, bool):
+            raise TypeError(f"clip_x0 must be True or False, got {clip_x0!r}")
+        self.model, self.schedule, self.cond, self.time, self.clip_x0 = model, schedule, cond, time, clip_x0
         self.sde = DiscreteVPSDE(schedule)
         self.nfe = 0  # network calls so far (samplers' cost)
 
@@ -347,12 +351,16 @@ class ScoreFromEps:
         eps = self.eps(x, t, cond)
         if self.time == "nearest":
             t = (self.sde.index(t).round().clamp(0, self.schedule.T - 1) + 1) / self.schedule.T
-        _, sigma = self.sde.alpha_sigma(t.to(x.dtype))
-        return -eps / _bshape(sigma, x)
+        alpha, sigma = self.sde.alpha_sigma(t.to(x.dtype))
+        alpha, sigma = _bshape(alpha, x), _bshape(sigma, x)
+        if self.clip_x0:   # DDPM's clip_denoised: x̂₀ = (x − σ ε̂)/α clamped to [−1, 1], ε̂ recomputed to match
+            x0 = ((x - sigma * eps) / alpha).clamp(-1, 1)
+            eps = (x - alpha * x0) / sigma
+        return -eps / sigma
 
 
 def score_from_eps(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, cond: torch.Tensor | None = None,
-                   time: str = "fractional") -> ScoreFromEps:
+                   time: str = "fractional", clip_x0: bool = False) -> ScoreFromEps:
     """A chapter-2 ε-model (discrete t = 0 … T−1) as a continuous-time score s(x, t) = −ε̂ / σ(t).
 
     The score belongs to ``DiscreteVPSDE(schedule)`` (available as ``score_fn.sde``): continuous t maps to the
@@ -361,8 +369,10 @@ def score_from_eps(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, 
     Vincent 2011). ``time="fractional"`` passes the real-valued index i(t) to the network (its sinusoidal time
     embedding accepts any real t); ``"nearest"`` rounds to the nearest integer index, for models that only take
     integer t (such as ``gmm.OracleModel``). ``cond`` is fixed class labels (B,) for a conditional model.
+    ``clip_x0=True`` returns the score of the ε̂ implied by x̂₀ = (x − σε̂)/α clamped to [−1, 1] — DDPM's and DDIM's
+    ``clip_denoised`` (Ho et al. 2020's sampler), so SDE and ODE samplers can be compared with them like for like.
     """
-    return ScoreFromEps(model, schedule, cond, time)
+    return ScoreFromEps(model, schedule, cond, time, clip_x0)
 
 
 # =========================================================================== samplers
@@ -895,3 +905,37 @@ def independent_pixel_bpd(train_images: torch.Tensor, test_images: torch.Tensor,
     logp = (counts / counts.sum(1, keepdim=True)).log()                                    # (D, 256)
     ll = logp.gather(1, k_te.T.contiguous()).sum(0)                                       # (B,)
     return (-ll / (D * math.log(2))).float()
+
+
+CODECS = ("png", "zlib")
+
+
+def compressed_bpd(images: torch.Tensor, codec: str = "png") -> torch.Tensor:
+    """Bits per dimension (B,) a general-purpose lossless compressor spends on each 8-bit image: the size of its PNG
+    file (Pillow, compression level 9, header included) or of a level-9 zlib stream of its raw bytes, × 8 / D.
+
+    An estimate of the image's *input complexity* L(x) (Serrà et al. 2020, ICLR, Eq. 2): the score
+    S(x) = bpd_model(x) − L(x)/D asks how many more bits the model needs than a generic compressor, which corrects a
+    likelihood for how simple an image is — the reason simple out-of-distribution images score high. PNG takes
+    (B, 1, H, W) or (B, 3, H, W) images; zlib any channel count. A header is a constant offset per image size."""
+    x = _check_images(images, "images")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    if codec == "png" and x.shape[1] not in (1, 3):
+        raise ValueError(f"codec='png' needs 1 or 3 channels, got images of shape {tuple(x.shape)}; use codec='zlib'")
+    import io
+    import zlib
+
+    k = ((x.detach().double().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    k = k.permute(0, 2, 3, 1).contiguous().numpy()                  # (B, H, W, C): the byte order of an image file
+    bits = []
+    for img in k:
+        if codec == "zlib":
+            bits.append(8 * len(zlib.compress(img.tobytes(), 9)))
+            continue
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG", compress_level=9)
+        bits.append(8 * len(buf.getvalue()))
+    return torch.tensor(bits, dtype=torch.float32) / x[0].numel()

@@ -374,3 +374,97 @@ def test_logsnr_time_grid_takes_equal_log_snr_steps_and_rescues_euler_maruyama_o
         sde.time_grid(s, 10, spacing="karras")
     with pytest.raises(ValueError, match="steps"):
         sde.time_grid(s, 0, spacing="logsnr")
+
+
+# --------------------------------------------------------------------------- clipping, input complexity, OOD digits
+def test_score_from_eps_clip_x0_is_ddpm_clip_denoised():
+    from diffusion_course import sampling
+
+    def eps_model(x, t):                      # an ε whose implied x̂₀ leaves [−1, 1] at every noise level
+        return torch.sin(3 * x) - 0.5 * x + 1e-3 * t.to(x.dtype).reshape(-1, 1, 1, 1)
+
+    x = 1.5 * torch.randn(4, 1, 6, 6, generator=_g(50), dtype=torch.float64)
+    clipped = sde.score_from_eps(eps_model, COSINE, clip_x0=True)
+    plain = sde.score_from_eps(eps_model, COSINE)
+    for i in (0, 300, 800, 999):
+        t = torch.full((4,), (i + 1) / 1000, dtype=torch.float64)      # exactly the discrete index i
+        ti = torch.full((4,), i, dtype=torch.long)
+        sigma = (1 - COSINE.alpha_bar[i]).sqrt().item()
+        eps_ref, x0_ref = sampling.predict_eps_x0(eps_model, x, ti, COSINE, clip_denoised=True)
+        _, x0_raw = sampling.predict_eps_x0(eps_model, x, ti, COSINE)
+        assert x0_raw.abs().max() > 1.2                                 # so the clip really bites
+        torch.testing.assert_close(-sigma * clipped(x, t), eps_ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(-sigma * plain(x, t), eps_model(x, ti.double()), rtol=1e-9, atol=1e-9)
+    # every sampler accepts the clipped score; the samples' denoised estimates stay in range
+    out = sde.euler_maruyama(clipped, torch.randn(2, 1, 6, 6, generator=_g(51), dtype=torch.float64),
+                             clipped.sde, 10, generator=_g(52), spacing="logsnr")
+    assert out.shape == (2, 1, 6, 6) and torch.isfinite(out).all()
+    with pytest.raises(TypeError, match="clip_x0"):
+        sde.score_from_eps(eps_model, COSINE, clip_x0="yes")
+
+
+def test_compressed_bpd_orders_images_by_complexity():
+    g = _g(60)
+    constant = torch.zeros(3, 1, 28, 28)
+    smooth = torch.nn.functional.interpolate(torch.rand(3, 1, 4, 4, generator=g) * 2 - 1, size=(28, 28),
+                                             mode="bilinear", align_corners=False)
+    noise = torch.randint(0, 256, (3, 1, 28, 28), generator=g).float() / 127.5 - 1
+    for codec in sde.CODECS:
+        c, s_, n = (sde.compressed_bpd(v, codec) for v in (constant, smooth, noise))
+        assert c.shape == (3,) and c.dtype == torch.float32
+        assert (c < s_.min()).all() and (s_ < n.min()).all()
+        assert (n > 7.5).all() and (c < 1.5).all()                  # noise is incompressible: about a byte a pixel
+        assert torch.equal(sde.compressed_bpd(smooth, codec), s_)  # deterministic
+    rgb = sde.compressed_bpd(torch.zeros(2, 3, 8, 8))
+    assert rgb.shape == (2,) and (rgb > 0).all()
+    with pytest.raises(ValueError, match="codec"):
+        sde.compressed_bpd(constant, "jpeg")
+    with pytest.raises(ValueError, match="channels"):
+        sde.compressed_bpd(torch.zeros(1, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        sde.compressed_bpd(torch.full((1, 1, 8, 8), 3.0))
+
+
+def _no_mnist(monkeypatch, tmp_path):
+    from diffusion_course import data
+
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setitem(data._SOURCES, "mnist", {"system": [tmp_path / "nowhere"], "urls": []})
+    monkeypatch.setattr(data, "_cache", {})      # restored afterwards: nothing fake stays cached
+    return data
+
+
+def test_load_ood_digits_falls_back_to_sklearn_digits_offline(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    data = _no_mnist(monkeypatch, tmp_path)
+    x, source = data.load_ood_digits(40, seed=3)
+    assert source == data.OOD_DIGIT_SOURCES[1] and "scikit-learn" in source
+    assert x.shape == (40, 1, 28, 28) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.max() > 0.5             # ink reaches near white
+    k = (x + 1) * 127.5
+    torch.testing.assert_close(k, k.round(), rtol=0, atol=1e-4)          # on the 8-bit grid, like the loaders
+    assert (x[..., :4, :] == -1).all() and (x[..., :, -4:] == -1).all()  # a black border, as in MNIST's layout
+    again, _ = data.load_ood_digits(40, seed=3)
+    other, _ = data.load_ood_digits(40, seed=4)
+    assert torch.equal(x, again) and not torch.equal(x, other)
+    with pytest.raises(ValueError, match="n must be at most 1797"):
+        data.load_ood_digits(5000)
+    with pytest.raises(ValueError, match="n"):
+        data.load_ood_digits(0)
+
+
+def test_load_ood_digits_prefers_mnist_when_on_disk(tmp_path, monkeypatch):
+    import struct
+
+    data = _no_mnist(monkeypatch, tmp_path)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    pixels = torch.randint(0, 256, (10000, 28, 28), generator=_g(70), dtype=torch.uint8)
+    (folder / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", 10000, 28, 28)
+                                                     + pixels.numpy().tobytes())
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", 10000)
+                                                     + bytes(i % 10 for i in range(10000)))
+    x, source = data.load_ood_digits(16, seed=0)
+    assert source == "MNIST" == data.OOD_DIGIT_SOURCES[0]
+    idx = torch.randperm(10000, generator=torch.Generator().manual_seed(0))[:16]
+    torch.testing.assert_close(x[:, 0], pixels[idx].float() / 127.5 - 1)
