@@ -685,7 +685,7 @@ def _choice_options(images: torch.Tensor, labels: torch.Tensor | None, class_nam
                     choices: int | Sequence[int]) -> list[tuple[str, int]]:
     """Dropdown options ``("3: Dress", 3)`` for the images a panel explorer offers (the first ``choices``, or those)."""
     n = images.shape[0]
-    if isinstance(choices, (int,)) and not isinstance(choices, bool):
+    if isinstance(choices, int) and not isinstance(choices, bool):
         idx = list(range(min(validate.positive_int("choices", choices), n)))
     else:
         idx = [validate.integer(f"choices[{i}]", c, low=0, high=n - 1) for i, c in enumerate(choices)]

@@ -67,6 +67,14 @@ data9 = mix9.sample(1000, generator=torch.Generator().manual_seed(0))[0].float()
 ex9 = dc.widgets.VelocityFieldExplorer(dc.flow.FlowMLP(), lambda x, t: dc.flow.exact_velocity(mix9, x, t).float(),
                                        data9, t=0.5)
 ex9''',
+    # chapter 5: α walks the shipped autoencoder's latent between two test garments
+    '''ex5 = dc.widgets.LatentExplorer(dc.pretrained.load("fmnist-vae", device="cpu"), x_test, y_test,
+                                dc.data.FASHION_CLASSES)
+ex5''',
+    # chapter 8: one token's attention in the shipped latent DiT
+    '''ex8 = dc.widgets.AttentionExplorer(dc.pretrained.load("fmnist-ldm-dit", device="cpu"), x_test, y_test,
+                                   dc.data.FASHION_CLASSES, index=1, row=2, col=3)
+ex8''',
 ]
 
 
@@ -240,6 +248,26 @@ def test_explorers_respond_in_jupyterlab(lab):
             page.keyboard.press("ArrowRight")
             _wait_changed(field9, before)
             outputs[5].locator(".widget-html", has_text="t = 0.52").first.wait_for(timeout=30_000)
+
+            # chapter 5: one step of the α slider redraws the decoded latent blend (the third of four panels)
+            assert images[6].count() == 4, "chapter 5's explorer should show four panels (A, B and both blends)"
+            blend5 = images[6].nth(2)
+            before = _settle(blend5)
+            outputs[6].locator(".noUi-handle").first.focus()
+            page.keyboard.press("ArrowRight")
+            _wait_changed(blend5, before)
+            outputs[6].locator(".widget-html", has_text="α = 0.55").first.wait_for(timeout=30_000)
+
+            # chapter 8: one block down redraws the heat map from the kept forward pass; one step of t makes a new one
+            heat8 = images[7].nth(2)
+            before = _settle(heat8)
+            outputs[7].locator(".noUi-handle").nth(1).focus()
+            page.keyboard.press("ArrowLeft")
+            _wait_changed(heat8, before)
+            outputs[7].locator(".widget-html", has_text="block 5").first.wait_for(timeout=30_000)
+            outputs[7].locator(".noUi-handle").first.focus()
+            page.keyboard.press("ArrowRight")
+            outputs[7].locator(".widget-html", has_text="t = 301").first.wait_for(timeout=30_000)
 
             # the grid explorers are shown at their own size, not stretched to the cell's width
             for img, natural in [(grid3, 3 * 59), (grid4, 3 * 59), (grid4t, 4 * 67), (grid7, 3 * 59)]:

@@ -228,6 +228,29 @@ plt.show()
 # corners, few tokens); the fresh DiT's line is flat at 1. The transformer has
 # learned from data the prior a convolution starts with; that learning is part of the cost in §4.
 #
+# **Try it.** Pick a garment, a query token (its row and column on the 7×7 grid), a block and $t$. The first panel frames
+# the query token in cyan on the garment, the second decodes $z_t$ (what the DiT sees at that noise level), the third
+# draws the token's attention over all the tokens as a heat map on the garment (brighter is more, scaled to the map's
+# largest weight); the line below prints its share on the 3×3 neighbourhood, to set beside the per-block shares printed
+# above. A new $t$ costs one forward pass, which gives every block's maps at once and is kept: moving the token, the
+# block or the head redraws from it.
+
+# %%
+attention_explorer = dc.widgets.AttentionExplorer(ldm_dit, x_test, y_test, dc.data.FASHION_CLASSES, index=1, t=300,
+                                                  row=2, col=3)
+attention_explorer
+
+# %% [markdown]
+# For readers on GitHub (where widgets do not run), the explorer at a few settings: one token of a pullover at low and
+# high noise, in the first and the last block (each title gives the map's share on the 3×3 neighbourhood):
+
+# %%
+last_block = len(ldm_dit.model.blocks)
+attention_explorer.figure([{"t": 100, "block": 1}, {"block": last_block}, {"t": 900, "block": 1},
+                           {"block": last_block}])
+plt.show()
+
+# %% [markdown]
 # ## 4. DiT vs U-Net: matched compute, and what is not matched
 #
 # "Transformers scale better" is a claim about compute, so compare at equal **training FLOPs** (a training step ≈ 3
