@@ -38,7 +38,7 @@ device = dc.config.get_device()
 #
 # Ho et al. derive this from the variational bound and then drop its per-$t$ weights; it is also *denoising score matching*:
 # the optimal $\hat\varepsilon$ is $-\sqrt{1-\bar\alpha_t}\,\nabla_{x}\log q_t(x)$ (chapter 6). Here it is — with the x₀ and v targets
-# and min-SNR weighting that section 4 uses:
+# that section 6 compares, and min-SNR weighting (an exercise):
 
 # %%
 dc.viz.show_source(losses.diffusion_loss)
@@ -239,7 +239,7 @@ axes[1].bar(centres, buckets, width=width * 0.9, color="lightgray", label="train
 axes[1].plot(ts_loss, loss_ema, "o-", ms=3, color="C0", label=f"final EMA model, {n_held} held-out images")
 axes[1].axhline(1.0, color="C3", ls="--", label="predicting ε̂ = 0")
 axes[1].set(xlabel="t", ylabel="ε-MSE", yscale="log", title="loss per timestep")
-axes[1].legend(fontsize=8)
+axes[1].legend(fontsize=8, loc="lower left")
 final_bucket = [sum(l for t, l in zip(ts_loss, loss_ema) if int(t // width) == b) /
                 max(1, sum(1 for t in ts_loss if int(t // width) == b)) for b in range(len(buckets))]
 ratios = [r / f for r, f in zip(buckets, final_bucket)]
@@ -278,7 +278,8 @@ print(f"bucket 0 (t < {width:.0f}): the run drew {run.history.bucket_count[0]} o
 # in that bucket, $t = 0$ and the next one, equally, and $t = 0$ is the hardest $t$ there is.
 #
 # **(c) Denoise a held-out image** at several $t$: the model's $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
-# should look like the test image at small and medium $t$, and like a plausible garment at large $t$.
+# should look like the test image at small and medium $t$; at large $t$ it can only be an average over every garment the
+# noise allows — a grey blob at the largest $t$, a blurry garment shape below it.
 
 # %%
 def denoise_row(model, img, label, ts):
@@ -394,16 +395,20 @@ with torch.no_grad():
         x0_err[objective], own_err[objective] = errs, own
         gap_eps[objective], gap_v[objective] = max(ge), max(gv)
 print(f"v → x₀ and v → ε on the true v, largest error over all points and 0 < t < T−1: {v_inverse:.1e}")
-print("largest relative deviation over all points and t, float32 rounding if the identities hold:")
+# these two lines check the conversions' algebra on every model's outputs (x̂₀ and v̂ are computed from the one
+# prediction each model makes), not the models: any prediction obeys them, so they can only catch a wrong formula
+print("largest relative deviation over all points and t (the conversions' algebra; ~1e-4 is float32 rounding):")
 print("  ‖ε−ε̂‖² = SNR·‖x₀−x̂₀‖²:    ", ", ".join(f"{k} {v:.1e}" for k, v in gap_eps.items()))
 print("  ‖v−v̂‖² = (1+SNR)·‖x₀−x̂₀‖²:", ", ".join(f"{k} {v:.1e}" for k, v in gap_v.items()))
 
 weights = {"eps": snr, "x0": torch.ones_like(snr), "v": 1 + snr}
 fig, axes = plt.subplots(1, 3, figsize=(16, 3.6))
 t_all = torch.arange(toy_schedule.T)
-for label, w in [("ε: SNR", snr), ("v: 1 + SNR", 1 + snr), ("x₀: 1", torch.ones_like(snr)),
-                 ("ε with min-SNR-5: min(SNR, 5)", snr.clamp(max=5.0))]:
-    axes[0].plot(t_all, w, label=label)
+# ε and v coincide where SNR ≫ 1, and min-SNR-5 equals ε where SNR < 5: dashes and widths keep each curve visible
+for (label, w), style in zip([("ε: SNR", snr), ("v: 1 + SNR", 1 + snr), ("x₀: 1", torch.ones_like(snr)),
+                              ("ε with min-SNR-5: min(SNR, 5)", snr.clamp(max=5.0))],
+                             [dict(lw=3.5, alpha=0.6), dict(lw=1.5, ls="--"), dict(lw=1.5), dict(lw=1.5, ls=":")]):
+    axes[0].plot(t_all, w, label=label, **style)
 axes[0].set(xlabel="t", ylabel="weight on ‖x₀ − x̂₀‖²", yscale="log", title="what each loss weights, in x₀ units")
 axes[0].legend(fontsize=8)
 for k, (objective, errs) in enumerate(x0_err.items()):
@@ -494,11 +499,14 @@ fig.tight_layout()
 # large share of every model's $\hat x_0$ is off the moons, for all three targets alike. That is correct, as long as the later
 # steps pull each point back onto a moon. *Blurred predictions at small $t$:* that pull comes from the small-$t$ predictions,
 # and there the x₀-loss weights the error by 1 where the v- and ε-losses weight it by $1 + \mathrm{SNR}_t$ and $\mathrm{SNR}_t$
-# (the left plot: both far above 1 at small $t$). Trained with the same budget, the x₀-model spends less effort there, and it shows: a
-# larger x̂₀-error at $t = 10$ and $t = 40$ and more of its $\hat x_0$ off the moons at $t = 40$ than the v-model's. A DDIM
-# step moves $x_t$ towards $\hat x_0$, so a blurred $\hat x_0$ — a local average of both sides — leaves points in between.
+# (the left plot: both far above 1 at small $t$). Trained with the same budget, the x₀-model spends less effort there;
+# compare its x̂₀-error at $t = 10$ and $t = 40$ and its share of $\hat x_0$ off the moons at $t = 40$ with the v-model's in
+# the table (one training seed each, so read small differences as ties). A DDIM step moves $x_t$ towards $\hat x_0$, so a
+# blurred $\hat x_0$ — a local average of both sides — leaves points in between. The objective is not the whole story:
+# the ε-model's small-$t$ errors are close to the v-model's, yet its repaired DDIM samples score worse, while section 1's
+# ε-model sampled with DDPM-200 scored well — how the sampler takes its large-$t$ steps matters as much as the loss.
 #
-# The scores above say which samplers work; the identity says why. The same identity explains the ε-loss chart of
+# The identity is the common currency: it explains the ε-loss chart of
 # section 5 (SNR → 0 multiplies the x₀-error away at large $t$), the targets table (ε is "easy" at large $t$ only in its own
 # units) and min-SNR-γ (a cap on the weight curve in the left plot above).
 #
@@ -514,9 +522,13 @@ schedule = model.schedule
 manifest = dc.pretrained.manifest("fmnist-ddpm")
 print(f"{manifest.get('steps')} steps on {manifest.get('device')}, "
       f"{manifest.get('metrics', {}).get('train_wall_seconds', float('nan')) / 60:.0f} min of training")
-for key in ["n", "sampler", "floor", "fid_uncond", "fid_cond", "class_accuracy_cond"]:
-    if key in manifest.get("metrics", {}):
-        print(f"  {key:<20} {manifest['metrics'][key]}")
+metrics = manifest.get("metrics", {})
+for key, what in [("n", "images"), ("sampler", ""), ("fid_cond", "class-conditional FID"),
+                  ("floor_balanced", "its floor (class-balanced real sets)"), ("fid_uncond", "unconditional FID"),
+                  ("floor", "its floor (random real sets)"), ("class_accuracy_cond", "class accuracy (conditional)")]:
+    if key in metrics:
+        v = metrics[key]
+        print(f"  {key:<20} {v:.3f}  {what}" if isinstance(v, float) else f"  {key:<20} {v}  {what}")
 
 # %% [markdown]
 # Samples of every class (rows), 50 DDIM steps:
@@ -621,7 +633,7 @@ dc.exercises.check(my_eps_error, "eps_from_x0_error");
 #   sampler can fail at the degenerate first step of the cosine schedule — clip x̂₀ or skip that step — and where $t$ is
 #   drawn decides where a short run spends its effort.
 # * Diagnose runs with the final model's loss per timestep on held-out images, denoising a held-out image, and EMA vs raw
-#   weights measured, not eyeballed; measure samples with FID next to its (class-balanced) floor.
+#   weights compared on the same held-out images; measure samples with FID next to its (class-balanced) floor.
 #
 # **More exercises.**
 # 1. Train the 2-D model on `"checkerboard"` or `"swiss_roll"`. Which takes more steps, and why?

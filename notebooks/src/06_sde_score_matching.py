@@ -200,14 +200,27 @@ def draw(change=None):
     tt = torch.full((grid.shape[0],), tv, dtype=torch.float64)
     with torch.no_grad():
         s_l, s_e = learned(grid, tt), exact(grid, tt)
+    # every arrow in units of the exact score's length at its point, drawn at most 1.5 grid cells long, so a learned
+    # arrow that is far too long is visibly capped (and counted) instead of crossing the plot
     n_e = s_e.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    u_e, u_l = s_e / n_e, s_l / n_e
+    cap = 1.5
+    capped = int((u_l.norm(dim=1) > cap).sum())
+    u_l = u_l * (cap / u_l.norm(dim=1, keepdim=True).clamp(min=cap))
+    cell = float((grid[:, 0].unique()[1] - grid[:, 0].unique()[0]))
     with out:
         out.clear_output(wait=True)
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.quiver(grid[:, 0], grid[:, 1], (s_e / n_e)[:, 0], (s_e / n_e)[:, 1], color="k", alpha=0.5, scale=35)
-        ax.quiver(grid[:, 0], grid[:, 1], (s_l / n_e)[:, 0], (s_l / n_e)[:, 1], color="C3", scale=35)
-        ax.set(aspect="equal", title=f"t = {tv:.3f}, σ(t) = {S.alpha_sigma(torch.tensor([tv]))[1].item():.3f}, "
-                                     f"rel. error {relative_score_error(tv, 500):.3f}")
+        fig, ax = plt.subplots(figsize=(4.6, 4.6))
+        kw = dict(angles="xy", scale_units="xy", scale=1 / (0.6 * cell), width=0.005)
+        ax.quiver(grid[:, 0], grid[:, 1], u_e[:, 0], u_e[:, 1], color="k", alpha=0.45, label="exact score", **kw)
+        ax.quiver(grid[:, 0], grid[:, 1], u_l[:, 0], u_l[:, 1], color="C3", label="learned score (MLP)", **kw)
+        pad = cell
+        ax.set(xlim=(grid[:, 0].min() - pad, grid[:, 0].max() + pad), ylim=(grid[:, 1].min() - pad, grid[:, 1].max() + pad),
+               aspect="equal")
+        ax.set_title(f"t = {tv:.3f}, σ(t) = {S.alpha_sigma(torch.tensor([tv]))[1].item():.3f}, "
+                     f"rel. error {relative_score_error(tv, 500):.3f}\n(lengths relative to the exact score; "
+                     f"{capped} learned arrows capped at {cap}×)", fontsize=9)
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
         plt.show()
 
 
