@@ -81,7 +81,9 @@ class ClassifierFreeGuidance:
         if self.cond.shape[0] != B:
             raise ValueError(f"cond has batch size {self.cond.shape[0]} but x has {B}")
         cond, null = self.cond.to(x.device), self.null.to(x.device)
-        if self.scale == 1.0 and not self.rescale:        # plain conditional: one pass suffices
+        # plain conditional: one pass suffices. At s = 1, ε_u + 1·(ε_c − ε_u) = ε_c whatever ε_u is, so a negative
+        # prompt or a guidance interval has nothing to change
+        if self.scale == 1.0 and not self.rescale:
             return self.model(x, t, cond)
         if self.scale == 0.0 and self.interval is None and not self.rescale:   # unconditional
             return self.model(x, t, null)

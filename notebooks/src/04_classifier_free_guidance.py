@@ -92,8 +92,8 @@ plt.tight_layout()
 print(f"class-0 component: mean {mix.means[0].tolist()}, std 0.40")
 
 # %% [markdown]
-# Read it left to right: $s=0$ ignores the label (all three classes); $s=1$ is exactly class 0 (spread 0.40, as
-# built); $s>1$ pushes samples **away from the other classes** and squeezes them together. Higher fidelity to the
+# Read it left to right: $s=0$ ignores the label (all three classes); $s=1$ samples class 0 (its measured spread, in
+# the panel's title, is close to the 0.40 the component was built with; DDIM-50's discretisation accounts for the rest); $s>1$ pushes samples **away from the other classes** and squeezes them together. Higher fidelity to the
 # label, less diversity, and eventually samples that no class really produces (watch the mean's radius move past the
 # component's centre at 1.5 as $s$ grows).
 # That is the whole trade-off, in two dimensions.
@@ -230,7 +230,8 @@ tie_text = (f"at n = {n_sweep} it cannot be told apart from s = {', '.join(f'{v:
             "intervals include 0)" if ties else f"every other scale is measurably worse at n = {n_sweep}")
 where = ("plain conditional sampling: at this n no guidance beats s = 1 on FID" if best["scale"] == 1 else
          "no label at all" if best["scale"] == 0 else
-         "a moderate scale, above plain conditional sampling" if best["scale"] <= 3 else "a large scale")
+         ("a moderate scale, tied with plain conditional sampling at this n" if 1.0 in ties else
+          "a moderate scale, better than plain conditional sampling") if best["scale"] <= 3 else "a large scale")
 se = lambda p: math.sqrt(p * (1 - p) / n_sweep)          # binomial standard error of an accuracy
 verdict = [
     f"* Lowest FID at **s = {best['scale']:g}** — {where} ({best['fid']:.1f} vs floor {best['floor']:.1f}); "
@@ -250,12 +251,16 @@ verdict = [
 display(Markdown("**What this run measured**\n\n" + "\n".join(verdict)))
 
 # %% [markdown]
-# One class across the sweep (the first ten samples of each row are class 0 … 9; here each row's first image):
+# One label across the sweep (the first ten samples of each row are class 0 … 9; here each row's first image, from the
+# same noise; at s = 0 the label is ignored):
 
 # %%
-fig, ax = plt.subplots(figsize=(10, 1.6))
-dc.viz.show_images(torch.stack([r["samples"][0] for r in sweep]), nrow=len(sweep), ax=ax)
-_ = ax.set_title("   ".join(f"s={r['scale']:g}" + (" φ=0.7" if r["rescale"] else "") for r in sweep), fontsize=8)
+fig, axes = plt.subplots(1, len(sweep), figsize=(1.5 * len(sweep), 1.9))
+for ax, r in zip(axes, sweep):
+    ax.imshow(((r["samples"][0, 0] + 1) / 2).clamp(0, 1).cpu(), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(f"s = {r['scale']:g}" + (", φ = 0.7" if r["rescale"] else ""), fontsize=8)
+    ax.set_axis_off()
+fig.tight_layout()
 
 # %% [markdown]
 # The verdict above is computed from this run's numbers (`benchmarks/cfg_tradeoff.py` runs the same function at a
@@ -623,9 +628,12 @@ lines.append("* Of the samples with the axis right, the order is right in "
 gap = te("seen", 3, "shapes") - te("held_out", 3, "shapes")
 p_seen, p_held = te("seen", 3, "shapes"), te("held_out", 3, "shapes")
 gap_se = math.sqrt((p_seen * (1 - p_seen) + p_held * (1 - p_held)) / n_text_eval)   # two independent prompt sets
+distinct_held = len(set(held_prompts))
 lines.append("* Colour–shape binding at s = 3 is "
              + (f"{100 * gap:.0f} percentage points worse for held-out pairings than for seen ones (± {200 * gap_se:.0f} "
-                "by chance, 95 %)." if gap > 2 * gap_se else
+                f"by sampling chance, 95 %, treating the sets as independent; the held-out set repeats "
+                f"{distinct_held} distinct captions, so this says nothing about other held-out pairings)."
+                if gap > 2 * gap_se else
                 f"not measurably different for held-out and seen pairings ({100 * gap:+.0f} points, ± {200 * gap_se:.0f} "
                 "by chance)."))
 # A held-out caption with its two shapes exchanged is a pairing the model *was* trained on ("a red circle … a blue
@@ -642,8 +650,8 @@ sw_held, sw_seen = h3["swapped"] / max(h3["both_colors"], 1), c3["swapped"] / bo
 sw_se = math.sqrt(sw_held * (1 - sw_held) / max(h3["both_colors"], 1) + sw_seen * (1 - sw_seen) / both)
 lines.append(f"* Held-out pairings at s = 3: of the {h3['both_colors']} samples with both colours, **{h3['swapped']}** "
              f"({sw_held:.0%}) exchange the two shapes, against {c3['swapped']} of {c3['both_colors']} ({sw_seen:.0%}) for "
-             f"seen pairings; the exchanged scene is a pairing from training for {trained_swaps} of the "
-             f"{len(held_prompts)} held-out prompts. "
+             f"seen pairings. An exchanged held-out scene is always a pairing from training (only two pairings are "
+             f"held out; checked: {trained_swaps} of {len(held_prompts)} prompts). "
              + ("So asked for a combination it never saw, the model mostly **falls back to the pairing it was trained "
                 "on**." if sw_held > 0.5 and sw_held - sw_seen > 2 * sw_se else
                 "Swaps are not clearly more common than for seen pairings here." if sw_held - sw_seen <= 2 * sw_se else
@@ -730,9 +738,11 @@ lines = [f"* Negative prompt (reversed order) against plain s = 3, paired: relat
          "(A change counts as measured when McNemar's p < 0.05.)",
          "* " + ("The negative-prompt row **reproduces s = 1**: its samples sit much closer to the plain conditional ones "
                  "than s = 3's do (RMS above). The probe says why: reversing the words moves the prediction by "
-                 f"{order_share:.1%} of what dropping the prompt does, so ε_neg ≈ ε_c and ε_neg + s(ε_c − ε_neg) ≈ ε_c "
-                 "— guidance switches itself off, whatever s. Whatever it costs against s = 3 is the cost of dropping "
-                 "back to s = 1, not a property of negative prompts."
+                 f"{order_share:.1%} of what dropping the prompt does, so ε_neg ≈ ε_c and ε_neg + s(ε_c − ε_neg) = "
+                 "ε_c + (s − 1)(ε_c − ε_neg) ≈ ε_c: at s = 3 the push left over is about "
+                 f"{2 * order_share:.1%} of the prompt's own effect (it grows with s; measured at one t and one noise "
+                 "draw). What it costs against s = 3 is the cost of dropping back to s = 1, not a property of "
+                 "negative prompts."
                  if collapsed and order_barely else
                  "The negative-prompt row does not simply reproduce s = 1 (RMS and probe above): reversing the words "
                  "changes the prediction enough for guidance to act on it."),
@@ -741,10 +751,10 @@ lines = [f"* Negative prompt (reversed order) against plain s = 3, paired: relat
                  + " — the word order does reach the network, plain CFG just does not push on it."
                  if any(effect(paired[n, "relation"]) == "better" for n in ("negative prompt", "interval guidance")) else
                  "Neither trick improves the relation measurably. "
-                 + ("The word order barely reaches the network (the probe above), so no guidance built from this "
-                    "network's predictions can restore it. Fixing it needs a change in training — an encoder whose "
-                    "output depends on word order and a U-Net that reads it (e.g. cross-attention at 16×16, longer "
-                    "training) — which is beyond this chapter's CPU budget." if order_barely else
+                 + ("The word order barely reaches the network's prediction (the probe above), so guidance built from "
+                    "these predictions has little to push on. The encoder has positions, so the order is in its output; "
+                    "making the U-Net use it is a training question (untested here: e.g. cross-attention at a higher "
+                    "resolution, longer training) beyond this chapter's CPU budget." if order_barely else
                     "The word order does move the network's prediction (the probe above), but neither trick turns that "
                     "into a measurably better relation at this n."))]
 display(Markdown("**What this run measured**\n\n" + "\n".join(lines)))
@@ -765,6 +775,10 @@ text_explorer
 text_explorer.figure([{"prompt": "a red circle above a blue square", "scale": 1.0},
                       {"prompt": "a red circle above a blue square", "scale": 3.0},
                       {"prompt": "a blue square above a red circle", "scale": 3.0}], size=3.2);
+
+# %% [markdown]
+# Compare the last two panels: the same words in the other order, from the same noise. If they look alike, that is the
+# order-blindness measured in section 11, seen directly.
 
 # %% [markdown]
 # ## 12. The same pieces in Stable Diffusion
@@ -858,4 +872,4 @@ dc.exercises.check(my_answer, "negative_collapse");
 # and Sample Steps are Flawed* (guidance rescale); Kynkäänniemi et al. (2024), *Applying Guidance in a Limited Interval
 # Improves Sample and Distribution Quality*; Hertz et al. (2022), *Prompt-to-Prompt Image Editing with Cross Attention
 # Control*; Chefer et al. (2023), *Attend-and-Excite: Attention-Based Semantic Guidance for Text-to-Image Diffusion
-# Models* (attribute binding).
+# Models* (attribute binding); Yuksekgonul et al. (2023), *When and Why Vision-Language Models Behave like Bags-of-Words*.
