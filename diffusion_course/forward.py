@@ -174,8 +174,9 @@ def ideal_denoiser(x_t: torch.Tensor, t: torch.Tensor, data: torch.Tensor, sched
 
     With x₀ ∈ {x_1..x_N} equally likely, Bayes' rule gives weights
     w_i ∝ exp(−‖x_t − √ᾱ x_i‖² / (2(1−ᾱ))) and E[x₀|x_t] = Σ w_i x_i: a softmax over the training set.
-    This is the best possible denoiser in mean-squared error — and it can only reproduce training
-    images. Computed in float32 chunks with a running log-sum-exp, so memory stays O(chunk).
+    This is the best possible denoiser in mean-squared error *for x₀ drawn from this training set* — and it can
+    only reproduce training images (on unseen images a network can do better). Computed in float32 chunks with a
+    running log-sum-exp, so memory stays O(chunk).
 
     Args:
         x_t: noisy images (B, *data.shape[1:]).

@@ -196,7 +196,7 @@ class ForwardExplorer:
                     axes[i, j].imshow(to_numpy_image(st[key]), cmap="gray", vmin=0, vmax=1)
                     axes[i, j].set_xticks([])
                     axes[i, j].set_yticks([])
-                axes[0, j].set_title(f"t={st['t']}\nᾱ={st['alpha_bar']:.3f}", fontsize=8)
+                axes[0, j].set_title(f"t={st['t']}\nᾱ={st['alpha_bar']:.2g}", fontsize=8)
             for i, lab in enumerate(("x₀", "x_t", "E[x₀|x_t]", "network")[:len(keys)]):
                 axes[i, 0].set_ylabel(lab)
         finally:

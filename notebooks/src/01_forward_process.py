@@ -69,7 +69,7 @@ dc.viz.show_source(forward.q_sample)
 # %% [markdown]
 # Do they really agree? Take one image, copy it many times, run the chain step by step up to $t$, and separately jump
 # straight to $t$ with the closed form. If the algebra is right, the two clouds of noisy images have the same mean and
-# variance at every pixel — and the mean is $\sqrt{\bar\alpha_t}\,x_0$.
+# variance at every pixel — and the mean is $\sqrt{\bar\alpha_t}\,x_0$. (The cell compares them averaged over the pixels.)
 
 # %%
 n_copies = dc.config.budget(quick=500, cpu=4000, gpu=20000)
@@ -130,6 +130,9 @@ print(f"x_499 for 256 images: closed form {one_jump * 1e3:.2f} ms, chain {chain_
 # * **linear** (DDPM): $\beta_t$ rises linearly from $10^{-4}$ to $0.02$ over $T=1000$ steps;
 # * **cosine** (Nichol & Dhariwal, 2021): defined through $\bar\alpha_t = f(t)/f(0)$ with
 #   $f(t) = \cos^2\!\left(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\right)$, $s = 0.008$, and $\beta_t$ capped at 0.999.
+#
+# (Indexing: the math counts steps $1\dots T$; the code counts $0\dots T-1$, so the package's `alpha_bar[t]` is the
+# math's $\bar\alpha_{t+1} = f((t+1)/T)/f(0)$ — after one step, `alpha_bar[0]` is just below 1.)
 #
 # The most useful single number is the **signal-to-noise ratio** $\mathrm{SNR}_t = \bar\alpha_t/(1-\bar\alpha_t)$: the ratio
 # of the signal's *variance* to the noise's in $x_t$ (for unit-variance data). The ratio of their *weights* in
@@ -200,7 +203,8 @@ for name, s in [("linear", linear), ("cosine", cosine), ("cosine + zero-SNR", zs
 # %% [markdown]
 # How to read it: the correlation is not a mystery to be measured but a number to predict — $\sqrt{\bar\alpha_T}$ times the
 # spread of the pixels — and the measured values follow the predictions in the table. Whether a trace of $x_0$ is
-# *detectable* depends on how the prediction compares with the standard error of 2000 images (the last column): the cosine
+# *detectable* depends on how the prediction compares with its standard error over all the pixel pairs (the last
+# column gives measured ÷ SE): the cosine
 # schedule leaves a trace far below it (and the zero-SNR rescale none at all), while the linear schedule's small
 # $\sqrt{\bar\alpha_T}$ is already measurable, and Stable Diffusion's scaled-linear schedule — whose $\sqrt{\bar\alpha_T}$ in
 # the first table is the largest by an order of magnitude — leaves a correlation many standard errors out.
@@ -315,7 +319,8 @@ print(f"for 0 < t ≤ 300 the network beats the memoriser at {len(beats)} of {le
 # average; its weight on one training image rises steeply in the middle of the schedule, and the printed line says where
 # it passes one half. **That** is where the perfect denoiser commits to one garment: not at small $t$, but while the image
 # is still mostly noise (look at $x_t$ in the explorer there). Below that, its error on an unseen test image is the
-# distance to that nearest neighbour (the dashed line) — it cannot do better, because it only knows the training set.
+# squared distance (MSE) to that nearest neighbour (the dashed line) — it cannot do better, because it only knows the
+# training set.
 #
 # The network behaves differently, and that is the point of this chapter: at small $t$ its error keeps falling towards
 # zero, far below the memoriser's floor (the last printed line counts the timesteps where it wins), because it denoises
@@ -399,7 +404,8 @@ dc.exercises.check(my_answer, "snr_half");
 # * A schedule is best read through its log-SNR. Cosine keeps useful signal longer than linear; neither reaches exactly zero
 #   SNR at $T$, which the zero-terminal-SNR rescale fixes.
 # * The perfect denoiser $\mathbb{E}[x_0 \mid x_t]$ over a finite training set is a softmax-weighted average of training images;
-#   it commits to one training image in the middle of the schedule and below that only returns it — it memorises. The
+#   its top weight grows as $t$ falls (passing one half in the middle of the schedule), until at small $t$ it returns a
+#   single training image — it memorises. The
 #   trained network beside it instead denoises the image it is given, beating the memoriser on unseen images at small $t$.
 #   Approximating $\mathbb{E}[x_0\mid x_t]$ imperfectly, smoothly (chapter 2) is what makes generation possible.
 #
