@@ -230,10 +230,11 @@ plt.show()
 #
 # **Try it.** Pick a garment, a query token (its row and column on the 7×7 grid), a block and $t$. The first panel frames
 # the query token in cyan on the garment, the second decodes $z_t$ (what the DiT sees at that noise level), the third
-# draws the token's attention over all the tokens as a heat map on the garment (brighter is more, scaled to the map's
-# largest weight); the line below prints its share on the 3×3 neighbourhood, to set beside the per-block shares printed
-# above. A new $t$ costs one forward pass, which gives every block's maps at once and is kept: moving the token, the
-# block or the head redraws from it.
+# draws the token's attention over all the tokens as a heat map over the garment (brighter is more, scaled to the map's
+# own largest weight; the garment is blended underneath, so dark background cells are partly the underlay); the line
+# below prints its share on the 3×3 neighbourhood next to what uniform attention would give. A new $t$ (or garment)
+# costs one forward pass, which gives every block's maps at once and is kept: moving the token, the block or the head
+# redraws from it.
 
 # %%
 attention_explorer = dc.widgets.AttentionExplorer(ldm_dit, x_test, y_test, dc.data.FASHION_CLASSES, index=1, t=300,
@@ -242,7 +243,10 @@ attention_explorer
 
 # %% [markdown]
 # For readers on GitHub (where widgets do not run), the explorer at a few settings: one token of a pullover at low and
-# high noise, in the first and the last block (each title gives the map's share on the 3×3 neighbourhood):
+# high noise, in the first and the last block. Each panel is scaled to its own maximum, so compare the titles' shares on
+# the 3×3 neighbourhood, not the colours — and against uniform attention, which puts 9 of the 49 tokens' worth there for
+# a token away from the edge. Read which block narrows as the noise falls, and which stays broad at both noise levels:
+# compare with the per-block averages over all tokens printed above.
 
 # %%
 last_block = len(ldm_dit.model.blocks)
