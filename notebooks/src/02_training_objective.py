@@ -8,7 +8,8 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: about 8 minutes on a 2-core CPU (the Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy
+# Time: 7.4 minutes measured (444 s on one thread of a 2-core CPU beside another job; the Fashion-MNIST training demo is
+# 3 minutes of it, by its time budget); the toy
 # models always train on the CPU (they are too small to gain from a GPU).
 
 # %%
