@@ -10,8 +10,8 @@
 #    U-Net, caption dropout — on a captioned dataset we generate, and look at which pixels each word attends to;
 # 5. map every component onto `StableDiffusionPipeline`.
 #
-# Time: about 9 minutes on a 2-core CPU (the measured sweep of section 5 and the text-model measurements of section 11 are
-# most of it); a GPU is much faster.
+# Time: 6.6 minutes measured (396 s on one thread of a 2-core CPU beside another job; the measured sweep of section 5 and
+# the text-model measurements of section 11 are most of it); a GPU is much faster.
 # Both models are small checkpoints the project trained itself on a 2-core CPU.
 
 # %%
