@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion_course import config, evaluation, metrics, pretrained, records
+from diffusion_course import config, evaluation, metrics, pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLERS = ("DDIM-10 (η=0)", "DDIM-50 (η=0)", "DDPM-1000")
@@ -86,7 +86,7 @@ def main():
               "date": time.strftime("%Y-%m-%d"), "checkpoint_sha256": pretrained.manifest("fmnist-ddpm").get("sha256"),
               "floor": metrics.fid_floor(clf, args.n, class_balanced=True), "rows": rows,
               "images": "ddpm_reference.npz: uint8 arrays (n, 1, 28, 28) per sampler, x = u / 127.5 - 1"}
-    out_dir = records.FOLDER if args.ship else args.cache
+    out_dir = ROOT / "diffusion_course" / "records" if args.ship else args.cache
     np.savez_compressed(out_dir / "ddpm_reference.npz", **arrays)
     (out_dir / "ddpm_reference.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out_dir / 'ddpm_reference.npz'} and .json")

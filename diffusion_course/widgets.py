@@ -18,6 +18,7 @@ from .schedules import NoiseSchedule
 from .viz import png_bytes, to_numpy_image
 
 if TYPE_CHECKING:
+    import numpy as np
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -1002,7 +1003,7 @@ class AttentionExplorer(_PanelExplorer):
         m = maps[block - 1].mean(0) if head < 0 else maps[block - 1, head]
         return m[row * self.grid + col].reshape(self.grid, self.grid)
 
-    def overlay(self, index: int, weights: torch.Tensor, row: int, col: int):
+    def overlay(self, index: int, weights: torch.Tensor, row: int, col: int) -> np.ndarray:
         """The garment in grey under the attention heat map (magma, scaled to its maximum), the query token framed
         in cyan: an (H, W, 3) array in [0, 1]."""
         import numpy as np

@@ -49,7 +49,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 ALLOWLIST = Path(__file__).resolve().parent / "prose_numbers_allowed.json"
-REASON = re.compile(r"^(setting|definition|citation): \S")
+REASON = re.compile(r"^(setting|definition|citation|record): \S")
 
 # --- prose ------------------------------------------------------------------------------------------------------
 # a number not glued to a word or to another number's digits/decimal point, then its optional marker
@@ -176,7 +176,7 @@ def test_allowlist_is_one_reviewable_list_of_reasons():
         assert (ROOT / "notebooks" / name).exists(), f"{ALLOWLIST.name} names a notebook that does not exist: {name}"
         for number, reason in entries.items():
             assert REASON.match(reason), (
-                f"{name}: {number!r}: a reason starts with 'setting:', 'definition:' or 'citation:', got {reason!r}")
+                f"{name}: {number!r}: a reason starts with 'setting:', 'definition:', 'citation:' or 'record:' (a stored run's measured time), got {reason!r}")
             assert "\n" not in reason, f"{name}: {number!r}: one line per reason"
 
 
