@@ -81,7 +81,7 @@ def main():
                      "fid": metrics.fid(clf, x_q, ref), "class_accuracy": metrics.class_accuracy(clf, x_q, labels)})
         print(f"{name:<16} FID {rows[-1]['fid']:.2f}  acc {rows[-1]['class_accuracy']:.3f}  "
               f"{rows[-1]['seconds_per_image']:.2f} s/image")
-    record = {"command": "python benchmarks/ddpm_reference.py --ship", "n": args.n, "seed": args.seed,
+    record = {"command": f"python benchmarks/ddpm_reference.py --n {args.n} --ship", "n": args.n, "seed": args.seed,
               "batch": args.batch, "device": str(device), "machine": platform.machine(),
               "date": time.strftime("%Y-%m-%d"), "checkpoint_sha256": pretrained.manifest("fmnist-ddpm").get("sha256"),
               "floor": metrics.fid_floor(clf, args.n, class_balanced=True), "rows": rows,

@@ -140,3 +140,21 @@ def test_text_prompts_reversed_order_and_text_composition():
     assert again["interval"] == (50, 99)
     with pytest.raises(ValueError, match="one prompt per prompt"):
         evaluation.text_composition(net, s, seen[:4], negative=seen[:2], progress=False)
+
+
+def test_shipped_ddpm_reference_pairs_with_the_chapter_noise():
+    """Chapter 3 reads DDPM-1000 samples instead of running it: they must load, and start from compare_samplers'
+    noise (DDIM η = 0 is deterministic, so the shipped DDIM-10 must match a live one on the same x_T)."""
+    from diffusion_course import records, sampling
+
+    rec, images = records.load("ddpm_reference"), records.images("ddpm_reference")
+    assert set(images) == {"ddpm-1000", "ddim-50", "ddim-10"} and rec["n"] >= 500
+    for x in images.values():
+        assert x.shape == (rec["n"], 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+    model = pretrained.load("fmnist-ddpm", device="cpu")
+    x_T = torch.randn((rec["n"], 1, 28, 28), generator=torch.Generator().manual_seed(rec["seed"]))[:4]
+    live = sampling.ddim_sample(model, x_T, model.schedule, steps=10, cond=torch.arange(4), progress=False,
+                                clip_denoised=True)
+    assert (live - images["ddim-10"][:4]).abs().max() < 2 / 127.5
+    with pytest.raises(ValueError, match="keeps no images"):
+        records.images("consistency_nfe")
