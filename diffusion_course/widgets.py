@@ -90,9 +90,8 @@ class ForwardExplorer:
         self.captions = [W.HTML() for _ in range(n_panels)]
         self.equation = W.HTML()
 
-        self.t_slider.observe(lambda _: self.update(), names="value")
-        self.image_menu.observe(lambda _: self.update(), names="value")
-        self.schedule_menu.observe(lambda _: self.update(), names="value")
+        for control in (self.t_slider, self.image_menu, self.schedule_menu):
+            control.observe(self._changed, names="value")
         self.forward_button.on_click(lambda _: self.play(+1))
         self.reverse_button.on_click(lambda _: self.play(-1))
         self.clock.observe(self._tick, names="value")
@@ -129,6 +128,11 @@ class ForwardExplorer:
             self.direction = 0
 
     # ------------------------------------------------------------------ drawing
+    def _changed(self, _change=None) -> None:
+        # say at once that new panels are coming (an update takes tens of ms on a quiet laptop, more when it is busy)
+        self.equation.value = self.equation.value.split("<br>")[0] + "<br><i style='color:#777'>⏳ updating…</i>"
+        self.update()
+
     def state(self) -> dict:
         """The current numbers and tensors (what the panels show)."""
         name, sname = self.image_menu.value, self.schedule_menu.value
@@ -234,9 +238,10 @@ class _GridExplorer:
     """Shared by the grid explorers: sizing the image, holding updates, a quick preview, and a static figure.
 
     A change of a control says at once that a new grid is coming. In a Jupyter kernel the work is then scheduled on the
-    kernel's event loop: a cheap preview (``preview_steps`` sampler steps) as soon as the changes stop arriving, and the
-    full grid once the controls have rested for ``settle_s`` seconds; a newer change supersedes both. Outside a kernel
-    (tests, scripts) the full grid is drawn at once."""
+    kernel's event loop: for a slider, a cheap preview (``preview_steps`` sampler steps) as soon as the changes stop
+    arriving and the full grid once it has rested for ``settle_s`` seconds; for a menu, a seed or a prompt, the full
+    grid at once. A newer change supersedes older draws. Outside a kernel (tests, scripts) the full grid is drawn at
+    once."""
 
     _hold = False
     _generation = 0
@@ -253,8 +258,12 @@ class _GridExplorer:
             self.update()
             return
         self._generation += 1
-        loop.call_later(0.01, self._draw, self._generation, True)
-        loop.call_later(self.settle_s, self._draw, self._generation, False)
+        if isinstance(getattr(_change, "owner", None), (W.IntSlider, W.FloatSlider, W.SelectionSlider)):
+            # a slider reports while it moves: preview now, the full grid once it has rested for settle_s
+            loop.call_later(0.01, self._draw, self._generation, True)
+            loop.call_later(self.settle_s, self._draw, self._generation, False)
+        else:   # a menu, a seed or a prompt changes once: the full grid at once (the busy line is already up)
+            loop.call_later(0.01, self._draw, self._generation, False)
 
     def _draw(self, generation: int, preview: bool) -> None:
         if generation != self._generation:   # a newer change came in: its own draws will follow
@@ -577,7 +586,157 @@ class TwoStepExplorer(_GridExplorer):
         display(self.widget)
 
 
-class VelocityFieldExplorer:
+class _FieldExplorer:
+    """Shared by the 2-D field explorers of chapters 6 and 9: a t slider, the field drawn by ``draw(ax, t)`` as a
+    picture, a busy line at once on a change, and :meth:`figure`, the static version at several t."""
+
+    figsize = 4.6
+
+    def _setup(self, t: float, low: float, step: float, readout: str) -> None:
+        self.t = W.FloatSlider(value=t, min=low, max=1.0, step=step, description="t", continuous_update=False,
+                               readout_format=readout)
+        self.image = W.Image(format="png")
+        self.info = W.HTML()
+        self.t.observe(self._changed, names="value")
+        self.widget = W.VBox([self.t, self.image, self.info])
+        self.update()
+
+    def draw(self, ax: "Axes", t: float) -> float:
+        raise NotImplementedError
+
+    def _describe(self, t: float, err: float) -> str:
+        raise NotImplementedError
+
+    def _changed(self, _change=None) -> None:
+        self.info.value = "<i>⏳ drawing…</i>"     # at once: the old picture stays up until the new one is drawn
+        self.update()
+
+    def update(self) -> None:
+        """Redraw the field at the slider's t; the info line ends with the time it took on this machine."""
+        import io
+        import time
+
+        start = time.perf_counter()
+        fig, ax = plt.subplots(figsize=(self.figsize, self.figsize))
+        t = float(self.t.value)
+        err = self.draw(ax, t)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        self.image.value = buf.getvalue()
+        self.info.value = f"{self._describe(t, err)} — drawn in {time.perf_counter() - start:.2f} s"
+
+    def figure(self, ts: Sequence[float] = (0.9, 0.6, 0.3, 0.05), size: float = 3.2) -> Figure:
+        """The static version: the field at several ``ts`` side by side."""
+        ts = [validate.real("ts", t, low=float(self.t.min), high=1.0) for t in ts]
+        fig, axes = plt.subplots(1, len(ts), figsize=(size * len(ts), size + 0.3), squeeze=False)
+        for ax, t in zip(axes[0], ts):
+            self.draw(ax, t)
+        axes[0, 0].legend(loc="lower left", fontsize=7, framealpha=0.9)
+        fig.tight_layout()
+        return fig
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _plane_grid(lim: float, points: int, dtype: torch.dtype) -> torch.Tensor:
+    """A points × points grid of 2-D positions on [−lim, lim]², flattened to (points², 2)."""
+    axis = torch.linspace(-lim, lim, points, dtype=dtype)
+    gx, gy = torch.meshgrid(axis, axis, indexing="xy")
+    return torch.stack([gx.flatten(), gy.flatten()], dim=1)
+
+
+def _points_2d(data: torch.Tensor) -> torch.Tensor:
+    data = validate.float_tensor("data", data)
+    if data.ndim != 2 or data.shape[1] != 2:
+        raise ValueError(f"data must have shape (N, 2), got {tuple(data.shape)}")
+    return data
+
+
+class ScoreFieldExplorer(_FieldExplorer):
+    """A t slider over a 2-D score field: the exact score ∇log p_t (black) and a learned one (red) on a grid
+    (chapter 6; Vincent 2011 for why a denoiser's ε̂ gives it, s_θ = −ε̂/σ).
+
+    The score's size varies by orders of magnitude across the plane, so every arrow is drawn in units of the exact
+    score's length at its point: black arrows all have length 1, a red one shows the learned score's length relative
+    to the exact one, capped at ``cap`` (the capped ones are counted in the title). The title also gives the relative
+    error E‖s_θ − s‖² / E‖s‖² on samples of p_t — where the field matters.
+
+    Args:
+        learned, exact: scores ``s(x, t)`` on (B, 2) tensors with continuous t in (0, 1].
+        sde: the SDE of both (``alpha_sigma`` and ``sample_marginal``, e.g. ``sde.DiscreteVPSDE``).
+        data: (N, 2) samples of the data (t = 0) for the error; seed: of the noise that makes them x_t.
+        t, t_min: where the slider starts and its smallest value; lim, points: the arrow grid on [−lim, lim]².
+    """
+
+    def __init__(self, learned: Callable[..., torch.Tensor], exact: Callable[..., torch.Tensor], sde: object,
+                 data: torch.Tensor, t: float = 0.3, t_min: float = 0.005, lim: float = 3.0, points: int = 25,
+                 cap: float = 1.5, seed: int = 7):
+        for attr in ("alpha_sigma", "sample_marginal"):
+            if not hasattr(sde, attr):
+                raise TypeError(f"sde must have alpha_sigma and sample_marginal (e.g. sde.DiscreteVPSDE), got "
+                                f"{type(sde).__name__} without {attr!r}")
+        self.data = _points_2d(data)
+        self.t_min = validate.real("t_min", t_min, low=0.0, high=1.0, low_open=True)
+        t = validate.real("t", t, low=self.t_min, high=1.0)
+        self.lim = validate.real("lim", lim, low=0.0, low_open=True)
+        self.cap = validate.real("cap", cap, low=0.0, low_open=True)
+        self.seed = validate.seed("seed", seed)
+        self.learned, self.exact, self.sde = learned, exact, sde
+        self.grid = _plane_grid(self.lim, validate.positive_int("points", points), self.data.dtype)
+        self.cell = 2 * self.lim / max(1, points - 1)
+        self._setup(t, low=self.t_min, step=0.005, readout=".3f")
+
+    def sigma(self, t: float) -> float:
+        """σ(t), the noise level of p_t."""
+        return float(self.sde.alpha_sigma(torch.tensor([float(t)], dtype=torch.float64))[1])
+
+    def relative_error(self, t: float) -> float:
+        """E‖s_θ(x_t, t) − s(x_t, t)‖² / E‖s(x_t, t)‖² over the explorer's samples x_t of p_t (the same noise at
+        every t)."""
+        tt = torch.full((self.data.shape[0],), float(t), dtype=self.data.dtype)
+        x_t, _ = self.sde.sample_marginal(self.data, tt, torch.Generator().manual_seed(self.seed))
+        with torch.no_grad():
+            s_e = self.exact(x_t, tt)
+            d = self.learned(x_t, tt) - s_e
+        return float(d.pow(2).sum(1).mean() / s_e.pow(2).sum(1).mean().clamp(min=1e-300))
+
+    def arrows(self, t: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(exact, learned, capped): both fields on the grid in units of the exact score's length at each point,
+        the learned one capped at ``cap``; ``capped`` counts the red arrows that were longer."""
+        tt = torch.full((self.grid.shape[0],), float(t), dtype=self.grid.dtype)
+        with torch.no_grad():
+            s_e, s_l = self.exact(self.grid, tt), self.learned(self.grid, tt)
+        length = s_e.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        u_e, u_l = s_e / length, s_l / length
+        capped = int((u_l.norm(dim=1) > self.cap).sum())
+        return u_e, u_l * (self.cap / u_l.norm(dim=1, keepdim=True).clamp(min=self.cap)), capped
+
+    def draw(self, ax: "Axes", t: float) -> float:
+        """Draw the two fields at ``t`` on a matplotlib axis (a unit arrow is 0.6 grid cells); returns the error."""
+        u_e, u_l, capped = self.arrows(t)
+        err = self.relative_error(t)
+        kw = dict(angles="xy", scale_units="xy", scale=1 / (0.6 * self.cell), width=0.005)
+        ax.quiver(self.grid[:, 0], self.grid[:, 1], u_e[:, 0], u_e[:, 1], color="k", alpha=0.45, label="exact score",
+                  **kw)
+        ax.quiver(self.grid[:, 0], self.grid[:, 1], u_l[:, 0], u_l[:, 1], color="C3", label="learned score", **kw)
+        pad = self.lim + self.cell
+        ax.set(xlim=(-pad, pad), ylim=(-pad, pad), aspect="equal")
+        ax.set_title(f"t = {t:.3f}, σ(t) = {self.sigma(t):.3f}, rel. error {err:.3f}\n"
+                     f"({capped} red arrows capped at {self.cap:g}×)", fontsize=9)
+        return err
+
+    def _describe(self, t: float, err: float) -> str:
+        return (f"t = {t:.3f}, σ(t) = {self.sigma(t):.3f}, relative error {err:.3f}; arrows in units of the exact "
+                f"score's length at their point, red capped at {self.cap:g}×")
+
+
+class VelocityFieldExplorer(_FieldExplorer):
     """A t slider over a 2-D velocity field: the exact marginal velocity (black) and a learned one (red) on a grid,
     with the noised data x_t = (1 − t) x₀ + t ε behind them (chapter 9, flow matching).
 
@@ -594,9 +753,7 @@ class VelocityFieldExplorer:
     def __init__(self, learned: Callable[..., torch.Tensor], exact: Callable[..., torch.Tensor], data: torch.Tensor,
                  t: float = 0.5, lim: float = 3.5, points: int = 17, arrow_dt: float = 0.15,
                  max_length: float | None = None, seed: int = 0):
-        data = validate.float_tensor("data", data)
-        if data.ndim != 2 or data.shape[1] != 2:
-            raise ValueError(f"data must have shape (N, 2), got {tuple(data.shape)}")
+        data = _points_2d(data)
         t = validate.real("t", t, low=0.0, high=1.0)
         self.lim = validate.real("lim", lim, low=0.0, low_open=True)
         self.arrow_dt = validate.real("arrow_dt", arrow_dt, low=0.0, low_open=True)
@@ -605,20 +762,8 @@ class VelocityFieldExplorer:
         self.learned, self.exact = learned, exact
         self.data = data[:2000].float()
         self.noise = torch.randn(self.data.shape, generator=torch.Generator().manual_seed(seed))
-        axis = torch.linspace(-self.lim, self.lim, points)
-        gx, gy = torch.meshgrid(axis, axis, indexing="xy")
-        self.grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)
-        self.t = W.FloatSlider(value=t, min=0.0, max=1.0, step=0.02, description="t", continuous_update=False,
-                               readout_format=".2f")
-        self.image = W.Image(format="png")
-        self.info = W.HTML()
-        self.t.observe(self._changed, names="value")
-        self.widget = W.VBox([self.t, self.image, self.info])
-        self.update()
-
-    def _changed(self, _change=None) -> None:
-        self.info.value = "<i>⏳ drawing…</i>"
-        self.update()
+        self.grid = _plane_grid(self.lim, points, torch.float32)
+        self._setup(t, low=0.0, step=0.02, readout=".2f")
 
     def relative_error(self, t: float) -> float:
         """E‖v_θ(x_t, t) − v(x_t, t)‖ / E‖v(x_t, t)‖ over the explorer's samples x_t of p_t."""
@@ -649,37 +794,9 @@ class VelocityFieldExplorer:
         ax.set_title(f"t = {t:.2f}: relative error {err:.3f}", fontsize=9)
         return err
 
-    def update(self) -> None:
-        import io
-        import time
-
-        start = time.perf_counter()
-        fig, ax = plt.subplots(figsize=(4.6, 4.6))
-        err = self.draw(ax, float(self.t.value))
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        self.image.value = buf.getvalue()
-        self.info.value = (f"t = {float(self.t.value):.2f}, relative error {err:.3f}; arrows: where a point moves in "
-                           f"the next Δt = {self.arrow_dt} (clipped at {self.max_length:.2f}) — drawn in "
-                           f"{time.perf_counter() - start:.2f} s")
-
-    def figure(self, ts: Sequence[float] = (0.9, 0.6, 0.3, 0.05), size: float = 3.2) -> Figure:
-        """The static version: the field at several ``ts`` side by side."""
-        ts = [validate.real("ts", t, low=0.0, high=1.0) for t in ts]
-        fig, axes = plt.subplots(1, len(ts), figsize=(size * len(ts), size + 0.3), squeeze=False)
-        for ax, t in zip(axes[0], ts):
-            self.draw(ax, t)
-        axes[0, 0].legend(loc="lower left", fontsize=7, framealpha=0.9)
-        fig.tight_layout()
-        return fig
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    def _describe(self, t: float, err: float) -> str:
+        return (f"t = {t:.2f}, relative error {err:.3f}; arrows: where a point moves in the next Δt = {self.arrow_dt} "
+                f"(clipped at {self.max_length:.2f})")
 
 
 def _choice_options(images: torch.Tensor, labels: torch.Tensor | None, class_names: Sequence[str] | None,

@@ -35,30 +35,30 @@ pytestmark = [
 ]
 
 CELLS = [
-    # chapter 1: the forward-process explorer with the shipped network's panel
+    # chapter 1: the forward-process explorer as the chapter builds it (60,000 training images, the network's panel)
     '''import torch, diffusion_course as dc
 x_train, _ = dc.data.load_fashion_mnist("train")
 x_test, y_test = dc.data.load_fashion_mnist("test")
 net = dc.pretrained.load("fmnist-ddpm", device="cpu")
 net_schedule = net.schedule
 cosine = dc.schedules.NoiseSchedule.cosine(1000)
-ex1 = dc.widgets.ForwardExplorer({"a": x_test[0], "b": x_test[1]}, x_train[:5000], {"cosine": cosine},
+ex1 = dc.widgets.ForwardExplorer({"a": x_test[0], "b": x_test[1]}, x_train, {"cosine": cosine},
                                  model=net, model_schedule=net_schedule)
 ex1''',
-    # chapter 3: the sampler explorer
-    '''ex3 = dc.widgets.SamplerExplorer(net, net_schedule, n=4, class_names=dc.data.FASHION_CLASSES)
-ex3.steps.value = 5
+    # chapter 3: the sampler explorer at the chapter's size (16 images, 20 steps)
+    '''ex3 = dc.widgets.SamplerExplorer(net, net_schedule, n=16, class_names=dc.data.FASHION_CLASSES)
 ex3''',
-    # chapter 4: class guidance, then text guidance
-    '''ex4 = dc.widgets.GuidanceExplorer(net, net_schedule, class_names=dc.data.FASHION_CLASSES, n=4, steps=4)
+    # chapter 4: class guidance, then text guidance, at the chapter's size on a CPU (16 images, 20 steps)
+    '''ex4 = dc.widgets.GuidanceExplorer(net, net_schedule, class_names=dc.data.FASHION_CLASSES, n=16, steps=20)
 ex4''',
     '''t2i = dc.pretrained.load("shapes-t2i", device="cpu")
 t2i_schedule = t2i.schedule
-ex4t = dc.widgets.GuidanceExplorer(t2i, t2i_schedule, tokenizer=t2i.tokenizer, n=4, image_shape=(3, 32, 32), steps=4,
-                                   png_scale=4)
+ex4t = dc.widgets.GuidanceExplorer(t2i, t2i_schedule, tokenizer=t2i.tokenizer, n=16, image_shape=(3, 32, 32),
+                                   steps=20, png_scale=4)
 ex4t''',
-    # chapter 7: the intermediate time of the shipped consistency student's 2-step sampler
-    '''ex7 = dc.widgets.TwoStepExplorer(dc.pretrained.load("fmnist-cd", device="cpu"), n=4)
+    # chapter 7: the intermediate time of the shipped consistency student's 2-step sampler (20 images, as the chapter)
+    '''ex7 = dc.widgets.TwoStepExplorer(dc.pretrained.load("fmnist-cd", device="cpu"), n=20,
+                                 class_names=dc.data.FASHION_CLASSES)
 ex7''',
     # chapter 9: the t slider over exact and learned velocity fields (an untrained MLP stands in for the learned one)
     '''import torch
@@ -75,7 +75,12 @@ ex5''',
     '''ex8 = dc.widgets.AttentionExplorer(dc.pretrained.load("fmnist-ldm-dit", device="cpu"), x_test, y_test,
                                    dc.data.FASHION_CLASSES, index=1, row=2, col=3)
 ex8''',
-]
+    # chapter 6: the t slider over the exact and a learned score (the exact one, 10 % too long, stands in for it)
+    '''S6 = dc.sde.DiscreteVPSDE(cosine)
+exact6 = mix9.sde_score(S6)
+ex6 = dc.widgets.ScoreFieldExplorer(lambda x, t: 1.1 * exact6(x, t), exact6, S6,
+                                    mix9.sample(2000, generator=torch.Generator().manual_seed(6))[0], t=0.3)
+ex6''',]
 
 
 def _free_port() -> int:
@@ -153,9 +158,38 @@ def _settle(locator, wait: float = 1.0, timeout: float = 30.0) -> bytes:
     return last
 
 
+# Issue 39's targets: something on screen answers a change within 0.3 s (a busy line or a new picture), and the full
+# result is up within 3 s, on this project's 2-core machine with the kernel on one thread.
+FIRST_S, FULL_S = 0.3, 3.0
+_ANSWERED = "([out, img, src]) => out.textContent.includes('⏳') || img.src !== src"
+_DONE = "([out, img, src]) => !out.textContent.includes('⏳') && img.src !== src"
+
+
+def _response(page, output, img, act, timeout: float = 60.0) -> tuple[float, float]:
+    """Do ``act`` (a change of one control); return the seconds until the explorer visibly answered (its busy line or a
+    new picture) and until its new picture was up with no busy line left. The page is polled on every frame."""
+    src = img.get_attribute("src")
+    arg = [output.element_handle(), img.element_handle(), src]
+    t0 = time.perf_counter()
+    act()
+    page.wait_for_function(_ANSWERED, arg=arg, polling="raf", timeout=timeout * 1000)
+    first = time.perf_counter() - t0
+    page.wait_for_function(_DONE, arg=arg, polling="raf", timeout=timeout * 1000)
+    return first, time.perf_counter() - t0
+
+
+def _arrow(page, output, handle: int = 0, key: str = "ArrowRight"):
+    """An action: one keyboard step of the ``handle``-th slider in ``output``."""
+    def act():
+        output.locator(".noUi-handle").nth(handle).focus()
+        page.keyboard.press(key)
+    return act
+
+
 def test_explorers_respond_in_jupyterlab(lab):
     url, token, root = lab
     errors = []
+    latency = {}      # explorer -> [(first, full), ...] for three slider steps
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
             tempfile.mkdtemp(prefix="chromium-"), executable_path=CHROMIUM, headless=True,
@@ -189,7 +223,36 @@ def test_explorers_respond_in_jupyterlab(lab):
             images = [out.locator("img.widget-image") for out in outputs]
             for i, imgs in enumerate(images):
                 imgs.first.wait_for(state="visible", timeout=120_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
             assert images[0].count() == 4, "chapter 1's explorer should show four panels (with the network's)"
+            assert images[6].count() == 4, "chapter 5's explorer should show four panels (A, B and both blends)"
+
+            # every explorer: three keyboard steps of its main slider, each timed as the learner sees it; the picture's
+            # pixels must have changed at the end
+            watched = {  # name: (output, the picture that changes, slider handle, key)
+                "ch1 forward (t)": (0, images[0].nth(1), 0, "ArrowRight"),
+                "ch3 sampler (steps)": (1, images[1].first, 0, "ArrowLeft"),
+                "ch4 class guidance (s)": (2, images[2].first, 0, "ArrowRight"),
+                "ch4 text guidance (s)": (3, images[3].first, 0, "ArrowRight"),
+                "ch5 latent walk (α)": (6, images[6].nth(2), 0, "ArrowRight"),
+                "ch6 score field (t)": (8, images[8].first, 0, "ArrowRight"),
+                "ch7 two-step (t)": (4, images[4].first, 0, "ArrowLeft"),
+                "ch8 attention (t)": (7, images[7].nth(2), 0, "ArrowRight"),
+                "ch9 velocity field (t)": (5, images[5].first, 0, "ArrowRight"),
+            }
+            for name, (i, img, handle, key) in watched.items():
+                before = _settle(img)
+                latency[name] = [_response(page, outputs[i], img, _arrow(page, outputs[i], handle, key))
+                                 for _ in range(3)]
+                _wait_changed(img, before)
+            outputs[0].locator(".widget-html", has_text="t = 3:").first.wait_for(timeout=30_000)
+            outputs[1].locator(".widget-html", has_text="17 steps, η").first.wait_for(timeout=30_000)
+            outputs[2].locator(".widget-html", has_text="s = 4.5").first.wait_for(timeout=30_000)
+            outputs[6].locator(".widget-html", has_text="α = 0.65").first.wait_for(timeout=30_000)
+            outputs[8].locator(".widget-html", has_text="t = 0.315").first.wait_for(timeout=30_000)
+            outputs[4].locator(".widget-html", has_text="t = 349").first.wait_for(timeout=30_000)
+            outputs[7].locator(".widget-html", has_text="t = 303").first.wait_for(timeout=30_000)
+            outputs[5].locator(".widget-html", has_text="t = 0.56").first.wait_for(timeout=30_000)
 
             # chapter 1: type t = 500 into the slider's read-out; x_t and both denoiser panels change
             ex1_xt = images[0].nth(1)
@@ -200,79 +263,35 @@ def test_explorers_respond_in_jupyterlab(lab):
             page.keyboard.type("500")
             page.keyboard.press("Enter")
             _wait_changed(ex1_xt, before)
-            expect_text = outputs[0].locator(".widget-html", has_text="t = 500")
-            expect_text.first.wait_for(timeout=30_000)
+            outputs[0].locator(".widget-html", has_text="t = 500").first.wait_for(timeout=30_000)
 
-            # chapter 3: a new seed resamples the grid; the explorer says so at once (busy, then a 2-step preview),
-            # and the full grid follows: both latencies are measured as the learner sees them
-            grid3 = images[1].first
-            before = _settle(grid3)
-            seed = outputs[1].locator(".widget-text input").first
-            seed.fill("3")
-            t0 = time.perf_counter()
-            seed.press("Enter")
-            outputs[1].locator(".widget-html", has_text="⏳").first.wait_for(timeout=30_000)
-            busy_s = time.perf_counter() - t0
-            _wait_changed(grid3, before)
-            outputs[1].locator(".widget-html", has_text="5 steps, η").first.wait_for(timeout=60_000)
-            full_s = time.perf_counter() - t0
-            print(f"chapter 3 explorer: busy state after {busy_s:.2f} s, full grid after {full_s:.2f} s")
-            assert busy_s < 1.0, f"the explorer took {busy_s:.2f} s to show that it is busy"
+            # the controls that change once (a seed, a class, a prompt) draw the full grid at once, without a preview
+            def fill(output, text):
+                def act():
+                    box = output.locator(".widget-text input").first
+                    box.fill(text)
+                    box.press("Enter")
+                return act
+            latency["ch3 sampler (seed)"] = [_response(page, outputs[1], images[1].first, fill(outputs[1], "3"))]
+            outputs[1].locator(".widget-html", has_text="17 steps, η").first.wait_for(timeout=30_000)
+            latency["ch4 class guidance (class)"] = [_response(
+                page, outputs[2], images[2].first, lambda: outputs[2].locator("select").first.select_option(index=7))]
+            latency["ch4 text guidance (prompt)"] = [_response(
+                page, outputs[3], images[3].first, fill(outputs[3], "a green square left of a yellow triangle"))]
 
-            # chapter 4 (classes): another class
-            grid4 = images[2].first
-            before = _settle(grid4)
-            outputs[2].locator("select").first.select_option(index=7)
-            _wait_changed(grid4, before)
-
-            # chapter 4 (text): another prompt
-            grid4t = images[3].first
-            before = _settle(grid4t)
-            prompt = outputs[3].locator(".widget-text input").first
-            prompt.fill("a green square left of a yellow triangle")
-            prompt.press("Enter")
-            _wait_changed(grid4t, before)
-
-            # chapter 7: move the second call's time one grid step with the keyboard
-            grid7 = images[4].first
-            before = _settle(grid7)
-            outputs[4].locator(".noUi-handle").first.focus()
-            page.keyboard.press("ArrowLeft")
-            _wait_changed(grid7, before)
-            outputs[4].locator(".widget-html", has_text="t = 449").first.wait_for(timeout=30_000)
-
-            # chapter 9: one step of the t slider redraws the field
-            field9 = images[5].first
-            before = _settle(field9)
-            outputs[5].locator(".noUi-handle").first.focus()
-            page.keyboard.press("ArrowRight")
-            _wait_changed(field9, before)
-            outputs[5].locator(".widget-html", has_text="t = 0.52").first.wait_for(timeout=30_000)
-
-            # chapter 5: one step of the α slider redraws the decoded latent blend (the third of four panels)
-            assert images[6].count() == 4, "chapter 5's explorer should show four panels (A, B and both blends)"
-            blend5 = images[6].nth(2)
-            before = _settle(blend5)
-            outputs[6].locator(".noUi-handle").first.focus()
-            page.keyboard.press("ArrowRight")
-            _wait_changed(blend5, before)
-            outputs[6].locator(".widget-html", has_text="α = 0.55").first.wait_for(timeout=30_000)
-
-            # chapter 8: one block down redraws the heat map from the kept forward pass; one step of t makes a new one
+            # chapter 8: one block down redraws the heat map from the kept forward pass
             heat8 = images[7].nth(2)
             before = _settle(heat8)
-            outputs[7].locator(".noUi-handle").nth(1).focus()
-            page.keyboard.press("ArrowLeft")
+            latency["ch8 attention (block)"] = [_response(page, outputs[7], heat8, _arrow(page, outputs[7], 1,
+                                                                                         "ArrowLeft"))]
             _wait_changed(heat8, before)
             outputs[7].locator(".widget-html", has_text="block 5").first.wait_for(timeout=30_000)
-            outputs[7].locator(".noUi-handle").first.focus()
-            page.keyboard.press("ArrowRight")
-            outputs[7].locator(".widget-html", has_text="t = 301").first.wait_for(timeout=30_000)
 
             # the grid explorers are shown at their own size, not stretched to the cell's width
-            for img, natural in [(grid3, 3 * 59), (grid4, 3 * 59), (grid4t, 4 * 67), (grid7, 3 * 59)]:
+            for img in (images[1].first, images[2].first, images[3].first, images[4].first):
+                natural = img.evaluate("e => e.naturalWidth")
                 box = img.bounding_box()
-                assert box is not None and abs(box["width"] - natural) <= 2, (box, natural)
+                assert box is not None and natural > 100 and abs(box["width"] - natural) <= 2, (box, natural)
         except Exception:
             if page is not None:   # what the page showed, for whoever reads the failure
                 page.screenshot(path=str(root / "failure.png"), full_page=True)
@@ -281,3 +300,17 @@ def test_explorers_respond_in_jupyterlab(lab):
         finally:
             ctx.close()
     assert not errors, "JavaScript errors in the page:\n" + "\n".join(errors)
+
+    import statistics
+
+    lines, slow = [], []
+    for name, times in latency.items():
+        first = statistics.median(f for f, _ in times)
+        full = statistics.median(g for _, g in times)
+        lines.append(f"{name:<28} answered {first:5.2f} s, done {full:5.2f} s  (median of {len(times)})")
+        if first > FIRST_S or full > FULL_S:
+            slow.append(name)
+    report = "\n".join(lines)
+    print("explorer latency in the browser (kernel on one thread):\n" + report)
+    (root / "latency.txt").write_text(report + "\n")
+    assert not slow, (f"over the targets (answer within {FIRST_S} s, done within {FULL_S} s): {slow}\n" + report)

@@ -542,3 +542,79 @@ def test_panel_explorers_say_they_are_busy_before_recomputing():
     ldm.model.forward = lambda *a, **k: (seen.append(ax.info.value), net_forward(*a, **k))[1]
     ax.t.value = 700
     assert seen and all("⏳" in v for v in seen) and "⏳" not in ax.info.value and "t = 700" in ax.info.value
+
+
+def test_score_field_explorer_draws_both_fields_in_units_of_the_exact_one():
+    """Chapter 6's explorer: the error is exactly 0 for the exact score and exactly 1 for twice it; arrows are capped and
+    counted; a change says it is busy before drawing; bad input is refused by name."""
+    import pytest
+    import torch
+
+    from diffusion_course import gmm, sde, schedules
+    from diffusion_course.widgets import ScoreFieldExplorer
+
+    mix = gmm.GaussianMixture.ring(k=4, radius=2.0, std=0.2)
+    S = sde.DiscreteVPSDE(schedules.NoiseSchedule.cosine(1000))
+    exact = mix.sde_score(S)
+    data = mix.sample(300, generator=torch.Generator().manual_seed(0))[0]
+    ex = ScoreFieldExplorer(exact, exact, S, data, t=0.3, points=8)
+    assert ex.relative_error(0.3) == 0.0
+    u_e, u_l, capped = ex.arrows(0.3)
+    assert capped == 0 and torch.allclose(u_e.norm(dim=1), torch.ones(64, dtype=u_e.dtype))
+    double = ScoreFieldExplorer(lambda x, t: 2 * exact(x, t), exact, S, data, points=8)
+    assert double.relative_error(0.1) == pytest.approx(1.0, rel=1e-9)     # ‖2s − s‖² / ‖s‖²
+    _, u_l, capped = double.arrows(0.1)
+    assert capped == 64 and float(u_l.norm(dim=1).max()) == pytest.approx(1.5)
+    seen, holder = [], []
+    spy = ScoreFieldExplorer(lambda x, t: (holder and seen.append(holder[0].info.value), exact(x, t))[1], exact, S,
+                             data, points=8)
+    holder.append(spy)
+    first = spy.image.value
+    spy.t.value = 0.05
+    assert seen and all("⏳" in v for v in seen) and "⏳" not in spy.info.value and "t = 0.050" in spy.info.value
+    assert spy.image.value != first
+    fig = spy.figure((0.6, 0.02))
+    assert [a.get_title().split(",")[0] for a in fig.axes] == ["t = 0.600", "t = 0.020"]
+    with pytest.raises(ValueError, match="data"):
+        ScoreFieldExplorer(exact, exact, S, torch.zeros(10, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="t"):
+        ScoreFieldExplorer(exact, exact, S, data, t=0.001)
+    with pytest.raises(TypeError, match="sde"):
+        ScoreFieldExplorer(exact, exact, object(), data)
+
+
+def test_forward_explorer_says_it_is_busy_before_recomputing(explorer, monkeypatch):
+    from diffusion_course import widgets
+
+    seen, ideal = [], widgets.forward.ideal_denoiser
+    monkeypatch.setattr(widgets.forward, "ideal_denoiser",
+                        lambda *a, **k: (seen.append(explorer.equation.value), ideal(*a, **k))[1])
+    explorer.t_slider.value = 300
+    assert seen and all("⏳" in v for v in seen)
+    assert "⏳" not in explorer.equation.value and "t = 300" in explorer.equation.value
+
+
+def test_in_a_kernel_a_menu_change_draws_the_full_grid_without_a_preview(monkeypatch):
+    import torch
+
+    from diffusion_course import widgets
+    from diffusion_course.nn import UNet
+    from diffusion_course.schedules import NoiseSchedule
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, channels=(8, 16), attention_levels=(), num_classes=0).eval()
+    ex = widgets.SamplerExplorer(net, NoiseSchedule.cosine(1000), n=2, image_shape=(1, 8, 8))
+
+    class FakeLoop:
+        pending: list = []
+
+        def call_later(self, delay, fn, *args):
+            self.pending.append((delay, fn, args))
+
+    loop = FakeLoop()
+    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    ex.spacing.value = "leading"
+    assert "⏳" in ex.info.value and [args[1] for _, _, args in loop.pending] == [False]    # one draw, the full one
+    _, fn, args = loop.pending[0]
+    fn(*args)
+    assert "leading timesteps" in ex.info.value and "preview" not in ex.info.value
