@@ -728,7 +728,7 @@ class ScoreFieldExplorer(_FieldExplorer):
         pad = self.lim + self.cell
         ax.set(xlim=(-pad, pad), ylim=(-pad, pad), aspect="equal")
         ax.set_title(f"t = {t:.3f}, σ(t) = {self.sigma(t):.3f}, rel. error {err:.3f}\n"
-                     f"({capped} red arrows capped at {self.cap:g}×)", fontsize=9)
+                     f"({capped} red arrow{'' if capped == 1 else 's'} capped at {self.cap:g}×)", fontsize=9)
         return err
 
     def _describe(self, t: float, err: float) -> str:
