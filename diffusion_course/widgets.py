@@ -590,12 +590,14 @@ class _FieldExplorer:
     """Shared by the 2-D field explorers of chapters 6 and 9: a t slider, the field drawn by ``draw(ax, t)`` as a
     picture, a busy line at once on a change, and :meth:`figure`, the static version at several t."""
 
-    figsize = 4.6
+    figsize, dpi = 4.6, 80
 
     def _setup(self, t: float, low: float, step: float, readout: str) -> None:
         self.t = W.FloatSlider(value=t, min=low, max=1.0, step=step, description="t", continuous_update=False,
                                readout_format=readout)
-        self.image = W.Image(format="png")
+        # shown at its own size (capped at the cell's width), not stretched to the whole cell
+        self.image = W.Image(format="png", layout=W.Layout(width=f"{round(self.figsize * self.dpi)}px", max_width="100%",
+                                                           height="auto"))
         self.info = W.HTML()
         self.t.observe(self._changed, names="value")
         self.widget = W.VBox([self.t, self.image, self.info])
@@ -623,7 +625,7 @@ class _FieldExplorer:
         ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
         fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
+        fig.savefig(buf, format="png", dpi=self.dpi)
         plt.close(fig)
         self.image.value = buf.getvalue()
         self.info.value = f"{self._describe(t, err)} — drawn in {time.perf_counter() - start:.2f} s"

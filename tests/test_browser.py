@@ -161,15 +161,19 @@ def _settle(locator, wait: float = 1.0, timeout: float = 30.0) -> bytes:
 # Issue 39's targets: something on screen answers a change within 0.3 s (a busy line or a new picture), and the full
 # result is up within 3 s, on this project's 2-core machine with the kernel on one thread.
 FIRST_S, FULL_S = 0.3, 3.0
-_ANSWERED = "([out, img, src]) => out.textContent.includes('⏳') || img.src !== src"
-_DONE = "([out, img, src]) => !out.textContent.includes('⏳') && img.src !== src"
+# what the kernel wrote: the explorer's HTML lines (a slider's own read-out changes in the browser, without the kernel)
+_TEXT = "out => Array.from(out.querySelectorAll('.widget-html')).map(e => e.textContent).join('|')"
+_ANSWERED = f"([out, img, src, text]) => {{ const t = ({_TEXT})(out); return t.includes('⏳') || img.src !== src || t !== text; }}"
+_DONE = f"([out, img, src, text]) => {{ const t = ({_TEXT})(out); return !t.includes('⏳') && (img.src !== src || t !== text); }}"
 
 
 def _response(page, output, img, act, timeout: float = 60.0) -> tuple[float, float]:
-    """Do ``act`` (a change of one control); return the seconds until the explorer visibly answered (its busy line or a
-    new picture) and until its new picture was up with no busy line left. The page is polled on every frame."""
+    """Do ``act`` (a change of one control); return the seconds until the explorer visibly answered (its busy line, a
+    new picture or a new caption) and until its new result was up with no busy line left. The page is polled on every
+    frame."""
     src = img.get_attribute("src")
-    arg = [output.element_handle(), img.element_handle(), src]
+    text = output.evaluate(_TEXT)
+    arg = [output.element_handle(), img.element_handle(), src, text]
     t0 = time.perf_counter()
     act()
     page.wait_for_function(_ANSWERED, arg=arg, polling="raf", timeout=timeout * 1000)
@@ -287,8 +291,9 @@ def test_explorers_respond_in_jupyterlab(lab):
             _wait_changed(heat8, before)
             outputs[7].locator(".widget-html", has_text="block 5").first.wait_for(timeout=30_000)
 
-            # the grid explorers are shown at their own size, not stretched to the cell's width
-            for img in (images[1].first, images[2].first, images[3].first, images[4].first):
+            # the grid and field explorers are shown at their own size, not stretched to the cell's width
+            for img in (images[1].first, images[2].first, images[3].first, images[4].first, images[5].first,
+                        images[8].first):
                 natural = img.evaluate("e => e.naturalWidth")
                 box = img.bounding_box()
                 assert box is not None and natural > 100 and abs(box["width"] - natural) <= 2, (box, natural)
