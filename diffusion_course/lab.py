@@ -39,9 +39,9 @@ def ensure_data(download: bool = True) -> bool:
             data.load_fashion_mnist(split, download=download)
     except (data.DatasetNotFound, data.DatasetCorrupt) as err:
         print(f"Fashion-MNIST is not available yet, so chapters that train or measure will stop at their first data "
-              f"cell.\n{err}\nThe course opens anyway.", file=sys.stderr)
+              f"cell.\n{err}\nThe course opens anyway.", file=sys.stderr, flush=True)
         return False
-    print(f"Fashion-MNIST: ready (data folder {data.DATA_DIR}).")
+    print(f"Fashion-MNIST: ready (data folder {data.DATA_DIR}).", flush=True)   # before JupyterLab writes
     return True
 
 

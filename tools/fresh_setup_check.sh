@@ -12,9 +12,9 @@
 # (JupyterLab refuses root without it). It prints the
 # environment's size and the time from the command's start to JupyterLab's answer.
 #
-# Where PyTorch's CPU wheel index cannot be reached (this project's build machine sees only PyPI and a local mirror),
-# the command's torch step is replaced by `pip install torch==2.13.0` (the same CPU build, from the mirror), and the
-# script says so.
+# Where PyTorch's CPU wheel index cannot be reached (this project's build machine sees only PyPI), the command's torch
+# step takes the CPU build of torch 2.13.0 from a local folder instead (TORCH_CPU_WHEELS, default /opt/wheels), and
+# the script says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEARNER=${1:-learner}
@@ -32,8 +32,10 @@ EOF
 echo "README's command: $CMD"
 if ! python3 -c "import urllib.request; urllib.request.urlopen('https://download.pytorch.org/whl/cpu/', timeout=10)" \
     2>/dev/null; then
-  echo "PyTorch's CPU index is unreachable here: its torch step becomes 'python -m pip install torch==2.13.0'"
-  CMD=${CMD//python -m pip install torch --index-url https:\/\/download.pytorch.org\/whl\/cpu/python -m pip install torch==2.13.0}
+  wheels=${TORCH_CPU_WHEELS:-/opt/wheels}
+  ls "$wheels"/torch-*+cpu-*.whl >/dev/null 2>&1 || { echo "PyTorch's CPU index is unreachable and $wheels has no CPU build of torch (set TORCH_CPU_WHEELS)" >&2; exit 2; }
+  echo "PyTorch's CPU index is unreachable here: its torch step takes the CPU build from $wheels instead"
+  CMD=${CMD//python -m pip install torch --index-url https:\/\/download.pytorch.org\/whl\/cpu/python -m pip install torch==2.13.0+cpu --find-links $wheels}
 fi
 case "$CMD" in *"python -m diffusion_course.lab"*) ;; *) echo "the command does not end with the launcher" >&2; exit 1;; esac
 
@@ -46,11 +48,12 @@ for who in "$LEARNER" root; do
   git archive HEAD | tar -x -C "$dir"
   chown -R "$who" "$dir"
   port=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-  run=${CMD//python -m diffusion_course.lab/python -m diffusion_course.lab --no-browser --port=$port --ServerApp.ip=127.0.0.1 --IdentityProvider.token=check}
+  run=${CMD//python -m diffusion_course.lab/python -m diffusion_course.lab --no-browser --port=$port --ServerApp.ip=127.0.0.1 --IdentityProvider.token=check }
   echo "== as $who, in $dir"
   start=$(date +%s)
-  # a login shell of that account, with no pip cache (a fresh machine has none); its own session, to stop it all later
-  setsid runuser -l "$who" -c "cd '$dir' && export PIP_NO_CACHE_DIR=1 && $run" > "$dir.log" 2>&1 &
+  # a login shell of that account, with no pip cache and no pip configuration of this machine (a fresh machine has
+  # neither: everything but the torch step comes from PyPI); its own session, to stop it all later
+  setsid runuser -l "$who" -c "cd '$dir' && export PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null && $run" > "$dir.log" 2>&1 &
   pid=$!
   ok=0
   for _ in $(seq 1 1800); do
@@ -60,6 +63,7 @@ for who in "$LEARNER" root; do
   done
   secs=$(( $(date +%s) - start ))
   kill -- -$pid 2>/dev/null || true
+  pkill -f -- "--port=$port " 2>/dev/null || true     # JupyterLab itself: runuser starts it in a session of its own
   sleep 2
   if [ $ok = 1 ]; then
     python3 - "$dir.contents.json" "$dir.log" "$who" <<'EOF' || status=1
