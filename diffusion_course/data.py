@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "DATA_DIR", "default_data_dir", "FASHION_CLASSES", "load_fashion_mnist", "load_mnist", "load_ood_digits", "OOD_DIGIT_SOURCES",
+    "DATA_DIR", "default_data_dir", "dataset_folder", "FASHION_CLASSES", "load_fashion_mnist", "load_mnist", "load_ood_digits", "OOD_DIGIT_SOURCES",
     "toy_2d", "TOY_2D_NAMES", "DatasetNotFound", "DatasetCorrupt",
 ]
 
@@ -167,6 +167,17 @@ def _find(name: str, split: str) -> tuple[Path, Path] | None:
         if a2.exists() and b2.exists():
             return a2, b2
     return None
+
+
+def dataset_folder(name: str = "fashion-mnist", split: str = "train") -> Path | None:
+    """The folder a split of ``name`` ("fashion-mnist" or "mnist") is read from — the data folder or a system one —
+    or None when it is on disk in neither."""
+    if name not in _SOURCES:
+        raise ValueError(f"name must be one of {sorted(_SOURCES)}, got {name!r}")
+    if split not in _FILES:
+        raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
+    found = _find(name, split)
+    return found[0].parent if found else None
 
 
 def _md5(path: Path) -> str:

@@ -41,7 +41,7 @@ def ensure_data(download: bool = True) -> bool:
         print(f"Fashion-MNIST is not available yet, so chapters that train or measure will stop at their first data "
               f"cell.\n{err}\nThe course opens anyway.", file=sys.stderr, flush=True)
         return False
-    print(f"Fashion-MNIST: ready (data folder {data.DATA_DIR}).", flush=True)   # before JupyterLab writes
+    print(f"Fashion-MNIST: ready (in {data.dataset_folder('fashion-mnist', 'train')}).", flush=True)   # flushed before JupyterLab writes
     return True
 
 

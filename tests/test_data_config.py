@@ -104,3 +104,16 @@ def test_lazy_modules():
     assert dc.nn.UNet is not None and dc.widgets.ForwardExplorer is not None
     with pytest.raises(AttributeError):
         dc.not_a_module
+
+
+def test_dataset_folder_names_where_a_split_is_read_from():
+    import pytest
+
+    from diffusion_course import data
+
+    folder = data.dataset_folder("fashion-mnist", "test")
+    assert folder is not None and any(folder.glob("t10k-images-idx3-ubyte*"))
+    with pytest.raises(ValueError, match="name"):
+        data.dataset_folder("cifar10")
+    with pytest.raises(ValueError, match="split"):
+        data.dataset_folder("fashion-mnist", "val")

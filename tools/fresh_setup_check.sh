@@ -39,6 +39,8 @@ if ! python3 -c "import urllib.request; urllib.request.urlopen('https://download
 fi
 case "$CMD" in *"python -m diffusion_course.lab"*) ;; *) echo "the command does not end with the launcher" >&2; exit 1;; esac
 
+cert=""
+[ -f /etc/ssl/certs/ca-certificates.crt ] && cert="PIP_CERT=/etc/ssl/certs/ca-certificates.crt"
 id "$LEARNER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$LEARNER"
 status=0
 for who in "$LEARNER" root; do
@@ -53,7 +55,9 @@ for who in "$LEARNER" root; do
   start=$(date +%s)
   # a login shell of that account, with no pip cache and no pip configuration of this machine (a fresh machine has
   # neither: everything but the torch step comes from PyPI); its own session, to stop it all later
-  setsid runuser -l "$who" -c "cd '$dir' && export PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null && $run" > "$dir.log" 2>&1 &
+  # (only the system's CA bundle is kept: a network that inspects TLS needs it, and it is not a step of the set-up)
+  setsid runuser -l "$who" -c "cd '$dir' && export PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null $cert && $run" \
+    > "$dir.log" 2>&1 &
   pid=$!
   ok=0
   for _ in $(seq 1 1800); do
