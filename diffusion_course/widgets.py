@@ -33,7 +33,57 @@ def is_playing(play: object) -> bool:
     return bool(getattr(play, "playing" if play.has_trait("playing") else "_playing"))
 
 
-class ForwardExplorer:
+def _kernel_loop():
+    """The event loop of the Jupyter kernel running this code, or None outside one (plain Python, tests)."""
+    import asyncio
+
+    try:
+        from IPython import get_ipython
+
+        if getattr(get_ipython(), "kernel", None) is None:
+            return None
+    except ImportError:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:    # an older kernel: its tornado loop has the same call_later
+        from tornado.ioloop import IOLoop
+
+        return IOLoop.current()
+
+
+class _Deferred:
+    """Shared by the explorers: a change shows a busy line at once, and in a Jupyter kernel the redraw runs on the
+    kernel's event loop, so that a burst of changes (a dragged slider) draws only the newest; outside a kernel (tests,
+    scripts) the last of the scheduled draws runs at once."""
+
+    _generation = 0
+
+    def _status(self):
+        """The HTML line that says the explorer is busy, or why a draw failed."""
+        return self.info
+
+    def _schedule(self, *draws: tuple) -> None:
+        """Schedule ``(delay_s, fn, *args)`` draws for this change; a newer change supersedes them all."""
+        loop = _kernel_loop()
+        if loop is None:
+            _, fn, *args = draws[-1]
+            fn(*args)
+            return
+        self._generation += 1
+        for delay, fn, *args in draws:
+            loop.call_later(delay, self._run, self._generation, fn, *args)
+
+    def _run(self, generation: int, fn: Callable, *args) -> None:
+        if generation != self._generation:   # a newer change came in: its own draws will follow
+            return
+        try:
+            fn(*args)
+        except Exception as e:  # a loop callback must not die silently: show why on the explorer
+            self._status().value = f"<span style='color:#b00'>⚠ {type(e).__name__}: {e}</span>"
+
+
+class ForwardExplorer(_Deferred):
     """The forward-process explorer.
 
     Args:
@@ -131,7 +181,10 @@ class ForwardExplorer:
     def _changed(self, _change=None) -> None:
         # say at once that new panels are coming (an update takes tens of ms on a quiet laptop, more when it is busy)
         self.equation.value = self.equation.value.split("<br>")[0] + "<br><i style='color:#777'>⏳ updating…</i>"
-        self.update()
+        self._schedule((0.0, self.update))
+
+    def _status(self):
+        return self.equation
 
     def state(self) -> dict:
         """The current numbers and tensors (what the panels show)."""
@@ -215,26 +268,7 @@ class ForwardExplorer:
         display(self.widget)
 
 
-def _kernel_loop():
-    """The event loop of the Jupyter kernel running this code, or None outside one (plain Python, tests)."""
-    import asyncio
-
-    try:
-        from IPython import get_ipython
-
-        if getattr(get_ipython(), "kernel", None) is None:
-            return None
-    except ImportError:
-        return None
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:    # an older kernel: its tornado loop has the same call_later
-        from tornado.ioloop import IOLoop
-
-        return IOLoop.current()
-
-
-class _GridExplorer:
+class _GridExplorer(_Deferred):
     """Shared by the grid explorers: sizing the image, holding updates, a quick preview, and a static figure.
 
     A change of a control says at once that a new grid is coming. In a Jupyter kernel the work is then scheduled on the
@@ -244,7 +278,6 @@ class _GridExplorer:
     once."""
 
     _hold = False
-    _generation = 0
     preview_steps = 2
     settle_s = 0.4
 
@@ -253,25 +286,11 @@ class _GridExplorer:
             return
         # say at once that a new grid is coming: sampling takes seconds on a CPU, and the old grid stays up meanwhile
         self.info.value = "<i>⏳ sampling a new grid…</i>"
-        loop = _kernel_loop()
-        if loop is None:
-            self.update()
-            return
-        self._generation += 1
         if isinstance(getattr(_change, "owner", None), (W.IntSlider, W.FloatSlider, W.SelectionSlider)):
             # a slider reports while it moves: preview now, the full grid once it has rested for settle_s
-            loop.call_later(0.01, self._draw, self._generation, True)
-            loop.call_later(self.settle_s, self._draw, self._generation, False)
+            self._schedule((0.01, self.update, True), (self.settle_s, self.update, False))
         else:   # a menu, a seed or a prompt changes once: the full grid at once (the busy line is already up)
-            loop.call_later(0.01, self._draw, self._generation, False)
-
-    def _draw(self, generation: int, preview: bool) -> None:
-        if generation != self._generation:   # a newer change came in: its own draws will follow
-            return
-        try:
-            self.update(preview=preview)
-        except Exception as e:  # a loop callback must not die silently: show why on the explorer
-            self.info.value = f"<span style='color:#b00'>⚠ {type(e).__name__}: {e}</span>"
+            self._schedule((0.01, self.update, False))
 
     def _show_grid(self, grid, scale: int) -> None:
         # Show the PNG at its own size (capped at the cell width) instead of stretched to the full cell:
@@ -586,14 +605,14 @@ class TwoStepExplorer(_GridExplorer):
         display(self.widget)
 
 
-class _FieldExplorer:
+class _FieldExplorer(_Deferred):
     """Shared by the 2-D field explorers of chapters 6 and 9: a t slider, the field drawn by ``draw(ax, t)`` as a
     picture, a busy line at once on a change, and :meth:`figure`, the static version at several t."""
 
     figsize, dpi = 4.6, 80
 
     def _setup(self, t: float, low: float, step: float, readout: str) -> None:
-        self.t = W.FloatSlider(value=t, min=low, max=1.0, step=step, description="t", continuous_update=False,
+        self.t = W.FloatSlider(value=t, min=low, max=1.0, step=step, description="t", continuous_update=True,
                                readout_format=readout)
         # shown at its own size (capped at the cell's width), not stretched to the whole cell
         self.image = W.Image(format="png", layout=W.Layout(width=f"{round(self.figsize * self.dpi)}px", max_width="100%",
@@ -611,7 +630,7 @@ class _FieldExplorer:
 
     def _changed(self, _change=None) -> None:
         self.info.value = "<i>⏳ drawing…</i>"     # at once: the old picture stays up until the new one is drawn
-        self.update()
+        self._schedule((0.01, self.update))
 
     def update(self) -> None:
         """Redraw the field at the slider's t; the info line ends with the time it took on this machine."""
@@ -661,23 +680,24 @@ def _points_2d(data: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreFieldExplorer(_FieldExplorer):
-    """A t slider over a 2-D score field: the exact score ∇log p_t (black) and a learned one (red) on a grid
-    (chapter 6; Vincent 2011 for why a denoiser's ε̂ gives it, s_θ = −ε̂/σ).
+    """A t slider over a 2-D score field: the exact score ∇log p_t (black) and a learned one (red) on a grid, with
+    samples of p_t behind them (chapter 6; Vincent 2011 for why a denoiser's ε̂ gives it, s_θ = −ε̂/σ).
 
-    The score's size varies by orders of magnitude across the plane, so every arrow is drawn in units of the exact
-    score's length at its point: black arrows all have length 1, a red one shows the learned score's length relative
-    to the exact one, capped at ``cap`` (the capped ones are counted in the title). The title also gives the relative
-    error E‖s_θ − s‖² / E‖s‖² on samples of p_t — where the field matters.
+    The score's size varies by orders of magnitude across the plane, so the arrows at a point are drawn in units of
+    the exact score's length there: black arrows have length 1 (shorter only where the exact score is below a tenth
+    of its median size on the grid, at a mode or a saddle — there it is divided by that tenth instead), a red one
+    shows the learned score's length relative to the exact one, capped at ``cap`` (the capped ones are counted). The
+    title gives the relative error E‖s_θ − s‖² / E‖s‖² on samples of p_t — where the field matters.
 
     Args:
         learned, exact: scores ``s(x, t)`` on (B, 2) tensors with continuous t in (0, 1].
         sde: the SDE of both (``alpha_sigma`` and ``sample_marginal``, e.g. ``sde.DiscreteVPSDE``).
-        data: (N, 2) samples of the data (t = 0) for the error; seed: of the noise that makes them x_t.
+        data: (N, 2) samples of the data (t = 0); seed: of the noise that makes them samples x_t of p_t.
         t, t_min: where the slider starts and its smallest value; lim, points: the arrow grid on [−lim, lim]².
     """
 
     def __init__(self, learned: Callable[..., torch.Tensor], exact: Callable[..., torch.Tensor], sde: object,
-                 data: torch.Tensor, t: float = 0.3, t_min: float = 0.005, lim: float = 3.0, points: int = 25,
+                 data: torch.Tensor, t: float = 0.3, t_min: float = 0.005, lim: float = 3.0, points: int = 17,
                  cap: float = 1.5, seed: int = 7):
         for attr in ("alpha_sigma", "sample_marginal"):
             if not hasattr(sde, attr):
@@ -698,35 +718,56 @@ class ScoreFieldExplorer(_FieldExplorer):
         """σ(t), the noise level of p_t."""
         return float(self.sde.alpha_sigma(torch.tensor([float(t)], dtype=torch.float64))[1])
 
-    def relative_error(self, t: float) -> float:
-        """E‖s_θ(x_t, t) − s(x_t, t)‖² / E‖s(x_t, t)‖² over the explorer's samples x_t of p_t (the same noise at
-        every t)."""
+    def samples(self, t: float) -> torch.Tensor:
+        """The explorer's samples x_t of p_t: its data noised with the same seeded noise at every t."""
         tt = torch.full((self.data.shape[0],), float(t), dtype=self.data.dtype)
-        x_t, _ = self.sde.sample_marginal(self.data, tt, torch.Generator().manual_seed(self.seed))
+        return self.sde.sample_marginal(self.data, tt, torch.Generator().manual_seed(self.seed))[0]
+
+    def error_terms(self, t: float) -> dict[str, float]:
+        """The learned score's error on the samples x_t of p_t: ``relative`` = E‖s_θ − s‖² / E‖s‖² with its standard
+        error ``se`` (delta method over the samples), ``score_sq`` = E‖s‖², and the same two in ε units (ε = −σ·s, what
+        the network predicts): ``eps_target`` = σ²·E‖s‖² and ``eps_error`` = σ²·E‖s_θ − s‖²."""
+        x_t = self.samples(t)
+        tt = torch.full((x_t.shape[0],), float(t), dtype=x_t.dtype)
         with torch.no_grad():
-            s_e = self.exact(x_t, tt)
-            d = self.learned(x_t, tt) - s_e
-        return float(d.pow(2).sum(1).mean() / s_e.pow(2).sum(1).mean().clamp(min=1e-300))
+            s_e = self.exact(x_t, tt).double()
+            err = (self.learned(x_t, tt).double() - s_e).pow(2).sum(1)
+        size = s_e.pow(2).sum(1)
+        rel = float(err.mean() / size.mean().clamp(min=1e-300))
+        se = float((err - rel * size).std() / (size.mean() * math.sqrt(len(err))).clamp(min=1e-300))
+        var = self.sigma(t) ** 2
+        return {"relative": rel, "se": se, "score_sq": float(size.mean()), "eps_target": var * float(size.mean()),
+                "eps_error": var * float(err.mean())}
+
+    def relative_error(self, t: float) -> float:
+        """E‖s_θ(x_t, t) − s(x_t, t)‖² / E‖s(x_t, t)‖² over the explorer's samples x_t of p_t."""
+        return self.error_terms(t)["relative"]
 
     def arrows(self, t: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(exact, learned, capped): both fields on the grid in units of the exact score's length at each point,
-        the learned one capped at ``cap``; ``capped`` counts the red arrows that were longer."""
+        """(exact, learned, capped): both fields on the grid in units of the exact score's length at each point (at
+        least a tenth of its median length), the learned one capped at ``cap``; ``capped`` counts the red arrows that
+        were longer."""
         tt = torch.full((self.grid.shape[0],), float(t), dtype=self.grid.dtype)
         with torch.no_grad():
             s_e, s_l = self.exact(self.grid, tt), self.learned(self.grid, tt)
-        length = s_e.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        u_e, u_l = s_e / length, s_l / length
+        length = s_e.norm(dim=1, keepdim=True)
+        unit = length.clamp(min=max(0.1 * float(length.median()), 1e-12))
+        u_e, u_l = s_e / unit, s_l / unit
         capped = int((u_l.norm(dim=1) > self.cap).sum())
         return u_e, u_l * (self.cap / u_l.norm(dim=1, keepdim=True).clamp(min=self.cap)), capped
 
     def draw(self, ax: "Axes", t: float) -> float:
-        """Draw the two fields at ``t`` on a matplotlib axis (a unit arrow is 0.6 grid cells); returns the error."""
+        """Draw samples of p_t and the two fields at ``t`` on a matplotlib axis (a unit arrow is 0.8 grid cells; the
+        thin black exact arrow on top of the wider red one); returns the relative error."""
         u_e, u_l, capped = self.arrows(t)
         err = self.relative_error(t)
-        kw = dict(angles="xy", scale_units="xy", scale=1 / (0.6 * self.cell), width=0.005)
-        ax.quiver(self.grid[:, 0], self.grid[:, 1], u_e[:, 0], u_e[:, 1], color="k", alpha=0.45, label="exact score",
-                  **kw)
-        ax.quiver(self.grid[:, 0], self.grid[:, 1], u_l[:, 0], u_l[:, 1], color="C3", label="learned score", **kw)
+        x_t = self.samples(t)
+        ax.scatter(x_t[:, 0], x_t[:, 1], s=2, color="tab:blue", alpha=0.2, label="x_t (samples of p_t)")
+        kw = dict(angles="xy", scale_units="xy", scale=1 / (0.8 * self.cell))
+        ax.quiver(self.grid[:, 0], self.grid[:, 1], u_l[:, 0], u_l[:, 1], color="tab:red", width=0.008,
+                  label="learned score", **kw)
+        ax.quiver(self.grid[:, 0], self.grid[:, 1], u_e[:, 0], u_e[:, 1], color="black", width=0.003,
+                  label="exact score", **kw)
         pad = self.lim + self.cell
         ax.set(xlim=(-pad, pad), ylim=(-pad, pad), aspect="equal")
         ax.set_title(f"t = {t:.3f}, σ(t) = {self.sigma(t):.3f}, rel. error {err:.3f}\n"
@@ -827,7 +868,7 @@ def _choice_options(images: torch.Tensor, labels: torch.Tensor | None, class_nam
     return [(name(i), i) for i in idx]
 
 
-class _PanelExplorer:
+class _PanelExplorer(_Deferred):
     """Shared by the panel explorers of chapters 5 and 8: a busy line at once, held updates, and the settings that
     :meth:`figure` applies (checked against what each control can show, then restored)."""
 
@@ -840,7 +881,7 @@ class _PanelExplorer:
     def _changed(self, _change=None) -> None:
         if not self._hold:
             self.info.value = self._busy   # say at once that a new picture is coming; the old one stays up meanwhile
-            self.update()
+            self._schedule((0.01, self.update))
 
     def _apply(self, setting: dict) -> None:
         """Set the controls named in ``setting`` without redrawing; refuse unknown names and values a control cannot
@@ -1071,7 +1112,7 @@ class AttentionExplorer(_PanelExplorer):
         heads = int(model.blocks[0].attn.heads)
         self.head = W.Dropdown(options=[("mean of all", -1)] + [(str(h + 1), h) for h in range(heads)], value=-1,
                                description="head")
-        self.t = W.IntSlider(value=t, min=0, max=self.T - 1, step=1, description="t", continuous_update=False)
+        self.t = W.IntSlider(value=t, min=0, max=self.T - 1, step=1, description="t", continuous_update=True)
         self.block = W.IntSlider(value=block, min=1, max=depth, description="block", continuous_update=True)
         self.row = W.IntSlider(value=row, min=0, max=self.grid - 1, description="token row", continuous_update=True)
         self.col = W.IntSlider(value=col, min=0, max=self.grid - 1, description="token col", continuous_update=True)

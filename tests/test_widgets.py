@@ -415,12 +415,12 @@ def test_in_a_kernel_a_change_previews_at_once_and_draws_the_full_grid_when_the_
     first_preview[1](*first_preview[2])                      # the first change's preview: superseded, skipped
     assert not calls
     loop.pending.pop(0)
-    previews = [p for p in loop.pending if p[2][1]]
+    previews = [p for p in loop.pending if p[2][2]]      # args: (generation, fn, preview)
     previews[-1][1](*previews[-1][2])                        # the newest preview: 2 of the 9 steps
     assert len(calls) == ex.preview_steps and "preview" in ex.info.value and "9 steps follow" in ex.info.value
     grid_before = ex.last
     calls.clear()
-    fulls = [p for p in loop.pending if not p[2][1]]
+    fulls = [p for p in loop.pending if not p[2][2]]
     fulls[-1][1](*fulls[-1][2])                              # the controls rested: the full grid
     assert len(calls) == 9 and "9 steps" in ex.info.value and "preview" not in ex.info.value
     assert ex.last is not grid_before and torch.isfinite(ex.last).all()
@@ -563,6 +563,11 @@ def test_score_field_explorer_draws_both_fields_in_units_of_the_exact_one():
     assert capped == 0 and torch.allclose(u_e.norm(dim=1), torch.ones(64, dtype=u_e.dtype))
     double = ScoreFieldExplorer(lambda x, t: 2 * exact(x, t), exact, S, data, points=8)
     assert double.relative_error(0.1) == pytest.approx(1.0, rel=1e-9)     # ‖2s − s‖² / ‖s‖²
+    terms = double.error_terms(0.1)      # in ε units both are σ²·E‖s‖²; an error proportional to s has no spread
+    assert terms["eps_error"] == pytest.approx(terms["eps_target"]) and terms["se"] == pytest.approx(0.0, abs=1e-12)
+    assert terms["eps_target"] == pytest.approx(double.sigma(0.1) ** 2 * terms["score_sq"])
+    off = ScoreFieldExplorer(lambda x, t: exact(x, t) + 1.0, exact, S, data, points=8).error_terms(0.1)
+    assert 0 < off["se"] < 0.2 * off["relative"]                            # a constant offset: spread over samples
     _, u_l, capped = double.arrows(0.1)
     assert capped == 64 and float(u_l.norm(dim=1).max()) == pytest.approx(1.5)
     seen, holder = [], []
@@ -614,7 +619,40 @@ def test_in_a_kernel_a_menu_change_draws_the_full_grid_without_a_preview(monkeyp
     loop = FakeLoop()
     monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
     ex.spacing.value = "leading"
-    assert "⏳" in ex.info.value and [args[1] for _, _, args in loop.pending] == [False]    # one draw, the full one
+    assert "⏳" in ex.info.value and [args[2] for _, _, args in loop.pending] == [False]    # one draw, the full one
     _, fn, args = loop.pending[0]
     fn(*args)
     assert "leading timesteps" in ex.info.value and "preview" not in ex.info.value
+
+
+def test_in_a_kernel_a_dragged_field_slider_draws_only_its_newest_value(monkeypatch):
+    """A burst of slider changes (a drag) shows the busy line at once and draws once, at the newest t."""
+    import torch
+
+    from diffusion_course import flow, gmm, widgets
+
+    mix = gmm.GaussianMixture.ring(4, radius=2.0, std=0.3)
+    data = mix.sample(200, generator=torch.Generator().manual_seed(0))[0].float()
+    drawn = []
+
+    def exact(x, t):
+        drawn.append(float(t[0]))
+        return flow.exact_velocity(mix, x, t).float()
+
+    ex = widgets.VelocityFieldExplorer(exact, exact, data, t=0.5, points=5)
+
+    class FakeLoop:
+        pending: list = []
+
+        def call_later(self, delay, fn, *args):
+            self.pending.append((delay, fn, args))
+
+    loop = FakeLoop()
+    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    drawn.clear()
+    for t in (0.4, 0.3, 0.2):
+        ex.t.value = t
+    assert "⏳" in ex.info.value and not drawn and len(loop.pending) == 3
+    for _, fn, args in loop.pending:
+        fn(*args)
+    assert drawn and {round(t, 6) for t in drawn} == {0.2} and "t = 0.20" in ex.info.value and "⏳" not in ex.info.value

@@ -53,6 +53,7 @@ dc.viz.show_source(losses.diffusion_loss)
 # %%
 toy_schedule = schedules.NoiseSchedule.cosine(200)          # fewer steps suffice in 2-D
 points = dc.data.toy_2d("moons", 20_000, generator=torch.Generator().manual_seed(0))
+torch.manual_seed(0)                     # the network's initial weights (the config's seed covers the training draws)
 toy_model = MLPDenoiser(dim=2, hidden=128, depth=3)
 toy_steps = dc.config.budget(quick=300, cpu=3000, gpu=3000)
 toy_cfg = training.TrainConfig(steps=toy_steps, batch_size=512, lr=2e-3, warmup=100, ema_decay=0.995,
@@ -189,6 +190,7 @@ x_train, y_train = dc.data.load_fashion_mnist("train")
 x_test, y_test = dc.data.load_fashion_mnist("test")
 demo_minutes = dc.config.budget(quick=None, cpu=3.0, gpu=None)     # a time budget on a CPU, a step count elsewhere
 demo_steps = dc.config.budget(quick=8, cpu=100_000, gpu=3000)
+torch.manual_seed(0)
 demo = UNet(channels=(32, 64, 64), attention_levels=(), num_classes=10)
 print(f"demo U-Net: {count_parameters(demo):,} parameters; "
       + (f"{demo_minutes:g} minutes of training" if demo_minutes else f"{demo_steps} steps"))
@@ -349,6 +351,7 @@ for ax, (name, net) in zip(axes, [("raw weights", run.model), ("EMA weights", ru
 # %%
 obj_results = {}
 for objective in ["eps", "x0", "v"]:
+    torch.manual_seed(0)                 # the same initial weights for all three: only the objective differs
     m = MLPDenoiser(dim=2, hidden=128, depth=3, objective=objective)
     cfg = training.TrainConfig(steps=toy_steps, batch_size=512, lr=2e-3, warmup=100, ema_decay=0.995,
                                objective=objective, channels_last=False, seed=0)
