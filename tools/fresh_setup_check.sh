@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The README's set-up, as written, on a fresh copy of the course, as a normal user and as root (not part of .ci/run:
-# each run installs a whole environment, about five minutes and 1.5 GB).
+# The README's set-up, as written, on a fresh copy of the course, as a normal user and as root — a maintainer's check
+# for Linux, run as root from a git clone (not part of .ci/run: each run installs a whole 1.5 GB environment, about a
+# minute on this project's machine with its fast link to PyPI).
 #
 #   bash tools/fresh_setup_check.sh [USER]      # run as root; USER (default: learner) is created if missing
 #
 # For USER and then for root: the committed tree (`git archive HEAD`, like a download of the repository) is unpacked
 # into a new folder in that account's home, and the first command of the README's "Get started" — read from README.md,
 # so that what is checked is what is written — runs there with a fresh pip cache, JupyterLab told `--no-browser` on a
-# free port. The check passes when JupyterLab answers and lists the nine chapters, the launcher said where
-# Fashion-MNIST is (or what to do offline); as root, JupyterLab answering shows that the launcher added --allow-root
-# (JupyterLab refuses root without it). It prints the
+# free port. The check passes when JupyterLab answers and lists the nine chapters, the new environment imports the
+# course and torch, and the launcher said where Fashion-MNIST is (or what to do offline); as root, JupyterLab
+# answering shows that the launcher added --allow-root (JupyterLab refuses root without it). It prints the
 # environment's size and the time from the command's start to JupyterLab's answer.
 #
 # Where PyTorch's CPU wheel index cannot be reached (this project's build machine sees only PyPI), the command's torch
@@ -79,6 +80,8 @@ assert len(chapters) == 9, f"JupyterLab lists {chapters}, not the nine chapters"
 assert "Fashion-MNIST: ready" in log or "Fashion-MNIST is not available yet" in log, "the launcher said nothing of the data"
 print("   JupyterLab lists", len(chapters), "chapters;", next(l for l in log.splitlines() if "Fashion-MNIST" in l))
 EOF
+    runuser -u "$who" -- "$dir/.venv/bin/python" -c "import diffusion_course as dc, torch; print('   imports:', \
+      'diffusion_course from', dc.__file__.rsplit('/', 2)[0], '| torch', torch.__version__)" || status=1
     echo "   environment $(du -sh "$dir/.venv" | cut -f1), ${secs} s from the command's start to JupyterLab's answer"
   else
     echo "   FAILED after ${secs} s; the end of its log ($dir.log):"

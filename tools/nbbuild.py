@@ -38,7 +38,7 @@ REPO_URL = f"https://github.com/{REPO_SLUG}"
 COLAB_URL = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/notebooks/{{name}}"
 
 SETUP_CELL = f'''# Set-up. In Colab this installs the course package (with its small checkpoints) and turns on
-# widgets; anywhere else it does nothing: follow the README's two commands instead.
+# widgets; anywhere else it does nothing: follow the README's "Get started" instead.
 import sys
 if "google.colab" in sys.modules:
     import subprocess
@@ -49,8 +49,9 @@ if "google.colab" in sys.modules:
             raise RuntimeError(
                 f"Set-up failed while {{what}}:\\n{{(done.stderr or done.stdout).strip()[-800:]}}\\n\\n"
                 "The course must be reachable at {REPO_URL} for this cell to work. Instead you can "
-                "upload the course folder to /content/diffusion-course (or mount Drive and copy it there) "
-                "and run this cell again, or run the course locally: see the README.") from None
+                "upload the course as a zip (Files pane), unpack it so that /content/diffusion-course holds it "
+                "(!unzip -q <file>.zip -d /content, then rename the folder if needed) or copy it there from "
+                "Drive, and run this cell again; or run the course locally: see the README.") from None
 
     import os
     if not os.path.isdir("/content/diffusion-course"):

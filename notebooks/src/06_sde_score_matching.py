@@ -13,7 +13,7 @@
 #    its discrete chain, and meet the out-of-distribution surprise of Nalisnick et al. (Fashion-MNIST → digits) with a
 #    detector that fixes it.
 #
-# Time: 1.7 minutes measured (101 s of cell execution on the 2-core CPU, two threads, the machine otherwise idle); much less on a GPU.
+# Time: 1.7 minutes measured (102 s of cell execution on the 2-core CPU, two threads, the machine otherwise idle); much less on a GPU.
 # Every number below is computed when the notebook runs.
 
 # %%
@@ -171,7 +171,7 @@ for key, name in (("score_sq", "E‖s‖²"), ("eps_target", "ε target"), ("eps
 # %% [markdown]
 # Where is the learned field right? Read the table from the right. Near $t = 1$, $p_t$ is almost the Gaussian
 # $\mathcal N(0, I)$, its score almost the line $-x$, and the relative error is small. Going left it grows (not
-# strictly: the row has a bump near $t = 0.1$, where the modes separate), and at
+# strictly: the row has a bump near $t = 0.1$), and at
 # the smallest $t$ it passes 1: there the learned score is *worse than predicting $s = 0$* (which scores exactly 1).
 # The verdict line above counts where that holds by more than two standard errors.
 #
