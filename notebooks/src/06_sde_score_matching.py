@@ -110,9 +110,13 @@ print(f"plain Langevin {verdict} to reproduce the weights (|Δw| {weight_error(p
 #
 # ## 2. Denoising score matching: ε-prediction is a scaled score
 #
-# We never know $\nabla\log p_t$ for real data. Vincent (2011) showed that regressing onto the score of the *noising
-# kernel* gives the same minimiser: with $x_t = \alpha x_0 + \sigma\varepsilon$, $\nabla_{x_t}\log q(x_t\mid x_0) =
-# -\varepsilon/\sigma$, so
+# We never know $\nabla\log p_t$ for real data, so we cannot regress $s_\theta$ onto it directly,
+# $\min_\theta \mathbb E\|s_\theta(x_t,t) - \nabla\log p_t(x_t)\|^2$. Vincent (2011) showed that regressing onto the
+# score of the *noising kernel* gives the same minimiser: with $x_t = \alpha x_0 + \sigma\varepsilon$ (here
+# $\alpha = \sqrt{\bar\alpha_t}$, $\sigma = \sqrt{1-\bar\alpha_t}$ in chapter 1's notation), $\nabla_{x_t}\log q(x_t\mid x_0) =
+# -\varepsilon/\sigma$, and its average over the $x_0$ that could have produced $x_t$ is the score itself,
+# $\mathbb E[-\varepsilon/\sigma \mid x_t] = \nabla\log p_t(x_t)$ — chapter 1's perfect denoiser $\mathbb E[x_0\mid x_t]$ seen from
+# the noise's side — so
 #
 # $$\arg\min_\theta\; \mathbb E\,\big\|s_\theta(x_t,t) + \varepsilon/\sigma\big\|^2 \;=\; \nabla\log p_t ,$$
 #
@@ -136,7 +140,9 @@ toy_eps = toy.ema.double().eval()
 # `sde.score_from_eps` turns this discrete-time ε-model (t = 0…999) into a continuous-time score. Continuous
 # $t\in(0,1]$ maps to the index $i = tT-1$, and $\sigma(t)^2 = 1-\bar\alpha(t)$ with $\bar\alpha$ interpolated
 # log-linearly between the schedule's values, so at $t=(i+1)/T$ the score is exactly $-\hat\varepsilon(x,i)/\sqrt{1-\bar\alpha_i}$.
-# The SDE it belongs to is `sde.DiscreteVPSDE(schedule)` (section 3).
+# The SDE it belongs to is `sde.DiscreteVPSDE(schedule)` — for now, just the schedule in continuous time; section 3
+# introduces SDEs. The mixture's $p_t$ is again a Gaussian mixture (a component $\mathcal N(\mu, \Sigma)$ becomes
+# $\mathcal N(\alpha\mu, \alpha^2\Sigma + \sigma^2 I)$), so `mix.sde_score` gives its score exactly.
 
 # %%
 dc.viz.show_source(sde.ScoreFromEps.__call__)
