@@ -80,8 +80,9 @@ assert len(chapters) == 9, f"JupyterLab lists {chapters}, not the nine chapters"
 assert "Fashion-MNIST: ready" in log or "Fashion-MNIST is not available yet" in log, "the launcher said nothing of the data"
 print("   JupyterLab lists", len(chapters), "chapters;", next(l for l in log.splitlines() if "Fashion-MNIST" in l))
 EOF
-    runuser -u "$who" -- "$dir/.venv/bin/python" -c "import diffusion_course as dc, torch; print('   imports:', \
-      'diffusion_course from', dc.__file__.rsplit('/', 2)[0], '| torch', torch.__version__)" || status=1
+    # from / so that the import finds the installed course, not a folder that happens to be the working directory
+    (cd / && runuser -u "$who" -- "$dir/.venv/bin/python" -c "import diffusion_course as dc, torch; print('   imports:', \
+      'diffusion_course from', dc.__file__.rsplit('/', 2)[0], '| torch', torch.__version__)") || status=1
     echo "   environment $(du -sh "$dir/.venv" | cut -f1), ${secs} s from the command's start to JupyterLab's answer"
   else
     echo "   FAILED after ${secs} s; the end of its log ($dir.log):"
