@@ -8,7 +8,7 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: 4.1 minutes measured (244 s of cell execution on a 2-core CPU, two threads, the machine otherwise idle; the
+# Time: 4.1 minutes measured (248 s of cell execution on a 2-core CPU, two threads, the machine otherwise idle; the
 # Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy models always train on the CPU (they
 # are too small to gain from a GPU).
 
@@ -531,9 +531,10 @@ print(f"x₀-model vs v-model, one training seed each: x̂₀-error {gap[10]:+.0
 # blurred $\hat x_0$ — a local average of both sides — leaves points in between.
 #
 # The objective is not the whole story. The ε-model puts even more weight on small $t$ than the v-model, yet its repaired
-# DDIM samples fill the gap too (their off-moon shares above). And it is the very network section 2 trained (same seed,
-# same configuration: the weights printed as the same), which DDPM-200 sampled with far fewer points off the moons: with
-# the same weights, how the sampler takes its large-$t$ steps matters as much as the loss.
+# DDIM samples land off the moons more often than the v-model's (the shares above): the two repairs change only the
+# large-$t$ steps, and how a sampler takes those steps matters as well as the loss. The ε-model is also the very network
+# section 2 trained (same seed, same configuration: the weights printed as the same), so its DDPM-200 share, printed
+# beside, is a third sampler on the same weights.
 #
 # The identity is the common currency: it explains the ε-loss chart of
 # section 5 (SNR → 0 multiplies the x₀-error away at large $t$), the targets table (ε is "easy" at large $t$ only in its own
