@@ -392,20 +392,7 @@ def test_in_a_kernel_a_change_previews_at_once_and_draws_the_full_grid_when_the_
 
     ex = widgets.SamplerExplorer(Counting(), NoiseSchedule.cosine(1000), n=2, image_shape=(1, 8, 8))
 
-    class FakeLoop:
-        def __init__(self):
-            self.pending = []
-
-        def call_later(self, delay, fn, *args):
-            self.pending.append((delay, fn, args))
-
-        def run(self):
-            for _, fn, args in sorted(self.pending, key=lambda p: p[0]):
-                fn(*args)
-            self.pending.clear()
-
-    loop = FakeLoop()
-    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    loop = _fake_kernel_loop(monkeypatch)
     calls.clear()
     ex.steps.value = 7
     assert "⏳" in ex.info.value and not calls                # nothing computed inside the change handler
@@ -610,14 +597,7 @@ def test_in_a_kernel_a_menu_change_draws_the_full_grid_without_a_preview(monkeyp
     net = UNet(in_channels=1, channels=(8, 16), attention_levels=(), num_classes=0).eval()
     ex = widgets.SamplerExplorer(net, NoiseSchedule.cosine(1000), n=2, image_shape=(1, 8, 8))
 
-    class FakeLoop:
-        pending: list = []
-
-        def call_later(self, delay, fn, *args):
-            self.pending.append((delay, fn, args))
-
-    loop = FakeLoop()
-    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    loop = _fake_kernel_loop(monkeypatch)
     ex.spacing.value = "leading"
     assert "⏳" in ex.info.value and [args[2] for _, _, args in loop.pending] == [False]    # one draw, the full one
     _, fn, args = loop.pending[0]
@@ -641,14 +621,7 @@ def test_in_a_kernel_a_dragged_field_slider_draws_only_its_newest_value(monkeypa
 
     ex = widgets.VelocityFieldExplorer(exact, exact, data, t=0.5, points=5)
 
-    class FakeLoop:
-        pending: list = []
-
-        def call_later(self, delay, fn, *args):
-            self.pending.append((delay, fn, args))
-
-    loop = FakeLoop()
-    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    loop = _fake_kernel_loop(monkeypatch)
     drawn.clear()
     for t in (0.4, 0.3, 0.2):
         ex.t.value = t
@@ -656,3 +629,21 @@ def test_in_a_kernel_a_dragged_field_slider_draws_only_its_newest_value(monkeypa
     for _, fn, args in loop.pending:
         fn(*args)
     assert drawn and {round(t, 6) for t in drawn} == {0.2} and "t = 0.20" in ex.info.value and "⏳" not in ex.info.value
+
+
+class _FakeLoop:
+    """Stands in for the kernel's event loop: records the draws an explorer schedules, for the test to run."""
+
+    def __init__(self):
+        self.pending = []
+
+    def call_later(self, delay, fn, *args):
+        self.pending.append((delay, fn, args))
+
+
+def _fake_kernel_loop(monkeypatch) -> _FakeLoop:
+    from diffusion_course import widgets
+
+    loop = _FakeLoop()
+    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    return loop
