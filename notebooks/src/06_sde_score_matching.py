@@ -13,7 +13,7 @@
 #    its discrete chain, and meet the out-of-distribution surprise of Nalisnick et al. (Fashion-MNIST → digits) with a
 #    detector that fixes it.
 #
-# Time: 1.7 minutes measured (102 s of cell execution on the 2-core CPU, two threads, the machine otherwise idle); much less on a GPU.
+# Time: 1.6 minutes measured (95 s of cell execution on the 2-core CPU, two threads, the machine otherwise idle); much less on a GPU.
 # Every number below is computed when the notebook runs.
 
 # %%
@@ -94,7 +94,7 @@ fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
 truth_lv, _ = mix.sample(n_lv, generator=seed(4))
 for ax, (name, pts) in zip(axes, [("the mixture", truth_lv), ("plain Langevin", plain),
                                   ("annealed Langevin (NCSN)", annealed)]):
-    dc.viz.plot_points(pts, ax=ax, s=1.5, title=f"{name}: max |Δw| = {weight_error(pts):.1f} SE")
+    dc.viz.plot_points(pts, ax=ax, s=1.5, title=f"{name}\nmax |Δw| = {weight_error(pts):.1f} SE")
 plt.show()
 print("component weights (true):     ", [f"{w:.3f}" for w in mix.weights.tolist()])
 print("plain Langevin:               ", [f"{w:.3f}" for w in mix.responsibilities(plain).mean(0).tolist()])
