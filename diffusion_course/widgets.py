@@ -665,6 +665,13 @@ class _FieldExplorer(_Deferred):
         display(self.widget)
 
 
+def _finite_field(name: str, values: torch.Tensor, t: float) -> None:
+    """Refuse a field that returned NaN or ±inf on the samples of p_t (a relative error of NaN would say nothing)."""
+    if not torch.isfinite(values).all():
+        raise ValueError(f"the {name} field returned non-finite values at t = {float(t):g} "
+                         f"({int((~torch.isfinite(values)).sum())} of {values.shape[0]} samples)")
+
+
 def _plane_grid(lim: float, points: int, dtype: torch.dtype) -> torch.Tensor:
     """A points × points grid of 2-D positions on [−lim, lim]², flattened to (points², 2)."""
     axis = torch.linspace(-lim, lim, points, dtype=dtype)
@@ -732,7 +739,9 @@ class ScoreFieldExplorer(_FieldExplorer):
         with torch.no_grad():
             s_e = self.exact(x_t, tt).double()
             err = (self.learned(x_t, tt).double() - s_e).pow(2).sum(1)
+        _finite_field("learned", err, t)
         size = s_e.pow(2).sum(1)
+        _finite_field("exact", size, t)
         rel = float(err.mean() / size.mean().clamp(min=1e-300))
         se = float((err - rel * size).std() / (size.mean() * math.sqrt(len(err))).clamp(min=1e-300))
         var = self.sigma(t) ** 2
@@ -814,6 +823,8 @@ class VelocityFieldExplorer(_FieldExplorer):
         tt = torch.full((x_t.shape[0],), float(t))
         with torch.no_grad():
             v_l, v_e = self.learned(x_t, tt).float(), self.exact(x_t, tt).float()
+        _finite_field("learned", v_l, t)
+        _finite_field("exact", v_e, t)
         return float((v_l - v_e).norm(dim=1).mean() / v_e.norm(dim=1).mean().clamp(min=1e-12))
 
     def _arrows(self, v: torch.Tensor) -> torch.Tensor:

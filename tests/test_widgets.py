@@ -335,6 +335,8 @@ def test_velocity_field_explorer_redraws_and_measures_the_error():
         VelocityFieldExplorer(exact, exact, torch.zeros(10, 3))
     with pytest.raises(ValueError, match="t"):
         VelocityFieldExplorer(exact, exact, data, t=1.5)
+    with pytest.raises(ValueError, match="learned field returned non-finite"):
+        VelocityFieldExplorer(lambda x, t: exact(x, t) / 0.0, exact, data)
 
 
 def test_grid_explorers_say_they_are_busy_before_sampling():
@@ -573,6 +575,8 @@ def test_score_field_explorer_draws_both_fields_in_units_of_the_exact_one():
         ScoreFieldExplorer(exact, exact, S, data, t=0.001)
     with pytest.raises(TypeError, match="sde"):
         ScoreFieldExplorer(exact, exact, object(), data)
+    with pytest.raises(ValueError, match="learned field returned non-finite"):
+        ScoreFieldExplorer(lambda x, t: exact(x, t) * float("nan"), exact, S, data, points=8)
 
 
 def test_forward_explorer_says_it_is_busy_before_recomputing(explorer, monkeypatch):
