@@ -56,20 +56,28 @@ fx, fy = torch.meshgrid(fine, fine, indexing="xy")
 logp_grid = mix.log_prob(torch.stack([fx.flatten(), fy.flatten()], 1)).reshape(200, 200)
 
 fig, ax = plt.subplots(figsize=(5, 5))
-ax.contourf(fx, fy, logp_grid.clamp(min=-12), levels=30, cmap="Greys")
+ax.contourf(fx, fy, logp_grid.clamp(min=-40), levels=30, cmap="Greys")
 sc = mix.score(grid)
 norm = sc.norm(dim=1, keepdim=True).clamp(min=1e-9)
-ax.quiver(grid[:, 0], grid[:, 1], (sc / norm)[:, 0], (sc / norm)[:, 1], norm.log().squeeze(), cmap="viridis",
-          scale=40, width=0.004)
-ax.set(aspect="equal", title="∇ log p(x): arrows point uphill (colour: log |score|)")
+# the colour is log |score|, clipped below at 0.1 (the score vanishes at the ring's centre, whose log would swamp it)
+arrows = ax.quiver(grid[:, 0], grid[:, 1], (sc / norm)[:, 0], (sc / norm)[:, 1], norm.clamp(min=0.1).log().squeeze(),
+                   cmap="viridis", scale=40, width=0.004)
+fig.colorbar(arrows, ax=ax, shrink=0.8, label="log |score|")
+ax.set(aspect="equal", title="∇ log p(x): arrows point uphill")
 plt.show()
+centres = mix.means[:2]                                  # two neighbouring modes on the ring
+between = centres.mean(0, keepdim=True)
+one_std = centres[:1] + torch.tensor([[0.2, 0.0]], dtype=centres.dtype)
+print(f"|score| halfway between two neighbouring modes: {mix.score(between).norm():.1f}; one std from a mode's "
+      f"centre: {mix.score(one_std).norm():.1f}; at the ring's centre: {mix.score(torch.zeros(1, 2, dtype=centres.dtype)).norm():.1e}")
 
 # %% [markdown]
 # **Langevin dynamics** samples $p$ using only its score: $x \leftarrow x + \epsilon\, s(x) + \sqrt{2\epsilon}\, z$.
-# As $\epsilon\to 0$ and the number of steps grows, $x$ is distributed as $p$. But between modes the score is tiny
-# and points the way to the *nearest* mode, so a walker almost never crosses the low-density gap: each point ends in
-# the mode whose basin it started in, and the **mixture weights come out wrong**. Below, 4,000 walkers start from a
-# broad Gaussian.
+# As $\epsilon\to 0$ and the number of steps grows, $x$ is distributed as $p$. But the score is *local*: between
+# two modes it is large (the printed sizes) and points back to the nearer one, and nowhere does it say how much mass
+# each mode holds. A walker rarely crosses the low-density gap in a finite run, so the share of walkers a mode ends
+# with depends mostly on where they started, and the **mixture weights come out wrong**. Below, 4,000 walkers start
+# from a broad Gaussian.
 
 # %%
 dc.viz.show_source(sde.langevin)
@@ -166,7 +174,7 @@ print("   relative error    " + "".join(f"{terms[tv]['relative']:>9.3f}" for tv 
 print("     ± SE            " + "".join(f"{terms[tv]['se']:>9.3f}" for tv in ts_table))
 print("   E‖s‖²             " + "".join(f"{terms[tv]['score_sq']:>9.1f}" for tv in ts_table))
 print("   ε target E‖σs‖²   " + "".join(f"{terms[tv]['eps_target']:>9.3f}" for tv in ts_table))
-print("   ε error           " + "".join(f"{terms[tv]['eps_error']:>9.3f}" for tv in ts_table))
+print("   ε error E‖σΔs‖²   " + "".join(f"{terms[tv]['eps_error']:>9.3f}" for tv in ts_table))
 worse = [tv for tv in ts_table if terms[tv]["relative"] - 2 * terms[tv]["se"] > 1]
 print("worse than predicting s = 0 (relative error more than 2 SE above 1) at t =", worse or "none of these")
 small_t = [tv for tv in ts_table if tv <= 0.02]
@@ -177,23 +185,21 @@ for key, name in (("score_sq", "E‖s‖²"), ("eps_target", "ε target"), ("eps
 # %% [markdown]
 # Where is the learned field right? Read the table from the right. Near $t = 1$, $p_t$ is almost the Gaussian
 # $\mathcal N(0, I)$, its score almost the line $-x$, and the relative error is small. Going left it grows (not
-# strictly: the row has a bump near $t = 0.1$), and at
+# strictly: the row has bumps near $t = 0.1$ and between 0.6 and 1), and at
 # the smallest $t$ it passes 1: there the learned score is *worse than predicting $s = 0$* (which scores exactly 1).
 # The verdict line above counts where that holds by more than two standard errors.
 #
 # Why? Not because the score keeps getting sharper: the mixture's components have std 0.2, and once $\sigma(t)$ is well
 # below that, $p_t$ barely changes and neither does $\mathbb E\|s\|^2$ (the $E‖s‖^2$ row stops growing). What
 # changes is what the network is asked for. It predicts $\varepsilon = -\sigma s$, and that **target shrinks with
-# $\sigma$** (the "ε target" row), while the network's error *in ε units* changes far less (the "ε error" row, and
-# the factors under the table): DDPM's loss spends its effort evenly in ε units — the weighting by $\sigma^2$ above — so relative to a
-# vanishing target the error blows up. It matters less than it looks for sampling: a step from $\sigma$ down to
-# $\sigma - d\sigma$ moves $x$ by about $d\sigma\,\hat\varepsilon$ (chapter 3's DDIM step), so what the last steps feel is the
-# small ε error times a small step, not the relative error — which is why samplers can run down to the SDE's
-# $t_{\min} = 1/T$ (the first column). A small relative
-# error is not the whole story either: section 4 finds the component of the error that decides which mode a point
-# joins. Move the **t slider** to watch where the red arrows leave the black ones as $t$ shrinks — first far from
-# the data, where no samples of $p_t$ fall and the network was never trained (this needs a live kernel; the figure
-# above is the static version).
+# $\sigma$** (the "ε target" row), while the network's error *in ε units* changes far less (the "ε error" row, with
+# $\Delta s = s_\theta - s$, and the factors under the table): DDPM's loss spends its effort evenly in ε units — the
+# weighting by $\sigma^2$ above — so relative to a vanishing target the error blows up. For sampling this matters less
+# than it looks: a step from $\sigma$ down to $\sigma - d\sigma$ moves $x$ by about $d\sigma\,\hat\varepsilon$ (chapter 3's
+# DDIM step), so what the last steps feel is the ε error (its root, since the rows are squared) times a small $d\sigma$,
+# not the relative error. A small relative error is not the whole story either: section 4 finds the component of the
+# error that decides which mode a point joins. Move the **t slider** to watch where the red arrows leave the black ones
+# as $t$ shrinks (this needs a live kernel; the figure above is the static version).
 
 # %%
 field
