@@ -8,7 +8,7 @@
 # 4. choose between ε-, x₀- and v-prediction, and diagnose a training run ("is my model learning?");
 # 5. load the course's pretrained Fashion-MNIST model and judge its samples with a measured FID.
 #
-# Time: 4.1 minutes measured (248 s of cell execution on a 2-core CPU, two threads, the machine otherwise idle; the
+# Time: 4.1 minutes measured (247 s of cell execution on a 2-core CPU, two threads, the machine otherwise idle; the
 # Fashion-MNIST training demo is 3 minutes of it, by its time budget); the toy models always train on the CPU (they
 # are too small to gain from a GPU).
 

@@ -13,7 +13,7 @@
 #    its discrete chain, and meet the out-of-distribution surprise of Nalisnick et al. (Fashion-MNIST → digits) with a
 #    detector that fixes it.
 #
-# Time: 1.6 minutes measured (95 s of cell execution on the 2-core CPU, two threads, the machine otherwise idle); much less on a GPU.
+# Time: 1.6 minutes measured (96 s of cell execution on the 2-core CPU, two threads, the machine otherwise idle); much less on a GPU.
 # Every number below is computed when the notebook runs.
 
 # %%
